@@ -1,0 +1,1 @@
+"""The teacher-output cache: format (what), store (where), writer and reader."""

@@ -1,0 +1,251 @@
+"""The cache format: the only module that names arrays, shapes, dtypes, chunking, sharding and attributes.
+
+A cache root holds one directory per dataset fingerprint and, inside it, one Zarr v3 group per teacher
+cache (content key = teacher weights + tokenizer + target spec + format version):
+
+    <root>/<dataset_fp>/dataset.json          what the rows are (source, split, columns, labels, n_rows)
+    <root>/<dataset_fp>/<cache_key>/           Zarr v3 group; attributes["skdcache"] is the manifest
+        logits             [n_rows, n_labels]  float16   sequence-level logits (columns in dataset label order)
+        topk_logprobs      [n_tok, k]          float16   log-softmax over the full vocabulary, top-k, descending
+        topk_ids           [n_tok, k]          uint16 | uint32 (vocab > 65535)
+        tail_logmass       [n_tok]             float16   log(1 - sum(exp(topk_logprobs)))
+        positions          [n_tok]             uint16    position in the sequence of each token target
+        token_index        [n_rows, 2]         int64     (start, count) of each row in the token arrays
+        hidden             [n_rows, L, H] (cls) or [n_hid_tok, L, H] (all tokens)  float16
+        hidden_index       [n_rows, 2]         int64     (start, count) of each row in `hidden` (all tokens)
+        _blocks/<b>.json   completion marker of block b, written after its bytes are durable
+
+Rows are written in blocks of `rows_per_block` examples; block b owns rows [b*R, (b+1)*R) of every row array
+(one shard each) and, in every token array, a range that starts on a shard boundary, so that each shard is
+written whole by exactly one writer in one call. The unused tail of a block's last token shard is never
+written (empty inner chunks are not stored), so the gaps cost no bytes; `token_index` gives the true extents.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST_ATTR = "skdcache"
+DATASET_FILE = "dataset.json"
+BLOCKS_DIR = "_blocks"
+ROWS_PER_BLOCK = 1024
+CHUNKS_PER_TOKEN_SHARD = 64
+TARGET_CHUNK_BYTES = 32 * 1024
+
+HEAD_KINDS = ("sequence", "mlm", "causal")
+HIDDEN_TOKENS = ("cls", "all")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a teacher cache stores; part of its content key."""
+
+    head: str  # sequence | mlm | causal
+    max_length: int
+    top_k: int | None = None  # token-level heads only
+    hidden_layers: tuple[int, ...] = ()  # hidden_states indices (0 = embeddings)
+    hidden_tokens: str | None = None  # cls | all, when hidden_layers is not empty
+    mlm_probability: float | None = None  # mlm only: share of tokens masked
+    mask_seed: int | None = None  # mlm only: seed of the deterministic masking
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden_layers"] = list(self.hidden_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TargetSpec:
+        return cls(**{**d, "hidden_layers": tuple(d.get("hidden_layers", ()))})
+
+    @property
+    def token_level(self) -> bool:
+        return self.head in ("mlm", "causal")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a teacher cache: its full shape, dtype, inner chunk and shard (along axis 0)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    shard_rows: int
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return (self.chunk_rows, *self.shape[1:])
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        return (self.shard_rows, *self.shape[1:])
+
+
+@dataclass
+class Manifest:
+    """Group attributes of a teacher cache; `state` moves from "writing" to "complete"."""
+
+    format_version: int
+    teacher: dict  # name, source, revision, head, weights_hash, num_parameters
+    tokenizer_hash: str
+    dataset: dict  # fingerprint, n_rows, split, label_names, task
+    targets: dict  # TargetSpec.to_dict()
+    layout: dict  # rows_per_block, n_blocks, arrays {name: {shape, dtype, chunks, shards}}
+    metric: dict | None = None  # teacher's metric on a labelled eval split: {split, name, value, ...}
+    versions: dict = field(default_factory=dict)
+    created_at: str = ""
+    completed_at: str | None = None
+    state: str = "writing"
+    cache_key: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        return cls(**d)
+
+
+def token_id_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
+
+
+def _pow2_floor(x: float) -> int:
+    return 1 << max(0, int(np.floor(np.log2(max(x, 1)))))
+
+
+def row_chunk(row_bytes: int, rows_per_block: int) -> int:
+    """Inner chunk length: about TARGET_CHUNK_BYTES, a power of two dividing the block."""
+    return int(min(rows_per_block, max(16, _pow2_floor(TARGET_CHUNK_BYTES / max(row_bytes, 1)))))
+
+
+def token_chunk(token_bytes: int) -> int:
+    return int(min(4096, max(16, _pow2_floor(TARGET_CHUNK_BYTES / max(token_bytes, 1)))))
+
+
+def aligned_starts(counts: np.ndarray, rows_per_block: int, shard_len: int) -> tuple[np.ndarray, int]:
+    """Start of each row's tokens when every block begins on a shard boundary.
+
+    Args:
+        counts: [n_rows] number of token targets per row.
+    Returns:
+        starts [n_rows] int64 and the total token-axis length.
+    """
+    starts = np.zeros(len(counts), dtype=np.int64)
+    base = 0
+    for b0 in range(0, len(counts), rows_per_block):
+        block = counts[b0 : b0 + rows_per_block].astype(np.int64)
+        starts[b0 : b0 + len(block)] = base + np.concatenate([[0], np.cumsum(block)[:-1]])
+        used = int(block.sum())
+        base += -(-used // shard_len) * shard_len if b0 + rows_per_block < len(counts) else used
+    return starts, max(base, 1)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every array of one teacher cache, derived only from the spec, the shapes and the token counts."""
+
+    rows_per_block: int
+    n_rows: int
+    arrays: dict[str, ArraySpec]
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_rows // self.rows_per_block)
+
+    def block_rows(self, block: int) -> tuple[int, int]:
+        start = block * self.rows_per_block
+        return start, min(start + self.rows_per_block, self.n_rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "rows_per_block": self.rows_per_block,
+            "n_blocks": self.n_blocks,
+            "arrays": {
+                a.name: {"shape": list(a.shape), "dtype": a.dtype, "chunks": list(a.chunks), "shards": list(a.shards)}
+                for a in self.arrays.values()
+            },
+        }
+
+
+def plan_layout(
+    spec: TargetSpec,
+    n_rows: int,
+    n_labels: int | None,
+    vocab_size: int | None,
+    hidden_size: int | None,
+    target_counts: np.ndarray | None,
+    seq_lengths: np.ndarray | None,
+    rows_per_block: int = ROWS_PER_BLOCK,
+) -> tuple[Layout, dict[str, np.ndarray]]:
+    """Plan the arrays and the (start, count) index arrays that depend only on token counts.
+
+    Returns the layout and the index arrays ({"token_index": [n_rows, 2], "hidden_index": [n_rows, 2]})
+    so that a resumed run reproduces the exact same positions.
+    """
+    R = rows_per_block
+    arrays: dict[str, ArraySpec] = {}
+    index: dict[str, np.ndarray] = {}
+
+    def rows_array(name: str, tail: tuple[int, ...], dtype: str) -> None:
+        row_bytes = int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize
+        arrays[name] = ArraySpec(name, (n_rows, *tail), dtype, row_chunk(row_bytes, R), R)
+
+    def token_arrays(index_name: str, counts: np.ndarray, members: list[tuple[str, tuple[int, ...], str]]) -> None:
+        token_bytes = sum(int(np.prod(t, dtype=np.int64)) * np.dtype(d).itemsize for _, t, d in members)
+        chunk = token_chunk(token_bytes)
+        shard = chunk * CHUNKS_PER_TOKEN_SHARD
+        starts, total = aligned_starts(counts, R, shard)
+        index[index_name] = np.stack([starts, counts.astype(np.int64)], axis=1)
+        rows_array(index_name, (2,), "int64")
+        for name, tail, dtype in members:
+            arrays[name] = ArraySpec(name, (total, *tail), dtype, chunk, shard)
+
+    if spec.head == "sequence":
+        rows_array("logits", (n_labels,), "float16")
+    else:
+        k = spec.top_k
+        token_arrays(
+            "token_index",
+            target_counts,
+            [
+                ("topk_logprobs", (k,), "float16"),
+                ("topk_ids", (k,), token_id_dtype(vocab_size)),
+                ("tail_logmass", (), "float16"),
+                ("positions", (), "uint16"),
+            ],
+        )
+    if spec.hidden_layers:
+        tail = (len(spec.hidden_layers), hidden_size)
+        if spec.hidden_tokens == "cls":
+            rows_array("hidden", tail, "float16")
+        else:
+            token_arrays("hidden_index", seq_lengths, [("hidden", tail, "float16")])
+    return Layout(R, n_rows, arrays), index
+
+
+def layout_from_dict(d: dict, n_rows: int) -> Layout:
+    arrays = {
+        name: ArraySpec(name, tuple(a["shape"]), a["dtype"], a["chunks"][0], a["shards"][0])
+        for name, a in d["arrays"].items()
+    }
+    return Layout(d["rows_per_block"], n_rows, arrays)
+
+
+def block_marker_name(block: int) -> str:
+    return f"{BLOCKS_DIR}/{block:06d}.json"
+
+
+def encode_marker(block: int, rows: tuple[int, int], checksums: dict[str, str]) -> bytes:
+    return json.dumps({"block": block, "rows": list(rows), "checksums": checksums}, sort_keys=True).encode()
+
+
+def compressors():
+    """zstd on every inner chunk; float16 and small ints compress better byte-shuffled first (Blosc)."""
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),)

@@ -1,0 +1,173 @@
+"""Random-access reads of one teacher's cached targets, and integrity checks of whole caches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from skdcache.cache import format as fmt
+from skdcache.cache.store import read_json
+from skdcache.cache.writer import checksum, completed_blocks, read_manifest
+from skdcache.errors import CacheError
+
+TOKEN_ARRAYS = ("topk_logprobs", "topk_ids", "tail_logmass", "positions")
+
+
+@dataclass
+class Targets:
+    """One teacher's targets for a batch of rows, in the order asked.
+
+    logits [B, C] float32; token targets flattened in row order with `token_counts` [B]:
+    topk_logprobs [n, k] float32, topk_ids [n, k] int64, tail_logmass [n] float32, positions [n] int64;
+    hidden [B, L, H] (cls) or [n_hid, L, H] with `hidden_counts` [B] (all tokens), float32.
+    """
+
+    logits: torch.Tensor | None = None
+    topk_logprobs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    tail_logmass: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    token_counts: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    hidden_counts: torch.Tensor | None = None
+
+
+def _expand(index: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Token positions of `rows` given their (start, count) pairs: [sum(count)] int64."""
+    starts, counts = index[rows, 0], index[rows, 1]
+    if counts.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    return offsets + np.arange(counts.sum(), dtype=np.int64)
+
+
+class TeacherCache:
+    """Open a complete teacher cache; `read(rows)` returns its targets as tensors.
+
+    Reads are one orthogonal selection per array: zarr groups the requested rows by inner chunk, so a
+    random batch costs one small read per touched chunk, not one per row.
+    """
+
+    def __init__(self, path: str | Path, allow_incomplete: bool = False):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise CacheError(f"no teacher cache at {self.path}; run `skdcache precompute` first")
+        self.manifest = read_manifest(self.path)
+        self.targets = fmt.TargetSpec.from_dict(self.manifest.targets)
+        self.n_rows = int(self.manifest.dataset["n_rows"])
+        self.layout = fmt.layout_from_dict(self.manifest.layout, self.n_rows)
+        done = completed_blocks(self.path)
+        missing = set(range(self.layout.n_blocks)) - done
+        if missing and not allow_incomplete:
+            raise CacheError(
+                f"teacher cache {self.name} is incomplete ({len(missing)} of {self.layout.n_blocks} blocks missing); "
+                f"rerun `skdcache precompute` to finish it"
+            )
+        self._complete_rows = np.zeros(self.n_rows, dtype=bool)
+        for b in done:
+            lo, hi = self.layout.block_rows(b)
+            self._complete_rows[lo:hi] = True
+        group = zarr.open_group(str(self.path), mode="r")
+        self.arrays = {name: group[name] for name in self.layout.arrays}
+        self.index = {n: self.arrays[n][:] for n in ("token_index", "hidden_index") if n in self.arrays}
+
+    @property
+    def name(self) -> str:
+        return self.manifest.teacher["name"]
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return self.manifest.dataset["fingerprint"]
+
+    def check_dataset(self, fingerprint: str, n_rows: int | None = None) -> None:
+        if fingerprint != self.dataset_fingerprint:
+            raise CacheError(
+                f"teacher cache {self.name} was computed for dataset {self.dataset_fingerprint[:12]}, not "
+                f"{fingerprint[:12]} (other rows, order, labels or columns); precompute it for this data"
+            )
+        if n_rows is not None and n_rows != self.n_rows:
+            raise CacheError(f"teacher cache {self.name} holds {self.n_rows} rows, the data has {n_rows}")
+
+    def read(self, rows) -> Targets:
+        """Targets of `rows` (any order, repeats allowed) as float32/int64 tensors."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise IndexError(f"row index out of range for a cache of {self.n_rows} rows")
+        if not self._complete_rows[rows].all():
+            raise CacheError(f"rows of teacher cache {self.name} are not written yet; rerun precompute")
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        out = Targets()
+        if "logits" in self.arrays:
+            out.logits = _tensor(self.arrays["logits"].get_orthogonal_selection((uniq,))[inverse], torch.float32)
+        if "token_index" in self.index:
+            tok = _expand(self.index["token_index"], rows)
+            for name in TOKEN_ARRAYS:
+                setattr(out, name, _tensor(self._gather(name, tok), _DTYPES[name]))
+            out.token_counts = torch.from_numpy(self.index["token_index"][rows, 1].copy())
+        if "hidden" in self.arrays:
+            if "hidden_index" in self.index:
+                out.hidden = _tensor(self._gather("hidden", _expand(self.index["hidden_index"], rows)), torch.float32)
+                out.hidden_counts = torch.from_numpy(self.index["hidden_index"][rows, 1].copy())
+            else:
+                out.hidden = _tensor(self.arrays["hidden"].get_orthogonal_selection((uniq,))[inverse], torch.float32)
+        return out
+
+    def _gather(self, name: str, positions: np.ndarray) -> np.ndarray:
+        array = self.arrays[name]
+        if positions.size == 0:
+            return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+        uniq, inverse = np.unique(positions, return_inverse=True)
+        return array.get_orthogonal_selection((uniq,))[inverse]
+
+    def verify(self) -> list[str]:
+        """Re-read every block and compare its checksum; return one line per problem (empty = healthy)."""
+        problems: list[str] = []
+        for block in range(self.layout.n_blocks):
+            marker = self.path / fmt.block_marker_name(block)
+            if not marker.exists():
+                problems.append(f"block {block}: not written (no completion marker)")
+                continue
+            try:
+                expected = read_json(marker)["checksums"]
+            except (CacheError, KeyError):
+                problems.append(f"block {block}: completion marker unreadable")
+                continue
+            lo, hi = self.layout.block_rows(block)
+            for name in self.arrays:
+                try:
+                    got = checksum(self._block_values(name, lo, hi))
+                except Exception as exc:  # any decode failure is damage to report, not to raise
+                    problems.append(f"block {block} array {name}: unreadable ({type(exc).__name__}: {exc})")
+                    continue
+                if got != expected.get(name):
+                    problems.append(f"block {block} array {name}: checksum {got} != recorded {expected.get(name)}")
+        return problems
+
+    def _block_values(self, name: str, lo: int, hi: int) -> np.ndarray:
+        family = "token_index" if name in TOKEN_ARRAYS else "hidden_index" if name == "hidden" else None
+        if family is None or family not in self.index:
+            return self.arrays[name][lo:hi]
+        idx = self.index[family][lo:hi]
+        start, stop = int(idx[0, 0]), int(idx[-1, 0] + idx[-1, 1])
+        return self.arrays[name][start:stop] if stop > start else np.zeros((0, *self.arrays[name].shape[1:]))
+
+    def nbytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+_DTYPES = {
+    "topk_logprobs": torch.float32,
+    "topk_ids": torch.int64,
+    "tail_logmass": torch.float32,
+    "positions": torch.int64,
+}
+
+
+def _tensor(values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    if values.dtype == np.uint16 or values.dtype == np.uint32:
+        values = values.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(values)).to(dtype)

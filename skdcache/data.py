@@ -1,0 +1,248 @@
+"""Load a labelled text dataset and fingerprint the exact rows used.
+
+The fingerprint hashes the text, pair and label values row by row, in order, so that it identifies the data
+independently of where it came from and of any tokenizer: two caches built from the same rows agree, and a
+reader given reordered or edited rows refuses to serve targets computed for other rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skdcache.errors import SkdError
+
+SPLIT_FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the rows come from and which columns matter (the flags of `--data`)."""
+
+    source: str
+    split: str = "train"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str | None = "label"
+    config_name: str | None = None
+    limit: int | None = None
+
+    def with_split(self, split: str) -> DataSpec:
+        return DataSpec(**{**asdict(self), "split": split})
+
+
+@dataclass
+class TextRows:
+    """The rows of one split, in order, with labels encoded as class ids or floats."""
+
+    spec: DataSpec
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray | None  # [n] int64 class ids, or float32 for regression
+    label_names: list[str] | None  # None for regression or no labels
+    task: str  # "classification" | "regression" | "unlabelled"
+    fingerprint: str = field(default="")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_labels(self) -> int | None:
+        if self.task == "regression":
+            return 1
+        return len(self.label_names) if self.label_names else None
+
+
+def _split_files(directory: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        stem, suffix = path.name.split(".", 1)[0], "." + path.name.split(".", 1)[-1]
+        if stem in SPLIT_NAMES and suffix in SPLIT_FILE_FORMATS:
+            found[stem] = path
+    return found
+
+
+def available_splits(spec: DataSpec) -> list[str]:
+    """Split names a local source offers (a hub dataset is asked only for the requested split)."""
+    path = Path(spec.source)
+    if path.is_dir():
+        return list(_split_files(path))
+    if path.is_file():
+        return ["train"]
+    return [spec.split]
+
+
+def _load_hf(spec: DataSpec, split: str):
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(spec.source)
+    if path.is_dir():
+        files = _split_files(path)
+        if split not in files:
+            raise SkdError(
+                f"split {split!r} not found in {path} (found {sorted(files) or 'no split files'}); "
+                f"name files train/validation/test.csv|json|jsonl|parquet or pass --split"
+            )
+        file = files[split]
+        fmt = SPLIT_FILE_FORMATS["." + file.name.split(".", 1)[-1]]
+        return datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
+    if path.is_file():
+        suffix = "." + path.name.split(".", 1)[-1]
+        if suffix not in SPLIT_FILE_FORMATS:
+            raise SkdError(f"cannot read {path}: use a .csv, .json, .jsonl or .parquet file")
+        if split != "train":
+            raise SkdError(f"a single file has only the 'train' split; drop --split {split}")
+        return datasets.load_dataset(SPLIT_FILE_FORMATS[suffix], data_files={"train": str(path)}, split="train")
+    if os.sep in spec.source or spec.source.startswith("."):
+        raise SkdError(f"data path {spec.source} does not exist; check --data")
+    try:
+        return datasets.load_dataset(spec.source, spec.config_name, split=split)
+    except Exception as exc:  # the hub raises many types; one line is what the user needs
+        raise SkdError(
+            f"cannot load hub dataset {spec.source!r} split {split!r} ({type(exc).__name__}); "
+            f"offline? pass a local directory of split files to --data"
+        ) from exc
+
+
+def _label_info(spec: DataSpec, table) -> tuple[str, list[str] | None]:
+    """Decide the task and the class names, looking at every split so that ids agree across splits."""
+    import datasets
+
+    feature = table.features.get(spec.label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return "classification", list(feature.names)
+    values = table[spec.label_column]
+    if not values:
+        return "classification", []
+    if all(isinstance(v, str) for v in values):
+        names: set[str] = set()
+        for split in available_splits(spec):
+            other = table if split == spec.split else _load_hf(spec, split)
+            if spec.label_column in other.column_names:
+                names.update(str(v) for v in other[spec.label_column] if v is not None)
+        return "classification", sorted(names)
+    if isinstance(values[0], bool) or all(isinstance(v, int) for v in values):
+        return "classification", [str(i) for i in range(int(max(values)) + 1)]
+    return "regression", None
+
+
+def load_rows(spec: DataSpec) -> TextRows:
+    """Read one split into memory and fingerprint it; every error names the flag to change."""
+    table = _load_hf(spec, spec.split)
+    if spec.limit is not None:
+        table = table.select(range(min(spec.limit, len(table))))
+    if len(table) == 0:
+        raise SkdError(f"split {spec.split!r} of {spec.source} is empty; pick another --split")
+    for flag, column in (
+        ("--text-column", spec.text_column),
+        ("--text-pair-column", spec.text_pair_column),
+        ("--label-column", spec.label_column),
+    ):
+        if column is not None and column not in table.column_names:
+            raise SkdError(f"column {column!r} not in {spec.source} (columns: {table.column_names}); set {flag}")
+    texts = [_as_text(t, spec.text_column) for t in table[spec.text_column]]
+    pairs = [_as_text(t, spec.text_pair_column) for t in table[spec.text_pair_column]] if spec.text_pair_column else None
+    labels, names, task = None, None, "unlabelled"
+    if spec.label_column is not None:
+        task, names = _label_info(spec, table)
+        raw = table[spec.label_column]
+        if any(v is None for v in raw):
+            raise SkdError(f"column {spec.label_column!r} has empty labels; clean the data or drop --label-column")
+        if task == "regression":
+            labels = np.asarray(raw, dtype=np.float32)
+            if not np.isfinite(labels).all():
+                raise SkdError(f"column {spec.label_column!r} holds NaN/inf labels; clean the data")
+        else:
+            index = {name: i for i, name in enumerate(names)}
+            labels = np.asarray([index[str(v)] for v in raw], dtype=np.int64)
+    rows = TextRows(spec, texts, pairs, labels, names, task)
+    rows.fingerprint = fingerprint_rows(rows)
+    return rows
+
+
+def _as_text(value, column: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if not isinstance(value, str):
+        raise SkdError(f"column {column!r} holds {type(value).__name__} values, not text; set --text-column")
+    return value
+
+
+def fingerprint_rows(rows: TextRows) -> str:
+    """blake2b over the canonical JSON of every (text, pair, label) in order, plus the label names."""
+    h = hashlib.blake2b(digest_size=16)
+    header = {"task": rows.task, "label_names": rows.label_names, "pair": rows.pairs is not None}
+    h.update(json.dumps(header, sort_keys=True).encode())
+    for i, text in enumerate(rows.texts):
+        label = None if rows.labels is None else rows.labels[i].item()
+        record = [text, rows.pairs[i] if rows.pairs is not None else None, label]
+        h.update(json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass
+class Encoded:
+    """Token ids per row, unpadded; `type_ids` only for models that use segment ids (pairs in BERT)."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]] | None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def tokenize(tokenizer, rows: TextRows, max_length: int) -> Encoded:
+    """Tokenize every row without padding (each model tokenizes with its own tokenizer)."""
+    ids: list[list[int]] = []
+    type_ids: list[list[int]] | None = [] if "token_type_ids" in tokenizer.model_input_names else None
+    step = 2048
+    for start in range(0, len(rows), step):
+        texts = rows.texts[start : start + step]
+        pairs = rows.pairs[start : start + step] if rows.pairs is not None else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
+        ids.extend(enc["input_ids"])
+        if type_ids is not None:
+            type_ids.extend(enc["token_type_ids"])
+    return Encoded(ids, type_ids)
+
+
+def mlm_positions(ids: list[int], special: list[int], probability: float, seed: int, row: int) -> np.ndarray:
+    """Deterministic masked positions of one row: the same for the teacher at precompute and the student.
+
+    Seeded by (seed, row) alone, so it does not depend on batching, shard order or process count.
+    """
+    candidates = np.flatnonzero(np.asarray(special) == 0)
+    if candidates.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    n = max(1, int(round(probability * candidates.size)))
+    rng = np.random.default_rng([seed, row])
+    return np.sort(rng.choice(candidates, size=n, replace=False)).astype(np.int64)
+
+
+def pad_batch(ids: list[list[int]], type_ids: list[list[int]] | None, pad_id: int) -> dict:
+    """Right-pad a list of rows into int64 tensors input_ids / attention_mask (/ token_type_ids) [B, T]."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if type_ids is not None:
+        types = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(type_ids):
+            types[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        batch["token_type_ids"] = types
+    return batch

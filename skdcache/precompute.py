@@ -1,0 +1,373 @@
+"""Run each teacher once over the rows and write its targets to the cache, resumably.
+
+data -> tokenize (the teacher's own tokenizer) -> length-bucketed batches -> teacher forward
+-> reduce to targets -> background writer (one block = whole shards) -> completion marker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from skdcache.cache import format as fmt
+from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
+from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
+from skdcache.cache.writer import CacheWriter, read_manifest
+from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, tokenize
+from skdcache.errors import SkdError
+from skdcache.metrics import PRIMARY, task_metrics
+from skdcache.teachers import (
+    LoadedTeacher,
+    TeacherSpec,
+    detect_head,
+    load_teacher,
+    load_tokenizer,
+    resolve_model_dir,
+    teacher_forward,
+)
+
+log = logging.getLogger("skdcache")
+
+
+@dataclass
+class TargetOptions:
+    """What to store and how to run (the precompute flags that are not data or team)."""
+
+    max_length: int = 128
+    top_k: int = 32
+    hidden_layers: str | None = None  # "last" | "all" | "1,3,6" | None
+    hidden_tokens: str = "cls"
+    mlm_probability: float = 0.15
+    mask_seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    rows_per_block: int = fmt.ROWS_PER_BLOCK
+    eval_split: str | None = "validation"
+    trust_remote_code: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PrecomputeResult:
+    name: str
+    path: Path
+    status: str  # "cached" | "computed" | "resumed"
+    seconds: float
+    manifest: fmt.Manifest
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise SkdError("--device cuda asked but no CUDA device is visible; use --device cpu or auto")
+    return torch.device(requested)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None  # CPU autocast is slower than fp32 for these models; keep exact fp32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def parse_hidden_layers(value: str | None, n_layers: int) -> tuple[int, ...]:
+    """`last` -> (n,), `all` -> (0..n) including embeddings, `1,3,-1` -> explicit hidden_states indices."""
+    if not value:
+        return ()
+    if value == "last":
+        return (n_layers,)
+    if value == "all":
+        return tuple(range(n_layers + 1))
+    try:
+        layers = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise SkdError(f"--hidden-layers {value!r}: use last, all, or a comma list like 2,4,6") from None
+    resolved = tuple(sorted({x % (n_layers + 1) for x in layers}))
+    if any(x > n_layers or x < -(n_layers + 1) for x in layers):
+        raise SkdError(f"--hidden-layers {value!r}: the teacher has hidden states 0..{n_layers}")
+    return resolved
+
+
+def label_permutation(config, rows: TextRows) -> torch.Tensor | None:
+    """Teacher column for each dataset label, so cached logits are in the dataset's label order."""
+    if rows.task != "classification":
+        return None
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    if all(n.startswith("LABEL_") for n in names) or names == rows.label_names:
+        return None
+    if sorted(names) != sorted(rows.label_names):
+        raise SkdError(f"teacher labels {names} differ from the data's {rows.label_names}; fix --label-column")
+    return torch.tensor([names.index(n) for n in rows.label_names])
+
+
+def _check_teacher(spec: TeacherSpec, config, head: str, rows: TextRows, opts: TargetOptions) -> None:
+    if head == "sequence" and rows.num_labels is not None and config.num_labels != rows.num_labels:
+        raise SkdError(
+            f"teacher {spec.name} has {config.num_labels} labels, the data has {rows.num_labels} "
+            f"({rows.label_names or 'regression'}); fine-tune a teacher for this label set or fix --label-column"
+        )
+    if head != "sequence" and opts.top_k > config.vocab_size:
+        raise SkdError(f"--top-k {opts.top_k} exceeds teacher {spec.name}'s vocabulary ({config.vocab_size})")
+
+
+def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
+    layers = parse_hidden_layers(opts.hidden_layers, config.num_hidden_layers)
+    return fmt.TargetSpec(
+        head=head,
+        max_length=opts.max_length,
+        top_k=opts.top_k if head != "sequence" else None,
+        hidden_layers=layers,
+        hidden_tokens=opts.hidden_tokens if layers else None,
+        mlm_probability=opts.mlm_probability if head == "mlm" else None,
+        mask_seed=opts.mask_seed if head == "mlm" else None,
+    )
+
+
+def _token_targets(head: str, enc: Encoded, tokenizer, spec: fmt.TargetSpec) -> list[np.ndarray] | None:
+    """Positions carrying a token-level loss, per row: masked ones for MLM, all non-pad for causal LM."""
+    if head == "causal":
+        return [np.arange(len(ids), dtype=np.int64) for ids in enc.ids]
+    if head == "mlm":
+        out = []
+        for row, ids in enumerate(enc.ids):
+            special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+            out.append(mlm_positions(ids, special, spec.mlm_probability, spec.mask_seed, row))
+        return out
+    return None
+
+
+def _batches(lengths: np.ndarray, rows: range, batch_size: int) -> list[np.ndarray]:
+    """Rows of one block grouped by length (longest first) so padding is rarely computed."""
+    idx = np.asarray(rows, dtype=np.int64)
+    idx = idx[np.argsort(-lengths[idx], kind="stable")]
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
+def _run_block(
+    teacher: LoadedTeacher,
+    enc: Encoded,
+    positions: list[np.ndarray] | None,
+    spec: fmt.TargetSpec,
+    rows: range,
+    opts: TargetOptions,
+    device: torch.device,
+    perm: torch.Tensor | None,
+    on_batch,
+) -> dict[str, np.ndarray]:
+    lengths = enc.lengths
+    per_row: dict[int, dict[str, np.ndarray]] = {}
+    pad_id = teacher.tokenizer.pad_token_id
+    for batch_rows in _batches(lengths, rows, opts.batch_size):
+        ids = [list(enc.ids[r]) for r in batch_rows]
+        target_mask = None
+        if positions is not None:
+            width = max(len(x) for x in ids)
+            target_mask = torch.zeros((len(ids), width), dtype=torch.bool)
+            for i, r in enumerate(batch_rows):
+                target_mask[i, positions[r]] = True
+                if spec.head == "mlm":
+                    for p in positions[r]:
+                        ids[i][p] = teacher.tokenizer.mask_token_id
+        types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None
+        batch = {k: v.to(device) for k, v in pad_batch(ids, types, pad_id).items()}
+        out = teacher_forward(
+            teacher,
+            batch,
+            target_mask.to(device) if target_mask is not None else None,
+            spec.top_k,
+            spec.hidden_layers,
+            spec.hidden_tokens,
+            perm,
+            autocast_dtype(device),
+        )
+        _split_rows(out, batch_rows, positions, lengths, spec, per_row)
+        on_batch(len(batch_rows), int(lengths[batch_rows].sum()))
+    names = list(per_row[rows[0]])
+    return {n: np.concatenate([per_row[r][n] for r in rows], axis=0) for n in names}
+
+
+def _split_rows(out, batch_rows, positions, lengths, spec: fmt.TargetSpec, per_row: dict) -> None:
+    """Cut a batch's flattened outputs back into per-row numpy arrays."""
+    if out.logits is not None:
+        logits = out.logits.cpu().numpy()
+        for i, r in enumerate(batch_rows):
+            per_row.setdefault(int(r), {})["logits"] = logits[i : i + 1]
+    if out.topk_logprobs is not None:
+        counts = [len(positions[r]) for r in batch_rows]
+        vals = np.split(out.topk_logprobs.cpu().numpy(), np.cumsum(counts)[:-1])
+        ids = np.split(out.topk_ids.cpu().numpy(), np.cumsum(counts)[:-1])
+        tail = np.split(out.tail_logmass.cpu().numpy(), np.cumsum(counts)[:-1])
+        for i, r in enumerate(batch_rows):
+            d = per_row.setdefault(int(r), {})
+            d.update(topk_logprobs=vals[i], topk_ids=ids[i], tail_logmass=tail[i], positions=positions[r])
+    if out.hidden is not None:
+        hidden = out.hidden.cpu().numpy()
+        if spec.hidden_tokens == "cls":
+            parts = [hidden[i : i + 1] for i in range(len(batch_rows))]
+        else:
+            parts = np.split(hidden, np.cumsum(lengths[batch_rows])[:-1])
+        for i, r in enumerate(batch_rows):
+            per_row.setdefault(int(r), {})["hidden"] = parts[i]
+
+
+def _check_finite(block: int, data: dict[str, np.ndarray], name: str) -> None:
+    for key in ("logits", "topk_logprobs", "hidden"):
+        if key in data and not np.isfinite(data[key]).all():
+            raise SkdError(f"teacher {name} produced NaN/inf {key} in block {block}; check the model weights/dtype")
+
+
+@torch.inference_mode()
+def evaluate_teacher(teacher: LoadedTeacher, rows: TextRows, opts: TargetOptions, device, perm) -> dict | None:
+    """The teacher's metric on a labelled split: teacher-rank sampling ranks teachers by it."""
+    if teacher.head != "sequence" or rows.labels is None:
+        return None
+    enc = tokenize(teacher.tokenizer, rows, opts.max_length)
+    outputs = np.zeros((len(rows), teacher.config.num_labels), dtype=np.float32)
+    for batch_rows in _batches(enc.lengths, range(len(rows)), opts.batch_size):
+        types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None
+        batch = {k: v.to(device) for k, v in pad_batch([enc.ids[r] for r in batch_rows], types,
+                                                        teacher.tokenizer.pad_token_id).items()}
+        with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=autocast_dtype(device) is not None):
+            logits = teacher.model(**batch).logits.float()
+        outputs[batch_rows] = (logits[:, perm] if perm is not None else logits).cpu().numpy()
+    values = task_metrics(rows.task, outputs, rows.labels)
+    return {"split": rows.spec.split, "name": PRIMARY[rows.task], "value": values[PRIMARY[rows.task]],
+            "all": values, "n_rows": len(rows), "dataset_fingerprint": rows.fingerprint}
+
+
+def package_versions() -> dict[str, str]:
+    import transformers
+    import zarr
+
+    import skdcache
+
+    return {"skdcache": skdcache.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "zarr": zarr.__version__, "numpy": np.__version__}
+
+
+def dataset_record(rows: TextRows) -> dict:
+    s = rows.spec
+    return {"fingerprint": rows.fingerprint, "n_rows": len(rows), "split": s.split, "source": s.source,
+            "text_column": s.text_column, "text_pair_column": s.text_pair_column, "label_column": s.label_column,
+            "label_names": rows.label_names, "task": rows.task, "limit": s.limit}
+
+
+def precompute_teacher(
+    spec: TeacherSpec, rows: TextRows, root: Path, opts: TargetOptions, eval_rows: TextRows | None = None
+) -> PrecomputeResult:
+    """Compute (or find) one teacher's cache for `rows`; safe to interrupt and call again."""
+    from transformers import AutoConfig
+
+    t0 = time.perf_counter()
+    model_dir = resolve_model_dir(spec.source, spec.revision)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=opts.trust_remote_code)
+    head = detect_head(config, spec.head)
+    _check_teacher(spec, config, head, rows, opts)
+    tokenizer = load_tokenizer(model_dir, opts.trust_remote_code)
+    targets = target_spec(head, config, opts)
+    weights_hash, tok_hash = model_weights_hash(model_dir), tokenizer_hash(tokenizer)
+    key = cache_key(weights_hash, tok_hash, targets, rows.label_names)
+    group_path = root / rows.fingerprint / key
+    if (group_path / "zarr.json").exists():
+        manifest = read_manifest(group_path)
+        if manifest.state == "complete":
+            return PrecomputeResult(spec.name, group_path, "cached", time.perf_counter() - t0, manifest)
+
+    with WriterLock(group_path):
+        device = pick_device(opts.device)
+        teacher = load_teacher(spec, device, opts.trust_remote_code)
+        perm = label_permutation(teacher.config, rows)
+        if perm is not None:
+            perm = perm.to(device)
+        enc = tokenize(tokenizer, rows, opts.max_length)
+        positions = _token_targets(head, enc, tokenizer, targets)
+        counts = np.array([len(p) for p in positions]) if positions is not None else None
+        layout, index = fmt.plan_layout(
+            targets, len(rows), rows.num_labels or config.num_labels, config.vocab_size,
+            config.hidden_size, counts, enc.lengths, opts.rows_per_block,
+        )
+        manifest = fmt.Manifest(
+            format_version=fmt.FORMAT_VERSION,
+            teacher={"name": spec.name, "source": spec.source, "revision": spec.revision, "head": head,
+                     "weights_hash": weights_hash, "num_parameters": teacher.num_parameters,
+                     "num_labels": config.num_labels, "vocab_size": config.vocab_size,
+                     "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers},
+            tokenizer_hash=tok_hash,
+            dataset=dataset_record(rows),
+            targets=targets.to_dict(),
+            layout=layout.to_dict(),
+            versions=package_versions(),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            cache_key=key,
+        )
+        write_json(root / rows.fingerprint / fmt.DATASET_FILE, dataset_record(rows))
+        writer = CacheWriter(group_path, manifest, layout, index)
+        done = writer.done()
+        todo = [b for b in range(layout.n_blocks) if b not in done]
+        status = "resumed" if done else "computed"
+        rows_done = sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in done)
+        bar = tqdm(total=len(rows), initial=rows_done, unit="ex", desc=f"{spec.name}", disable=not opts.progress,
+                   dynamic_ncols=True, smoothing=0.1)
+        tokens = [0, time.perf_counter()]
+
+        def on_batch(n_rows: int, n_tokens: int) -> None:
+            tokens[0] += n_tokens
+            bar.update(n_rows)
+            bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - tokens[1]):,.0f}", refresh=False)
+
+        pending: list[Future] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdcache-writer") as pool:
+            for block in todo:
+                data = _run_block(teacher, enc, positions, targets, range(*layout.block_rows(block)), opts,
+                                  device, perm, on_batch)
+                _check_finite(block, data, spec.name)
+                pending = [f for f in pending if not f.done() or f.result()]
+                while len(pending) >= 2:  # backpressure: at most two blocks in flight
+                    pending.pop(0).result()
+                pending.append(pool.submit(writer.write_block, block, data))
+            for f in pending:
+                f.result()
+        bar.close()
+        metric = evaluate_teacher(teacher, eval_rows, opts, device, perm) if eval_rows is not None else None
+        manifest = writer.finish(metric)
+    return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest)
+
+
+def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:
+    from skdcache.data import available_splits
+
+    if not opts.eval_split or data.label_column is None or opts.eval_split == data.split:
+        return None
+    if opts.eval_split not in available_splits(data):
+        return None
+    return load_rows(dataclasses.replace(data, split=opts.eval_split, limit=None))
+
+
+def precompute(
+    data: DataSpec, team: list[TeacherSpec], cache_root: str | Path | None = None, opts: TargetOptions | None = None
+) -> list[PrecomputeResult]:
+    """Python API of `skdcache precompute`: every teacher of `team` over the rows of `data`."""
+    opts = opts or TargetOptions()
+    if not team:
+        raise SkdError("no teacher given; pass --teacher NAME=PATH (repeatable) or --config team.toml")
+    names = [t.name for t in team]
+    if len(set(names)) != len(names):
+        raise SkdError(f"teacher names must be unique, got {names}")
+    root = ensure_writable_root(Path(cache_root) if cache_root else default_cache_root())
+    rows = load_rows(data)
+    eval_rows = load_eval_rows(data, opts)
+    results = []
+    for spec in team:
+        result = precompute_teacher(spec, rows, root, opts, eval_rows)
+        log.info("%s: %s in %.1fs -> %s", spec.name, result.status, result.seconds, result.path)
+        results.append(result)
+    return results

@@ -1,0 +1,219 @@
+"""Teacher samplers: empirical frequencies, determinism, validation and the learned update."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from skdcache.sampling import (
+    LearnedSampler,
+    Sampler,
+    build_sampler,
+    describe,
+    from_metrics,
+    from_weights,
+    uniform,
+)
+
+N_DRAWS = 20_000
+N_SE = 4.0  # allowed deviation in standard errors sqrt(p (1 - p) / n); a false failure has odds ~1e-4
+
+
+def _assert_frequencies_match(sampler: Sampler) -> None:
+    draws = np.array([sampler.sample(step) for step in range(N_DRAWS)])
+    probs = sampler.probs()
+    freqs = np.bincount(draws, minlength=probs.size) / N_DRAWS
+    bound = N_SE * np.sqrt(probs * (1 - probs) / N_DRAWS)
+    assert freqs.size == probs.size
+    assert np.all(np.abs(freqs - probs) <= bound), (freqs, probs, bound)
+
+
+def test_uniform_probs_and_frequencies() -> None:
+    sampler = uniform(4, seed=0)
+    assert np.allclose(sampler.probs(), 0.25)
+    _assert_frequencies_match(sampler)
+
+
+def test_weights_normalised_and_frequencies() -> None:
+    sampler = from_weights([2.0, 3.0, 5.0], n_teachers=3, seed=1)
+    assert np.allclose(sampler.probs(), [0.2, 0.3, 0.5])
+    _assert_frequencies_match(sampler)
+
+
+def test_zero_weight_teacher_never_drawn() -> None:
+    sampler = from_weights([0.0, 1.0, 0.0], n_teachers=3, seed=5)
+    assert {sampler.sample(step) for step in range(500)} == {1}
+
+
+def test_metrics_softmax_and_frequencies() -> None:
+    metrics = [0.80, 0.85, 0.90]
+    sampler = from_metrics(metrics, seed=2)
+    probs = sampler.probs()
+    exps = [math.exp(m / 0.05) for m in metrics]
+    assert np.allclose(probs, [e / sum(exps) for e in exps])
+    assert probs[2] / probs[1] == pytest.approx(math.e)  # a 5-point gap at T = 0.05 is a factor e
+    _assert_frequencies_match(sampler)
+
+
+def test_metrics_lower_is_better_reverses_order() -> None:
+    probs = from_metrics([0.1, 0.3], seed=0, temperature=0.1, higher_is_better=False).probs()
+    assert probs[0] > probs[1]
+    assert probs[0] / probs[1] == pytest.approx(math.exp(2.0))
+
+
+def test_metrics_nan_rejected() -> None:
+    with pytest.raises(ValueError, match=r"teachers \[1\]"):
+        from_metrics([0.8, float("nan")], seed=0)
+    with pytest.raises(ValueError):
+        from_metrics([0.8, 0.9], seed=0, temperature=0.0)
+
+
+def test_sample_deterministic_across_instances_and_seeds() -> None:
+    a = from_weights([1, 1, 1, 1, 1], n_teachers=5, seed=42)
+    b = from_weights([1, 1, 1, 1, 1], n_teachers=5, seed=42)
+    c = from_weights([1, 1, 1, 1, 1], n_teachers=5, seed=43)
+    steps = [1000, 3, 77, 0, 512] + list(range(200))  # order of calls must not matter
+    draws_a = [a.sample(s) for s in steps]
+    assert draws_a == [b.sample(s) for s in reversed(steps)][::-1]
+    assert draws_a != [c.sample(s) for s in steps]
+    assert len(set(draws_a)) == 5
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        ([0.5, 0.5], "one weight per teacher"),
+        ([0.5, -0.1, 0.6], ">= 0"),
+        ([0.5, float("nan"), 0.5], "finite"),
+        ([0.5, float("inf"), 0.5], "finite"),
+        ([0.0, 0.0, 0.0], "positive weight"),
+        ("0.2,0.3,0.5", "split"),
+    ],
+)
+def test_bad_weights_raise(weights, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        from_weights(weights, n_teachers=3, seed=0)
+
+
+def test_learned_starts_uniform_and_only_sampled_logit_moves() -> None:
+    sampler = LearnedSampler(4, seed=0, lr=0.5)
+    assert np.allclose(sampler.probs(), 0.25)
+    sampler.update(2, reward=1.0)  # first reward initialises the baseline: zero advantage
+    assert sampler.state_dict()["theta"] == [0.0, 0.0, 0.0, 0.0]
+    sampler.update(1, reward=3.0)
+    theta = sampler.state_dict()["theta"]
+    assert theta[1] == pytest.approx(0.5 * (3.0 - 1.0))
+    assert theta[0] == theta[2] == theta[3] == 0.0
+    baseline = 0.9 * 1.0 + 0.1 * 3.0
+    assert sampler.state_dict()["baseline"] == pytest.approx(baseline)
+    sampler.update(3, reward=0.0)
+    theta = sampler.state_dict()["theta"]
+    assert theta[3] == pytest.approx(0.5 * (0.0 - baseline))
+    assert theta[:3] == pytest.approx([0.0, 1.0, 0.0])
+    assert len(sampler.history()) == 3
+    assert sampler.history()[-1] == pytest.approx(sampler.probs().tolist())
+
+
+def test_learned_best_teacher_wins_and_min_prob_holds() -> None:
+    sampler = LearnedSampler(3, seed=7, lr=0.2, min_prob=0.05)
+    mean_reward = [0.0, 1.0, 0.3]
+    noise = np.random.default_rng(0)
+    for step in range(600):
+        teacher = sampler.sample(step)
+        sampler.update(teacher, mean_reward[teacher] + 0.1 * noise.standard_normal())
+    probs = sampler.probs()
+    assert int(np.argmax(probs)) == 1
+    assert probs[1] > 0.8
+    assert probs.min() >= 0.05 - 1e-12
+    assert probs.sum() == pytest.approx(1.0)
+    assert all(min(p) >= 0.05 - 1e-12 for p in sampler.history())
+
+
+def test_learned_min_prob_floor_under_huge_logits() -> None:
+    sampler = LearnedSampler(4, seed=0, lr=1.0, min_prob=0.02)
+    sampler.update(0, 0.0)
+    sampler.update(0, 1e6)
+    probs = sampler.probs()
+    assert np.all(np.isfinite(probs))
+    assert probs[1:] == pytest.approx([0.02, 0.02, 0.02])
+    assert probs[0] == pytest.approx(1 - 3 * 0.02)
+
+
+def test_learned_rejects_bad_args() -> None:
+    with pytest.raises(ValueError):
+        LearnedSampler(10, seed=0, min_prob=0.2)
+    sampler = LearnedSampler(3, seed=0)
+    with pytest.raises(ValueError):
+        sampler.update(3, 1.0)
+    with pytest.raises(ValueError):
+        sampler.update(0, float("nan"))
+
+
+def test_learned_state_dict_round_trip_through_json() -> None:
+    sampler = LearnedSampler(3, seed=11, lr=0.3, min_prob=0.01)
+    for step, reward in enumerate([0.1, 0.5, -0.2, 0.9, 0.4]):
+        sampler.update(sampler.sample(step), reward)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    assert state["steps"] == 5
+
+    restored = LearnedSampler(3, seed=0)  # different seed / hyper-parameters are overwritten by the state
+    assert not np.allclose(restored.probs(), sampler.probs())
+    restored.load_state_dict(state)
+    assert np.allclose(restored.probs(), sampler.probs())
+    assert [restored.sample(s) for s in range(50)] == [sampler.sample(s) for s in range(50)]
+    restored.update(0, 1.0)
+    sampler.update(0, 1.0)
+    assert np.allclose(restored.probs(), sampler.probs())
+
+    with pytest.raises(ValueError):
+        LearnedSampler(4, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match="kind"):
+        uniform(3, seed=0).load_state_dict(state)
+
+
+def test_fixed_state_dict_round_trip() -> None:
+    sampler = from_metrics([0.7, 0.9, 0.8], seed=3, kind="teacher-rank")
+    state = json.loads(json.dumps(sampler.state_dict()))
+    other = from_metrics([0.5, 0.5, 0.5], seed=9, kind="teacher-rank")
+    other.load_state_dict(state)
+    assert np.allclose(other.probs(), sampler.probs())
+    assert [other.sample(s) for s in range(30)] == [sampler.sample(s) for s in range(30)]
+
+
+def test_build_sampler_kinds() -> None:
+    assert build_sampler("uniform", 3, seed=0).probs() == pytest.approx([1 / 3] * 3)
+    assert build_sampler("weights", 2, seed=0, weights=[1, 3]).probs() == pytest.approx([0.25, 0.75])
+    rank = build_sampler("student-rank", 2, seed=0, metrics=[0.9, 0.8], temperature=0.1)
+    assert rank.kind == "student-rank"
+    assert rank.probs()[0] / rank.probs()[1] == pytest.approx(math.e)
+    learned = build_sampler("learned", 4, seed=0)
+    assert isinstance(learned, LearnedSampler) and isinstance(learned, Sampler)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kind": "teacher-rank"}, "needs one metric per teacher"),
+        ({"kind": "student-rank", "metrics": [0.9]}, "one metric per teacher"),
+        ({"kind": "weights"}, "needs weights"),
+        ({"kind": "best"}, "unknown sampler kind"),
+    ],
+)
+def test_build_sampler_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_sampler(n_teachers=3, seed=0, **kwargs)
+
+
+def test_describe_is_json_ready() -> None:
+    record = describe(from_metrics([0.8, 0.9], seed=1, kind="teacher-rank"))
+    assert record["kind"] == "teacher-rank"
+    assert record["probs"] == pytest.approx(from_metrics([0.8, 0.9], seed=1).probs().tolist())
+    assert record["meta"]["temperature"] == 0.05
+    learned = LearnedSampler(2, seed=0)
+    learned.update(0, 1.0)
+    learned_record = json.loads(json.dumps(describe(learned)))
+    assert learned_record["kind"] == "learned" and learned_record["steps"] == 1
+    assert sum(learned_record["probs"]) == pytest.approx(1.0)
