@@ -149,7 +149,9 @@ def load_rows(spec: DataSpec) -> TextRows:
         if column is not None and column not in table.column_names:
             raise SkdError(f"column {column!r} not in {spec.source} (columns: {table.column_names}); set {flag}")
     texts = [_as_text(t, spec.text_column) for t in table[spec.text_column]]
-    pairs = [_as_text(t, spec.text_pair_column) for t in table[spec.text_pair_column]] if spec.text_pair_column else None
+    pairs = (
+        [_as_text(t, spec.text_pair_column) for t in table[spec.text_pair_column]] if spec.text_pair_column else None
+    )
     labels, names, task = None, None, "unlabelled"
     if spec.label_column is not None:
         task, names = _label_info(spec, table)

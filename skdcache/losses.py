@@ -135,9 +135,7 @@ def _student_bucket_logprobs(student_logits: Tensor, topk_ids: Tensor, temperatu
     return torch.cat([top, tail], dim=-1)
 
 
-def _check_topk_shapes(
-    student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, tail_logmass: Tensor
-) -> None:
+def _check_topk_shapes(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, tail_logmass: Tensor) -> None:
     """Fail early with a readable message instead of a gather/broadcast error deep in the loss."""
     if student_logits.dim() != 2 or topk_ids.dim() != 2:
         raise ValueError(
@@ -173,9 +171,7 @@ def hidden_state_loss(
     projected = projection(student_hidden) if projection is not None else student_hidden
     student_width, teacher_width = projected.shape[-1], teacher_hidden.shape[-1]
     if student_width != teacher_width:
-        fix = (
-            "fix the projection's output width" if projection is not None else "enable the learned projection"
-        )
+        fix = "fix the projection's output width" if projection is not None else "enable the learned projection"
         raise ValueError(f"student width {student_width} != teacher width {teacher_width}: {fix}")
     if projected.shape != teacher_hidden.shape:
         raise ValueError(
@@ -202,9 +198,7 @@ def uniform_layer_map(n_student_layers: int, n_teacher_layers: int) -> list[tupl
         e.g. 4 / 12 -> ``[(1, 3), (2, 6), (3, 9), (4, 12)]``.
     """
     if n_student_layers < 1 or n_teacher_layers < 1:
-        raise ValueError(
-            f"layer counts must be >= 1, got student={n_student_layers} teacher={n_teacher_layers}"
-        )
+        raise ValueError(f"layer counts must be >= 1, got student={n_student_layers} teacher={n_teacher_layers}")
     return [
         (i, max(1, (2 * i * n_teacher_layers + n_student_layers) // (2 * n_student_layers)))
         for i in range(1, n_student_layers + 1)

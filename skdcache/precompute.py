@@ -234,14 +234,22 @@ def evaluate_teacher(teacher: LoadedTeacher, rows: TextRows, opts: TargetOptions
     outputs = np.zeros((len(rows), teacher.config.num_labels), dtype=np.float32)
     for batch_rows in _batches(enc.lengths, range(len(rows)), opts.batch_size):
         types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None
-        batch = {k: v.to(device) for k, v in pad_batch([enc.ids[r] for r in batch_rows], types,
-                                                        teacher.tokenizer.pad_token_id).items()}
+        batch = {
+            k: v.to(device)
+            for k, v in pad_batch([enc.ids[r] for r in batch_rows], types, teacher.tokenizer.pad_token_id).items()
+        }
         with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=autocast_dtype(device) is not None):
             logits = teacher.model(**batch).logits.float()
         outputs[batch_rows] = (logits[:, perm] if perm is not None else logits).cpu().numpy()
     values = task_metrics(rows.task, outputs, rows.labels)
-    return {"split": rows.spec.split, "name": PRIMARY[rows.task], "value": values[PRIMARY[rows.task]],
-            "all": values, "n_rows": len(rows), "dataset_fingerprint": rows.fingerprint}
+    return {
+        "split": rows.spec.split,
+        "name": PRIMARY[rows.task],
+        "value": values[PRIMARY[rows.task]],
+        "all": values,
+        "n_rows": len(rows),
+        "dataset_fingerprint": rows.fingerprint,
+    }
 
 
 def package_versions() -> dict[str, str]:
@@ -250,15 +258,29 @@ def package_versions() -> dict[str, str]:
 
     import skdcache
 
-    return {"skdcache": skdcache.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "zarr": zarr.__version__, "numpy": np.__version__}
+    return {
+        "skdcache": skdcache.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def dataset_record(rows: TextRows) -> dict:
     s = rows.spec
-    return {"fingerprint": rows.fingerprint, "n_rows": len(rows), "split": s.split, "source": s.source,
-            "text_column": s.text_column, "text_pair_column": s.text_pair_column, "label_column": s.label_column,
-            "label_names": rows.label_names, "task": rows.task, "limit": s.limit}
+    return {
+        "fingerprint": rows.fingerprint,
+        "n_rows": len(rows),
+        "split": s.split,
+        "source": s.source,
+        "text_column": s.text_column,
+        "text_pair_column": s.text_pair_column,
+        "label_column": s.label_column,
+        "label_names": rows.label_names,
+        "task": rows.task,
+        "limit": s.limit,
+    }
 
 
 def precompute_teacher(
@@ -292,15 +314,29 @@ def precompute_teacher(
         positions = _token_targets(head, enc, tokenizer, targets)
         counts = np.array([len(p) for p in positions]) if positions is not None else None
         layout, index = fmt.plan_layout(
-            targets, len(rows), rows.num_labels or config.num_labels, config.vocab_size,
-            config.hidden_size, counts, enc.lengths, opts.rows_per_block,
+            targets,
+            len(rows),
+            rows.num_labels or config.num_labels,
+            config.vocab_size,
+            config.hidden_size,
+            counts,
+            enc.lengths,
+            opts.rows_per_block,
         )
         manifest = fmt.Manifest(
             format_version=fmt.FORMAT_VERSION,
-            teacher={"name": spec.name, "source": spec.source, "revision": spec.revision, "head": head,
-                     "weights_hash": weights_hash, "num_parameters": teacher.num_parameters,
-                     "num_labels": config.num_labels, "vocab_size": config.vocab_size,
-                     "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers},
+            teacher={
+                "name": spec.name,
+                "source": spec.source,
+                "revision": spec.revision,
+                "head": head,
+                "weights_hash": weights_hash,
+                "num_parameters": teacher.num_parameters,
+                "num_labels": config.num_labels,
+                "vocab_size": config.vocab_size,
+                "hidden_size": config.hidden_size,
+                "num_hidden_layers": config.num_hidden_layers,
+            },
             tokenizer_hash=tok_hash,
             dataset=dataset_record(rows),
             targets=targets.to_dict(),
@@ -315,8 +351,15 @@ def precompute_teacher(
         todo = [b for b in range(layout.n_blocks) if b not in done]
         status = "resumed" if done else "computed"
         rows_done = sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in done)
-        bar = tqdm(total=len(rows), initial=rows_done, unit="ex", desc=f"{spec.name}", disable=not opts.progress,
-                   dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(
+            total=len(rows),
+            initial=rows_done,
+            unit="ex",
+            desc=f"{spec.name}",
+            disable=not opts.progress,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
         tokens = [0, time.perf_counter()]
 
         def on_batch(n_rows: int, n_tokens: int) -> None:
@@ -327,8 +370,9 @@ def precompute_teacher(
         pending: list[Future] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdcache-writer") as pool:
             for block in todo:
-                data = _run_block(teacher, enc, positions, targets, range(*layout.block_rows(block)), opts,
-                                  device, perm, on_batch)
+                data = _run_block(
+                    teacher, enc, positions, targets, range(*layout.block_rows(block)), opts, device, perm, on_batch
+                )
                 _check_finite(block, data, spec.name)
                 pending = [f for f in pending if not f.done() or f.result()]
                 while len(pending) >= 2:  # backpressure: at most two blocks in flight

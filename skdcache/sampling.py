@@ -73,9 +73,7 @@ class CategoricalSampler:
         meta: JSON-ready provenance (e.g. the metrics and temperature) copied into the state dict.
     """
 
-    def __init__(
-        self, probs: Sequence[float], seed: int, kind: str, meta: Mapping[str, Any] | None = None
-    ) -> None:
+    def __init__(self, probs: Sequence[float], seed: int, kind: str, meta: Mapping[str, Any] | None = None) -> None:
         self._probs = _check_probs(probs)
         self._seed = _check_seed(seed)
         self._kind = kind
@@ -155,9 +153,7 @@ def from_weights(weights: Sequence[float], n_teachers: int, seed: int) -> Catego
         raise ValueError(f"weights must be numbers, got the string {weights!r}: split it on ',' first")
     arr = np.asarray(weights, dtype=np.float64)
     if arr.ndim != 1 or arr.size != n_teachers:
-        raise ValueError(
-            f"got {arr.size} weights for {n_teachers} teachers: give exactly one weight per teacher"
-        )
+        raise ValueError(f"got {arr.size} weights for {n_teachers} teachers: give exactly one weight per teacher")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"weights must be finite, got {arr.tolist()}: replace nan/inf with a number")
     if np.any(arr < 0):
@@ -193,9 +189,7 @@ def from_metrics(
         raise ValueError(f"metrics must be a non-empty 1-D sequence, got shape {arr.shape}")
     bad = [i for i, m in enumerate(arr) if not np.isfinite(m)]
     if bad:
-        raise ValueError(
-            f"metrics of teachers {bad} are not finite ({arr.tolist()}): re-run their evaluation"
-        )
+        raise ValueError(f"metrics of teachers {bad} are not finite ({arr.tolist()}): re-run their evaluation")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     logits = (arr if higher_is_better else -arr) / temperature
@@ -244,9 +238,7 @@ class LearnedSampler:
         if not 0 <= baseline_momentum < 1:
             raise ValueError(f"baseline_momentum must be in [0, 1), got {baseline_momentum}")
         if not (min_prob >= 0 and n * min_prob <= 1 + 1e-12):
-            raise ValueError(
-                f"min_prob {min_prob} with {n} teachers needs 0 <= n * min_prob <= 1: lower min_prob"
-            )
+            raise ValueError(f"min_prob {min_prob} with {n} teachers needs 0 <= n * min_prob <= 1: lower min_prob")
         self._lr, self._momentum, self._min_prob = float(lr), float(baseline_momentum), float(min_prob)
 
     @property
@@ -346,13 +338,9 @@ def build_sampler(
         return uniform(n_teachers, seed)
     if kind in ("teacher-rank", "student-rank"):
         if metrics is None:
-            raise ValueError(
-                f"sampler {kind!r} needs one metric per teacher: pass metrics (e.g. from the run records)"
-            )
+            raise ValueError(f"sampler {kind!r} needs one metric per teacher: pass metrics (e.g. from the run records)")
         if len(metrics) != n_teachers:
-            raise ValueError(
-                f"got {len(metrics)} metrics for {n_teachers} teachers: give one metric per teacher"
-            )
+            raise ValueError(f"got {len(metrics)} metrics for {n_teachers} teachers: give one metric per teacher")
         return from_metrics(metrics, seed, temperature, higher_is_better, kind=kind)
     if kind == "weights":
         if weights is None:

@@ -44,8 +44,11 @@ def resolve_model_dir(source: str, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors",
-                                                                               "*.bin", "*.txt", "*.model"]))
+        return Path(
+            snapshot_download(
+                source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+            )
+        )
     except Exception as exc:
         raise SkdError(
             f"model {source!r} cannot be loaded offline ({type(exc).__name__}): download it once with network "
@@ -71,7 +74,9 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
-        raise SkdError(f"tokenizer of {model_dir} has no pad token; set one (e.g. tokenizer.pad_token = eos) and save it")
+        raise SkdError(
+            f"tokenizer of {model_dir} has no pad token; set one (e.g. tokenizer.pad_token = eos) and save it"
+        )
     return tok
 
 
@@ -109,8 +114,11 @@ def load_teacher(spec: TeacherSpec, device: torch.device, trust_remote_code: boo
             raise SkdError(f"teacher {spec.name} needs remote code; pass --trust-remote-code if you trust it") from exc
         raise
     head = detect_head(config, spec.head)
-    auto = {"sequence": AutoModelForSequenceClassification, "mlm": AutoModelForMaskedLM,
-            "causal": AutoModelForCausalLM}[head]
+    auto = {
+        "sequence": AutoModelForSequenceClassification,
+        "mlm": AutoModelForMaskedLM,
+        "causal": AutoModelForCausalLM,
+    }[head]
     model = auto.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
     model.eval().to(device)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)

@@ -10,8 +10,28 @@ from pathlib import Path
 import pytest
 import torch
 
-WORDS = ["good", "bad", "great", "awful", "movie", "food", "the", "was", "not", "very", "ok", "meh", "love", "hate",
-         "service", "and", "but", "really", "fine", "day"]
+WORDS = [
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "movie",
+    "food",
+    "the",
+    "was",
+    "not",
+    "very",
+    "ok",
+    "meh",
+    "love",
+    "hate",
+    "service",
+    "and",
+    "but",
+    "really",
+    "fine",
+    "day",
+]
 LABELS = ["negative", "neutral", "positive"]
 
 
@@ -33,8 +53,16 @@ def make_tokenizer(directory: Path):
     return tok
 
 
-def make_model(directory: Path, head: str = "sequence", num_labels: int = 3, layers: int = 2, hidden: int = 32,
-               seed: int = 0, vocab_size: int | None = None, id2label: dict | None = None) -> Path:
+def make_model(
+    directory: Path,
+    head: str = "sequence",
+    num_labels: int = 3,
+    layers: int = 2,
+    hidden: int = 32,
+    seed: int = 0,
+    vocab_size: int | None = None,
+    id2label: dict | None = None,
+) -> Path:
     """Save a randomly initialised tiny model (+ tokenizer) the way a user's fine-tuned teacher would be."""
     from transformers import (
         BertConfig,
@@ -47,14 +75,27 @@ def make_model(directory: Path, head: str = "sequence", num_labels: int = 3, lay
     torch.manual_seed(seed)
     tok = make_tokenizer(directory)
     if head == "causal":
-        config = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                             pad_token_id=tok.pad_token_id, max_position_embeddings=128)
+        config = LlamaConfig(
+            vocab_size=vocab_size or len(tok),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            pad_token_id=tok.pad_token_id,
+            max_position_embeddings=128,
+        )
         model = LlamaForCausalLM(config)
     else:
-        config = BertConfig(vocab_size=vocab_size or len(tok), hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=128,
-                            num_labels=num_labels)
+        config = BertConfig(
+            vocab_size=vocab_size or len(tok),
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=128,
+            num_labels=num_labels,
+        )
         if id2label:
             config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
         model = BertForMaskedLM(config) if head == "mlm" else BertForSequenceClassification(config)

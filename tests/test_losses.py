@@ -59,9 +59,7 @@ def _reference_topk_kd(student, ids, top_logp, tail, temperature: float) -> floa
         tail.double().tolist(),
         strict=True,
     ):
-        teacher = (
-            _softmax([*t_row, t_tail], temperature) if t_tail > -math.inf else _softmax(t_row, temperature)
-        )
+        teacher = _softmax([*t_row, t_tail], temperature) if t_tail > -math.inf else _softmax(t_row, temperature)
         s_probs = _softmax(s_row, temperature)
         s_top = [s_probs[i] for i in id_row]
         s_tail = sum(p for j, p in enumerate(s_probs) if j not in set(id_row))
@@ -114,9 +112,7 @@ def test_topk_kd_full_vocab_equals_full_kl(temperature: float) -> None:
     ids, top_logp, tail = _teacher_cache(teacher, k=9)
     assert torch.isinf(tail).all()
     got = topk_kd_loss(student, ids, top_logp, tail, temperature)
-    assert got.item() == pytest.approx(
-        _reference_sequence_kd(student, teacher, temperature), rel=1e-4, abs=1e-6
-    )
+    assert got.item() == pytest.approx(_reference_sequence_kd(student, teacher, temperature), rel=1e-4, abs=1e-6)
 
 
 def test_topk_kd_is_lower_bound_of_full_kl() -> None:
@@ -173,10 +169,7 @@ def test_topk_kd_empty_returns_zero_with_grad() -> None:
 def test_hidden_state_loss_mse_and_projection() -> None:
     gen = torch.Generator().manual_seed(8)
     student, teacher = torch.randn(2, 3, 4, generator=gen), torch.randn(2, 3, 4, generator=gen)
-    want = (
-        sum((a - b) ** 2 for a, b in zip(student.flatten().tolist(), teacher.flatten().tolist(), strict=True))
-        / 24
-    )
+    want = sum((a - b) ** 2 for a, b in zip(student.flatten().tolist(), teacher.flatten().tolist(), strict=True)) / 24
     assert hidden_state_loss(student, teacher.half()).item() == pytest.approx(want, rel=1e-3)
 
     projector = HiddenProjector(4, 6, n_layers=2)
@@ -188,9 +181,7 @@ def test_hidden_state_loss_mse_and_projection() -> None:
 
 
 def test_hidden_state_loss_width_mismatch_raises() -> None:
-    with pytest.raises(
-        ValueError, match="student width 256 != teacher width 384: enable the learned projection"
-    ):
+    with pytest.raises(ValueError, match="student width 256 != teacher width 384: enable the learned projection"):
         hidden_state_loss(torch.zeros(2, 256), torch.zeros(2, 384))
 
 
