@@ -105,6 +105,9 @@ def load_teacher(spec: TeacherSpec, device: torch.device, trust_remote_code: boo
         AutoModelForMaskedLM,
         AutoModelForSequenceClassification,
     )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     model_dir = resolve_model_dir(spec.source, spec.revision)
     try:

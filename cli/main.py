@@ -1,0 +1,293 @@
+"""The `skdcache` command line: parse flags, make one library call, print a table.
+
+Installed as `skdcache.cli`. Library errors (SkdError) are printed as one line without a traceback;
+set SKDCACHE_DEBUG=1 to see the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+
+from skdcache.errors import SkdError
+
+
+def _load_config(ctx: click.Context, _param, value: str | None):
+    """`--config file.toml`: keys mirror the flags (dashes or underscores), flags given on the line win."""
+    if not value:
+        return value
+    try:
+        with open(value, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc}") from exc
+    defaults = {k.replace("-", "_"): v for k, v in raw.items()}
+    teachers = defaults.pop("teachers", None)
+    if isinstance(teachers, dict):  # [teachers] table: name = "path"
+        defaults["teacher"] = [f"{k}={v}" for k, v in teachers.items()]
+    elif teachers is not None:
+        defaults["teachers"] = ",".join(teachers) if isinstance(teachers, list) else teachers
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file whose keys mirror these flags.",
+)
+
+
+def data_options(f):
+    """The flags that say which rows to use; identical for precompute and train."""
+    options = [
+        click.option("--data", "data", required=True, help="Hub dataset name, a directory of split files, or a file."),
+        click.option("--data-config", default=None, help="Hub dataset configuration name."),
+        click.option("--split", default="train", show_default=True),
+        click.option("--text-column", default="text", show_default=True),
+        click.option("--text-pair-column", default=None, help="Second text column for sentence-pair tasks."),
+        click.option(
+            "--label-column", default="label", show_default=True, help="Class names, ints, or floats (regression)."
+        ),
+        click.option("--no-labels", is_flag=True, help="The data has no labels (token-level targets only)."),
+        click.option("--limit", type=int, default=None, help="Use only the first N rows of the split."),
+        click.option("--max-length", type=int, default=128, show_default=True),
+        click.option(
+            "--cache",
+            "cache",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Cache root [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def data_spec(kw: dict, split: str | None = None):
+    from skdcache.data import DataSpec
+
+    return DataSpec(
+        source=kw["data"],
+        split=split or kw["split"],
+        text_column=kw["text_column"],
+        text_pair_column=kw["text_pair_column"],
+        label_column=None if kw["no_labels"] else kw["label_column"],
+        config_name=kw["data_config"],
+        limit=kw["limit"],
+    )
+
+
+def cache_root(value: str | None) -> Path:
+    from skdcache.cache.store import default_cache_root
+
+    return Path(value).expanduser() if value else default_cache_root()
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
+    if not rows:
+        click.echo("(nothing)")
+        return
+    columns = columns or list(rows[0])
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    click.echo("  ".join("-" * w for w in widths))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="skdcache")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Stochastic knowledge distillation from an offline cache of teacher outputs."""
+    ctx.obj = {"progress": not quiet and os.environ.get("SKDCACHE_NO_PROGRESS") != "1"}
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+@cli.command()
+@config_option
+@data_options
+@click.option("--teacher", "teacher", multiple=True, help="NAME=PATH_OR_HUB_ID[@REVISION] (repeat for a team).")
+@click.option("--head", type=click.Choice(["auto", "sequence", "mlm", "causal"]), default="auto", show_default=True)
+@click.option("--top-k", type=int, default=32, show_default=True, help="Token-level heads: top-k log-probs kept.")
+@click.option("--hidden-layers", default=None, help="Also store hidden states: last, all, or a list like 2,4,6.")
+@click.option("--hidden-tokens", type=click.Choice(["cls", "all"]), default="cls", show_default=True)
+@click.option("--mlm-probability", type=float, default=0.15, show_default=True)
+@click.option("--mask-seed", type=int, default=0, show_default=True)
+@click.option("--eval-split", default="validation", show_default=True, help="Labelled split for the teacher metric.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--rows-per-block", type=int, default=1024, show_default=True, help="Rows per shard (power of two).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model repository.")
+@click.pass_obj
+def precompute(obj, teacher, head, **kw) -> None:
+    """Run every teacher once over the data and cache its targets.
+
+    \b
+    Example:
+      skdcache precompute --data data/tweets --split train \\
+          --teacher big=out/teacher-l6 --teacher small=out/teacher-l3 --cache .skdcache
+    """
+    from skdcache.precompute import TargetOptions
+    from skdcache.precompute import precompute as run
+    from skdcache.teachers import TeacherSpec
+
+    team = []
+    for text in teacher:
+        spec = TeacherSpec.parse(text)
+        team.append(TeacherSpec(spec.name, spec.source, spec.revision, head))
+    rpb = kw["rows_per_block"]
+    if rpb <= 0 or rpb & (rpb - 1):
+        raise SkdError(f"--rows-per-block {rpb} must be a power of two")
+    opts = TargetOptions(
+        max_length=kw["max_length"],
+        top_k=kw["top_k"],
+        hidden_layers=kw["hidden_layers"],
+        hidden_tokens=kw["hidden_tokens"],
+        mlm_probability=kw["mlm_probability"],
+        mask_seed=kw["mask_seed"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        rows_per_block=rpb,
+        eval_split=kw["eval_split"] or None,
+        trust_remote_code=kw["trust_remote_code"],
+        progress=obj["progress"],
+    )
+    results = run(data_spec(kw), team, cache_root(kw["cache"]), opts)
+    rows = []
+    for r in results:
+        metric = r.manifest.metric
+        rows.append(
+            {
+                "teacher": r.name,
+                "status": r.status,
+                "seconds": f"{r.seconds:.1f}",
+                "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
+                "path": str(r.path),
+            }
+        )
+    print_table(rows)
+
+
+@cli.command(name="ls")
+@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Cache root.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def ls_command(cache, as_json) -> None:
+    """List cached datasets and teachers with their state and size on disk.
+
+    \b
+    Example:
+      skdcache ls --cache .skdcache
+    """
+    from skdcache.cache.catalog import list_caches, summary_row
+
+    root = cache_root(cache)
+    rows = [summary_row(e) for e in list_caches(root)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(f"cache root: {root}")
+        print_table(rows)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info(path, as_json) -> None:
+    """Show one teacher cache: manifest, arrays, bytes per example and per token.
+
+    \b
+    Example:
+      skdcache info .skdcache/<dataset>/<key>
+    """
+    from skdcache.cache.catalog import array_sizes, human_bytes
+    from skdcache.cache.writer import read_manifest
+
+    manifest = read_manifest(Path(path))
+    sizes = array_sizes(Path(path), manifest)
+    if as_json:
+        click.echo(json.dumps({"manifest": manifest.to_dict(), "arrays": sizes}, indent=2))
+        return
+    m = manifest.to_dict()
+    for key in ("state", "cache_key", "teacher", "tokenizer_hash", "dataset", "targets", "metric", "versions"):
+        value = m[key]
+        click.echo(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    click.echo("")
+    table = []
+    for a in sizes:
+        table.append(
+            {
+                "array": a["array"],
+                "shape": "x".join(map(str, a["shape"])),
+                "dtype": a["dtype"],
+                "chunk/shard": f"{a['chunks'][0]}/{a['shards'][0]}",
+                "stored": human_bytes(a["stored"]),
+                "B/example": f"{a['per_example']:.1f}",
+                "B/token": f"{a['per_token']:.1f}" if a["per_token"] else "-",
+            }
+        )
+    print_table(table)
+    total = sum(a["stored"] for a in sizes)
+    click.echo(f"total: {human_bytes(total)}, {total / manifest.dataset['n_rows']:.1f} B/example")
+
+
+@cli.command()
+@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Cache root.")
+@click.option("--teacher", "teachers", multiple=True, help="Only these teacher names.")
+def verify(cache, teachers) -> None:
+    """Re-read every block of every teacher cache and check counts and checksums.
+
+    Exits with status 1 when anything is damaged, naming the block and array.
+
+    \b
+    Example:
+      skdcache verify --cache .skdcache
+    """
+    from skdcache.cache.catalog import verify_root
+
+    report = verify_root(cache_root(cache), list(teachers) or None)
+    bad = 0
+    for path, problems in report.items():
+        click.echo(f"{'OK  ' if not problems else 'FAIL'} {path}")
+        for p in problems:
+            click.echo(f"     {p}")
+        bad += bool(problems)
+    click.echo(f"{len(report) - bad} of {len(report)} teacher caches healthy")
+    if bad:
+        sys.exit(1)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SkdError as exc:
+        if os.environ.get("SKDCACHE_DEBUG") == "1":
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

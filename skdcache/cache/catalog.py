@@ -1,0 +1,143 @@
+"""List, describe and verify the teacher caches under a cache root (what `ls`, `info` and `verify` print)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from skdcache.cache import format as fmt
+from skdcache.cache.reader import TOKEN_ARRAYS, TeacherCache
+from skdcache.cache.store import read_json
+from skdcache.cache.writer import completed_blocks, read_manifest
+from skdcache.errors import CacheError
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    dataset: dict
+    manifest: fmt.Manifest | None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.teacher["name"] if self.manifest else "?"
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def list_caches(root: Path) -> list[CacheEntry]:
+    """Every teacher cache under `root`, grouped by dataset; unreadable ones are listed with their error."""
+    entries: list[CacheEntry] = []
+    if not root.is_dir():
+        return entries
+    for ds_dir in sorted(p for p in root.iterdir() if (p / fmt.DATASET_FILE).exists()):
+        dataset = read_json(ds_dir / fmt.DATASET_FILE)
+        for group in sorted(p for p in ds_dir.iterdir() if (p / "zarr.json").exists()):
+            try:
+                entries.append(CacheEntry(group, dataset, read_manifest(group)))
+            except CacheError as exc:
+                entries.append(CacheEntry(group, dataset, None, str(exc)))
+    return entries
+
+
+def find_teacher_caches(root: Path, dataset_fingerprint: str, names: list[str] | None) -> dict[str, Path]:
+    """Complete caches of this dataset by teacher name (the most recent one when a name has several)."""
+    found: dict[str, tuple[str, Path]] = {}
+    for entry in list_caches(root):
+        m = entry.manifest
+        if m is None or m.state != "complete" or m.dataset["fingerprint"] != dataset_fingerprint:
+            continue
+        if entry.name not in found or (m.completed_at or "") > found[entry.name][0]:
+            found[entry.name] = (m.completed_at or "", entry.path)
+    if names is None:
+        return {n: p for n, (_, p) in sorted(found.items())}
+    missing = [n for n in names if n not in found]
+    if missing:
+        have = ", ".join(sorted(found)) or "none"
+        raise CacheError(
+            f"teacher(s) {', '.join(missing)} not cached for dataset {dataset_fingerprint[:12]} in {root} "
+            f"(cached: {have}); run `skdcache precompute` with the same data flags first"
+        )
+    return {n: found[n][1] for n in names}
+
+
+def summary_row(entry: CacheEntry) -> dict:
+    m = entry.manifest
+    if m is None:
+        return {"dataset": entry.path.parent.name[:12], "teacher": "?", "state": f"unreadable: {entry.error}"}
+    n_blocks = m.layout["n_blocks"]
+    done = len(completed_blocks(entry.path))
+    metric = m.metric
+    return {
+        "dataset": entry.path.parent.name[:12],
+        "split": entry.dataset.get("split"),
+        "rows": entry.dataset.get("n_rows"),
+        "teacher": m.teacher["name"],
+        "head": m.teacher["head"],
+        "params": f"{m.teacher['num_parameters'] / 1e6:.1f}M",
+        "key": m.cache_key[:12],
+        "targets": describe_targets(m.targets),
+        "state": m.state if m.state == "complete" else f"{m.state} {done}/{n_blocks} blocks",
+        "size": human_bytes(dir_bytes(entry.path)),
+        "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
+    }
+
+
+def describe_targets(targets: dict) -> str:
+    parts = ["logits" if targets["head"] == "sequence" else f"top{targets['top_k']}+tail"]
+    if targets.get("hidden_layers"):
+        parts.append(f"hidden{targets['hidden_layers']}/{targets['hidden_tokens']}")
+    return ",".join(parts)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def array_sizes(path: Path, manifest: fmt.Manifest) -> list[dict]:
+    """Shape, dtype and stored bytes of each array, per example and per token target."""
+    n_rows = manifest.dataset["n_rows"]
+    layout = fmt.layout_from_dict(manifest.layout, n_rows)
+    cache = TeacherCache(path, allow_incomplete=True)
+    n_tokens = int(cache.index["token_index"][:, 1].sum()) if "token_index" in cache.index else 0
+    n_hidden_tokens = int(cache.index["hidden_index"][:, 1].sum()) if "hidden_index" in cache.index else 0
+    rows = []
+    for name, spec in layout.arrays.items():
+        stored = dir_bytes(path / name)
+        per_token = n_tokens if name in TOKEN_ARRAYS else n_hidden_tokens if name == "hidden" else 0
+        rows.append(
+            {
+                "array": name,
+                "shape": list(spec.shape),
+                "dtype": spec.dtype,
+                "chunks": list(spec.chunks),
+                "shards": list(spec.shards),
+                "stored": stored,
+                "per_example": stored / n_rows,
+                "per_token": stored / per_token if per_token else None,
+            }
+        )
+    return rows
+
+
+def verify_root(root: Path, names: list[str] | None = None) -> dict[Path, list[str]]:
+    """Problems per teacher cache (empty list = every block readable and matching its checksums)."""
+    report: dict[Path, list[str]] = {}
+    for entry in list_caches(root):
+        if names and entry.name not in names:
+            continue
+        if entry.manifest is None:
+            report[entry.path] = [entry.error or "unreadable manifest"]
+            continue
+        try:
+            report[entry.path] = TeacherCache(entry.path, allow_incomplete=True).verify()
+        except Exception as exc:  # a damaged index or metadata file is a finding, not a crash
+            report[entry.path] = [f"cannot open: {type(exc).__name__}: {exc}"]
+    return report
