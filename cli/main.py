@@ -10,10 +10,10 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 import click
+import tomllib
 
 from skdcache.errors import SkdError
 
@@ -101,10 +101,10 @@ def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
     columns = columns or list(rows[0])
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     click.echo("  ".join("-" * w for w in widths))
     for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
