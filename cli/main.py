@@ -115,6 +115,9 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     """Stochastic knowledge distillation from an offline cache of teacher outputs."""
     ctx.obj = {"progress": not quiet and os.environ.get("SKDCACHE_NO_PROGRESS") != "1"}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars say what is happening; theirs flood the log
 
 
 @cli.command()
@@ -268,6 +271,103 @@ def verify(cache, teachers) -> None:
     click.echo(f"{len(report) - bad} of {len(report)} teacher caches healthy")
     if bad:
         sys.exit(1)
+
+
+@cli.command()
+@config_option
+@data_options
+@click.option("--eval-split", default="validation", show_default=True, help="Labelled split for evaluation.")
+@click.option("--teachers", default="all", show_default=True, help="Comma list of cached teacher names, or all.")
+@click.option("--student", required=True, help="Pretrained path/hub id, or a config .json (fresh weights).")
+@click.option("--student-layers", default=None, help="Keep only these layers: N (first N) or a list like 0,2.")
+@click.option("--student-head", type=click.Choice(["auto", "sequence", "mlm", "causal"]), default="auto")
+@click.option(
+    "--mode", type=click.Choice(["skd", "single", "average", "none", "online"]), default="skd", show_default=True
+)
+@click.option(
+    "--sampling",
+    default="uniform",
+    show_default=True,
+    help="uniform | teacher-rank | student-rank | learned | weights=0.2,0.3,0.5",
+)
+@click.option(
+    "--sampling-temperature",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Rank samplers: p = softmax(metric / temperature).",
+)
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
+@click.option("--grad-clip", type=float, default=1.0, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True)
+@click.option("--temperature", type=float, default=2.0, show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the KD term vs labels.")
+@click.option("--beta", type=float, default=0.0, show_default=True, help="Weight of the hidden-state loss.")
+@click.option("--layer-map", default=None, help="Hidden-state map student:teacher, e.g. 2:6,4:12.")
+@click.option("--eval-every", type=int, default=0, show_default=True, help="Steps between evaluations (0: epoch).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-workers", type=int, default=1, show_default=True, help="Loader processes reading targets.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--pilot-steps", type=int, default=None, help="student-rank: steps of each pilot (default 10%).")
+@click.option("--learned-lr", type=float, default=0.5, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue OUTPUT/checkpoint exactly where it stopped.")
+@click.option("--trust-remote-code", is_flag=True)
+@click.pass_obj
+def train(obj, **kw) -> None:
+    """Train a student from cached teachers (one sampled teacher per step).
+
+    \b
+    Example:
+      skdcache train --data data/tweets --cache .skdcache --teachers all \\
+          --student out/teacher-l3 --student-layers 1 --mode skd --sampling teacher-rank --output runs/skd
+    """
+    from skdcache.train import TrainConfig
+    from skdcache.train import train as run
+
+    names = None if kw["teachers"] in ("all", "", None) else [n.strip() for n in kw["teachers"].split(",")]
+    fields = {k: v for k, v in kw.items() if k in TrainConfig.__dataclass_fields__ and k not in ("data", "teachers")}
+    cfg = TrainConfig(data=data_spec(kw), teachers=names, progress=obj["progress"], **fields)
+    record = run(cfg)
+    final = record["final"]
+    click.echo(f"student ({record['student_parameters'] / 1e6:.1f}M params) -> {kw['output']}/student")
+    if final:
+        click.echo("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float)))
+    if record["teacher_histogram"]:
+        click.echo("teachers sampled: " + json.dumps(record["teacher_histogram"]))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--plots", type=click.Path(file_okay=False), default=None, help="Write PNG plots here.")
+@click.option("--markdown", is_flag=True, help="Print a markdown table.")
+def report(runs, plots, markdown) -> None:
+    """Compare training runs side by side and plot their curves.
+
+    \b
+    Example:
+      skdcache report runs/* --plots runs/plots
+    """
+    from skdcache.report import load_runs, plot_runs, summary_rows
+
+    records = load_runs([Path(r) for r in runs])
+    rows = summary_rows(records)
+    if markdown:
+        cols = list(rows[0])
+        click.echo("| " + " | ".join(cols) + " |")
+        click.echo("|" + "---|" * len(cols))
+        for r in rows:
+            click.echo("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    else:
+        print_table(rows)
+    if plots:
+        for path in plot_runs(records, Path(plots)):
+            click.echo(f"wrote {path}")
 
 
 def main() -> None:

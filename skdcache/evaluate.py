@@ -1,0 +1,47 @@
+"""Evaluate a student on a labelled split with the task's metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from skdcache.loader import StudentInputs, student_batch
+from skdcache.metrics import PRIMARY, task_metrics
+
+
+@torch.no_grad()
+def evaluate(model, inputs: StudentInputs, objective, device: torch.device, batch_size: int = 128) -> dict:
+    """Metrics dict with a "primary" key naming the one to maximise (accuracy, pearson, token_accuracy)."""
+    was_training = model.training
+    model.eval()
+    n = len(inputs.enc.ids)
+    order = np.argsort([len(x) for x in inputs.enc.ids], kind="stable")  # length-sorted: little padding
+    outputs, correct, nll, count = [], 0, 0.0, 0
+    for start in range(0, n, batch_size):
+        rows = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in student_batch(inputs, rows).items()}
+        model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        logits = model(**model_inputs).logits.float()
+        if objective.head == "sequence":
+            outputs.append((rows, logits.cpu().numpy()))
+            continue
+        labels = batch["token_labels"]
+        keep = labels != -100
+        logp = torch.log_softmax(logits[keep], dim=-1)
+        correct += int((logp.argmax(-1) == labels[keep]).sum())
+        nll -= float(logp.gather(-1, labels[keep][:, None]).sum())
+        count += int(keep.sum())
+    if was_training:
+        model.train()
+    if objective.head != "sequence":
+        return {
+            "primary": "token_accuracy",
+            "token_accuracy": correct / max(count, 1),
+            "nll": nll / max(count, 1),
+            "perplexity": float(np.exp(min(nll / max(count, 1), 50))),
+        }
+    full = np.zeros((n, outputs[0][1].shape[1]), dtype=np.float32)
+    for rows, values in outputs:
+        full[rows] = values
+    result = task_metrics(objective.task, full, inputs.labels)
+    return {"primary": PRIMARY[objective.task], **result}

@@ -1,0 +1,137 @@
+"""Batches for training: the student's inputs plus the sampled teacher's cached targets.
+
+The batch of every step is a pure function of (seed, step): rows come from a per-epoch permutation and the
+teacher from the sampler's draw for that step. So worker processes can read targets ahead of the loop,
+a resumed run continues with exactly the batches it would have seen, and every DDP rank agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from skdcache.cache.reader import Targets, TeacherCache
+from skdcache.data import Encoded, mlm_positions, pad_batch
+
+
+@dataclass
+class StudentInputs:
+    """The student's tokenization of the rows and, for token-level heads, where its losses sit."""
+
+    enc: Encoded
+    labels: np.ndarray | None  # [n] class ids / floats; None for language modelling
+    head: str  # sequence | mlm | causal
+    pad_id: int
+    mask_id: int | None = None
+    special: list[list[int]] | None = None  # mlm: special-token masks per row
+    mlm_probability: float = 0.15
+    mask_seed: int = 0
+
+    def positions(self, row: int) -> np.ndarray:
+        if self.head == "causal":
+            return np.arange(len(self.enc.ids[row]), dtype=np.int64)
+        return mlm_positions(self.enc.ids[row], self.special[row], self.mlm_probability, self.mask_seed, row)
+
+
+class StepSchedule:
+    """Which rows each global step trains on: epochs of seeded permutations, a fixed batch size."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, rows: np.ndarray | None = None):
+        self.rows = np.arange(n_rows) if rows is None else rows
+        self.batch_size = min(batch_size, len(self.rows))
+        self.seed = seed
+        self.steps_per_epoch = len(self.rows) // self.batch_size  # drop the ragged last batch
+
+    def rows_for(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        return self.rows[order[i * self.batch_size : (i + 1) * self.batch_size]]
+
+
+def student_batch(inputs: StudentInputs, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Padded student inputs for `rows`; token-level heads get `target_mask` [B, T] and token `labels`."""
+    ids = [list(inputs.enc.ids[r]) for r in rows]
+    types = [inputs.enc.type_ids[r] for r in rows] if inputs.enc.type_ids is not None else None
+    if inputs.head == "sequence":
+        batch = pad_batch(ids, types, inputs.pad_id)
+        if inputs.labels is not None:
+            batch["labels"] = torch.from_numpy(inputs.labels[rows].copy())
+        return batch
+    width = max(len(x) for x in ids)
+    target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    token_labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        pos = inputs.positions(int(r))
+        target_mask[i, pos] = True
+        if inputs.head == "mlm":
+            token_labels[i, pos] = torch.tensor([ids[i][p] for p in pos], dtype=torch.long)
+            for p in pos:
+                ids[i][p] = inputs.mask_id
+        else:  # causal: position t predicts token t + 1; the last one has no label
+            token_labels[i, : len(ids[i]) - 1] = torch.tensor(ids[i][1:], dtype=torch.long)
+    batch = pad_batch(ids, types, inputs.pad_id)
+    batch["target_mask"] = target_mask
+    batch["token_labels"] = token_labels
+    return batch
+
+
+class StepBatches(Dataset):
+    """Map-style dataset over steps: item `step` is that step's student batch plus teacher targets.
+
+    Args:
+        teacher_for_step: index of the teacher to read at a step, -1 for "all" (average), None for "none"
+            (labels only, or targets read later by the caller, as `learned` sampling must).
+    """
+
+    def __init__(
+        self,
+        inputs: StudentInputs,
+        schedule: StepSchedule,
+        cache_paths: list[str],
+        teacher_for_step: Callable[[int], int | None],
+        first_step: int,
+        last_step: int,
+    ):
+        self.inputs, self.schedule, self.cache_paths = inputs, schedule, cache_paths
+        self.teacher_for_step = teacher_for_step
+        self.first_step, self.last_step = first_step, last_step
+        self._caches: dict[int, TeacherCache] = {}
+
+    def __len__(self) -> int:
+        return max(0, self.last_step - self.first_step)
+
+    def cache(self, teacher: int) -> TeacherCache:
+        if teacher not in self._caches:  # opened lazily: each worker process gets its own handles
+            self._caches[teacher] = TeacherCache(self.cache_paths[teacher])
+        return self._caches[teacher]
+
+    def read_targets(self, teacher: int, rows: np.ndarray) -> Targets | list[Targets]:
+        if teacher == -1:
+            return [self.cache(t).read(rows) for t in range(len(self.cache_paths))]
+        return self.cache(teacher).read(rows)
+
+    def __getitem__(self, i: int) -> dict:
+        step = self.first_step + i
+        rows = self.schedule.rows_for(step)
+        batch = student_batch(self.inputs, rows)
+        teacher = self.teacher_for_step(step)
+        batch["step"], batch["rows"], batch["teacher"] = step, torch.from_numpy(rows), teacher
+        batch["targets"] = self.read_targets(teacher, rows) if teacher is not None else None
+        return batch
+
+
+def step_loader(dataset: StepBatches, num_workers: int) -> DataLoader:
+    """One item per step (the batch is built inside the item), read ahead by worker processes."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
