@@ -118,6 +118,7 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars say what is happening; theirs flood the log
+    hf_logging.set_verbosity_error()
 
 
 @cli.command()

@@ -32,7 +32,8 @@ class Objective:
     temperature: float = 2.0
     alpha: float = 0.5
     beta: float = 0.0
-    layer_map: tuple[tuple[int, int], ...] = ()  # (student hidden_states index, position in cached layers)
+    # per teacher: ((student hidden_states index, position in that teacher's cached layers), ...)
+    layer_maps: tuple[tuple[tuple[int, int], ...], ...] = ()
     hidden_tokens: str | None = None
 
 
@@ -69,11 +70,16 @@ def _average_sequence_loss(obj: Objective, logits: Tensor, targets: list[Targets
 
 
 def hidden_loss(
-    obj: Objective, hidden_states: tuple[Tensor, ...], batch: dict, targets: Targets, projector: HiddenProjector
+    obj: Objective,
+    hidden_states: tuple[Tensor, ...],
+    batch: dict,
+    targets: Targets,
+    projector: HiddenProjector,
+    teacher: int,
 ) -> Tensor:
-    """MSE between mapped student layers and the cached teacher layers (CLS token or every token)."""
+    """MSE between mapped student layers and the teacher's cached layers (CLS token or every token)."""
     losses = []
-    for j, (s_layer, t_pos) in enumerate(obj.layer_map):
+    for j, (s_layer, t_pos) in enumerate(obj.layer_maps[teacher]):
         h = hidden_states[s_layer]  # [B, T, H_s]
         if obj.hidden_tokens == "cls":
             student, teacher = h[:, 0], targets.hidden[:, t_pos]
@@ -84,7 +90,12 @@ def hidden_loss(
 
 
 def step_loss(
-    obj: Objective, outputs, batch: dict, targets: Targets | list[Targets] | None, projector: HiddenProjector | None
+    obj: Objective,
+    outputs,
+    batch: dict,
+    targets: Targets | list[Targets] | None,
+    projectors: list[HiddenProjector] | None = None,
+    teacher: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Total loss of a step and its parts (for the metrics log)."""
     logits = outputs.logits
@@ -99,6 +110,6 @@ def step_loss(
             parts["ce"] = label_loss(obj, logits, batch)
             total = total + (1 - obj.alpha) * parts["ce"]
         if obj.beta > 0 and not isinstance(targets, list):
-            parts["hidden"] = hidden_loss(obj, outputs.hidden_states, batch, targets, projector)
+            parts["hidden"] = hidden_loss(obj, outputs.hidden_states, batch, targets, projectors[teacher], teacher)
             total = total + obj.beta * parts["hidden"]
     return total, {k: float(v.detach()) for k, v in parts.items()}

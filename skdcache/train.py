@@ -110,7 +110,7 @@ class Trainer:
         self.model.to(self.device)
         self._check_student_matches_teachers()
         self.objective = self._objective()
-        self.projector = self._projector()
+        self.projector = self._projectors()
         self.online = OnlineTeachers(self.caches, self.rows, cfg, self.device) if cfg.mode == "online" else None
 
         self.inputs = self._student_inputs(self.rows)
@@ -178,23 +178,25 @@ class Trainer:
     def _objective(self) -> Objective:
         cfg = self.cfg
         task = "lm" if self.head != "sequence" else self.rows.task
-        layer_map: tuple = ()
+        layer_maps: tuple = ()
         hidden_tokens = None
         if cfg.beta > 0:
             cached = [c.targets for c in self.caches]
             if not cached or not all(t.hidden_layers for t in cached):
                 raise SkdError("--beta > 0 needs teachers cached with --hidden-layers; precompute them with it")
-            layers = cached[0].hidden_layers
-            if any(t.hidden_layers != layers or t.hidden_tokens != cached[0].hidden_tokens for t in cached):
-                raise SkdError("teachers were cached with different --hidden-layers/--hidden-tokens; use the same")
+            if cfg.mode == "average":
+                raise SkdError("--beta applies to one teacher per step; use --mode skd/single/online with it")
             hidden_tokens = cached[0].hidden_tokens
-            layer_map = tuple(self._layer_map(layers))
-        return Objective(self.head, task, cfg.temperature, cfg.alpha, cfg.beta, layer_map, hidden_tokens)
+            if any(t.hidden_tokens != hidden_tokens for t in cached):
+                raise SkdError("teachers were cached with different --hidden-tokens; precompute them alike")
+            layer_maps = tuple(tuple(self._layer_map(c)) for c in self.caches)
+        return Objective(self.head, task, cfg.temperature, cfg.alpha, cfg.beta, layer_maps, hidden_tokens)
 
-    def _layer_map(self, cached_layers: tuple[int, ...]) -> list[tuple[int, int]]:
-        """(student hidden_states index, position in the cached layers): explicit, or uniform by depth."""
+    def _layer_map(self, cache: TeacherCache) -> list[tuple[int, int]]:
+        """(student hidden_states index, position in the teacher's cached layers): explicit, or uniform by depth."""
+        cached_layers = cache.targets.hidden_layers
         n_s = self.model.config.num_hidden_layers
-        n_t = self.caches[0].manifest.teacher["num_hidden_layers"]
+        n_t = cache.manifest.teacher["num_hidden_layers"]
         if self.cfg.layer_map:
             pairs = [tuple(int(x) for x in p.split(":")) for p in self.cfg.layer_map.split(",")]
         else:
@@ -202,15 +204,21 @@ class Trainer:
             pairs = pairs or [(n_s, cached_layers[-1])]
         for s, t in pairs:
             if t not in cached_layers or not 0 <= s <= n_s:
-                raise SkdError(f"--layer-map {s}:{t}: student has 0..{n_s}, cached teacher layers are {cached_layers}")
+                raise SkdError(
+                    f"--layer-map {s}:{t}: student has 0..{n_s}, {cache.name} cached layers {list(cached_layers)}"
+                )
         return [(s, cached_layers.index(t)) for s, t in pairs]
 
-    def _projector(self) -> HiddenProjector | None:
+    def _projectors(self) -> torch.nn.ModuleList | None:
+        """One learned projection per teacher and mapped layer (identity when the widths agree)."""
         if self.cfg.beta <= 0:
             return None
-        teacher_width = self.caches[0].manifest.teacher["hidden_size"]
-        proj = HiddenProjector(self.model.config.hidden_size, teacher_width, len(self.objective.layer_map))
-        return proj.to(self.device)
+        width = self.model.config.hidden_size
+        projectors = [
+            HiddenProjector(width, c.manifest.teacher["hidden_size"], len(m))
+            for c, m in zip(self.caches, self.objective.layer_maps, strict=True)
+        ]
+        return torch.nn.ModuleList(projectors).to(self.device)
 
     def _student_inputs(self, rows) -> StudentInputs:
         enc = tokenize(self.tokenizer, rows, self.cfg.max_length)
@@ -313,7 +321,7 @@ class Trainer:
             inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                 outputs = model(**_model_inputs(inputs), output_hidden_states=cfg.beta > 0)
-            loss, parts = step_loss(self.objective, outputs, inputs, _to(targets, self.device), self.projector)
+            loss, parts = step_loss(self.objective, outputs, inputs, _to(targets, self.device), self.projector, teacher)
             (loss / micro).backward()
             if (i + 1) % micro:
                 continue

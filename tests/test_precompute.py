@@ -58,17 +58,33 @@ def data(tmp_path_factory) -> Path:
     return d
 
 
+def spread_model(directory: Path, head: str, factor: float = 12.0) -> Path:
+    """Scale a fresh model's weight matrices: a 0.02-std init gives near-constant outputs that test little."""
+    import transformers
+
+    auto = {"sequence": "AutoModelForSequenceClassification", "mlm": "AutoModelForMaskedLM"}.get(head)
+    model = getattr(transformers, auto or "AutoModelForCausalLM").from_pretrained(directory)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(factor)
+    model.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teachers")
     permuted = {0: "positive", 1: "negative", 2: "neutral"}
-    return {
+    made = {
         "clf": make_model(root / "clf", "sequence", num_labels=3, seed=1),
         "reg": make_model(root / "reg", "sequence", num_labels=1, seed=2),
         "mlm": make_model(root / "mlm", "mlm", seed=3),
         "causal": make_model(root / "causal", "causal", seed=4),
         "perm": make_model(root / "perm", "sequence", num_labels=3, seed=5, id2label=permuted),
     }
+    heads = {"mlm": "mlm", "causal": "causal"}
+    return {name: spread_model(path, heads.get(name, "sequence")) for name, path in made.items()}
 
 
 def _direct_sequence_logits(model_dir: Path, texts: list[str], pairs: list[str] | None, max_length: int):
@@ -259,7 +275,8 @@ def test_same_teacher_shares_one_cache_and_repeat_is_a_no_op(tmp_path: Path, dat
     assert again.path == first.path
     assert _group_files(root) == before
 
-    results = precompute(spec, [TeacherSpec("a", str(teachers["clf"])), TeacherSpec("m", str(teachers["mlm"]))], root)
+    team = [TeacherSpec("a", str(teachers["clf"])), TeacherSpec("m", str(teachers["mlm"]))]
+    results = precompute(spec, team, root, _opts())
     assert [r.status for r in results] == ["cached", "computed"]
     assert results[0].path == first.path and results[1].path != first.path
     assert results[1].path.parent == first.path.parent  # one directory per dataset fingerprint
