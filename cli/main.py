@@ -371,6 +371,22 @@ def report(runs, plots, markdown) -> None:
             click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.option("--output", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--fresh", is_flag=True, help="Retrain teachers and students even if their runs exist.")
+@click.pass_obj
+def demo(obj, output, fresh) -> None:
+    """Run the whole workflow on the bundled tweets with real pretrained encoders (about 5-10 min on CPU).
+
+    \b
+    Example:
+      skdcache demo --output demo-out
+    """
+    from skdcache.demo import run_demo
+
+    run_demo(output, fresh=fresh, progress=obj["progress"])
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)
