@@ -93,14 +93,14 @@ def _load_hf(spec: DataSpec, split: str):
             )
         file = files[split]
         fmt = SPLIT_FILE_FORMATS["." + file.name.split(".", 1)[-1]]
-        return datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
+        return _load_local(fmt, file, split)
     if path.is_file():
         suffix = "." + path.name.split(".", 1)[-1]
         if suffix not in SPLIT_FILE_FORMATS:
             raise SkdError(f"cannot read {path}: use a .csv, .json, .jsonl or .parquet file")
         if split != "train":
             raise SkdError(f"a single file has only the 'train' split; drop --split {split}")
-        return datasets.load_dataset(SPLIT_FILE_FORMATS[suffix], data_files={"train": str(path)}, split="train")
+        return _load_local(SPLIT_FILE_FORMATS[suffix], path, "train")
     if os.sep in spec.source or spec.source.startswith("."):
         raise SkdError(f"data path {spec.source} does not exist; check --data")
     try:
@@ -110,6 +110,17 @@ def _load_hf(spec: DataSpec, split: str):
             f"cannot load hub dataset {spec.source!r} split {split!r} ({type(exc).__name__}); "
             f"offline? pass a local directory of split files to --data"
         ) from exc
+
+
+def _load_local(fmt: str, file: Path, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
+    except ValueError as exc:
+        if "corresponds to no data" in str(exc):  # a header-only file
+            raise SkdError(f"split {split!r} ({file}) is empty; pick another --split or fill the file") from exc
+        raise SkdError(f"cannot read {file} as {fmt}: {str(exc).splitlines()[0]}") from exc
 
 
 def _label_info(spec: DataSpec, table) -> tuple[str, list[str] | None]:
@@ -130,13 +141,18 @@ def _label_info(spec: DataSpec, table) -> tuple[str, list[str] | None]:
                 names.update(str(v) for v in other[spec.label_column] if v is not None)
         return "classification", sorted(names)
     if isinstance(values[0], bool) or all(isinstance(v, int) for v in values):
-        return "classification", [str(i) for i in range(int(max(values)) + 1)]
+        top = 0
+        for split in available_splits(spec):  # every split, so ids agree whatever --split / --limit
+            other = table if split == spec.split else _load_hf(spec, split)
+            if spec.label_column in other.column_names:
+                top = max([top, *(int(v) for v in other[spec.label_column] if v is not None)])
+        return "classification", [str(i) for i in range(top + 1)]
     return "regression", None
 
 
 def load_rows(spec: DataSpec) -> TextRows:
     """Read one split into memory and fingerprint it; every error names the flag to change."""
-    table = _load_hf(spec, spec.split)
+    table = full_table = _load_hf(spec, spec.split)
     if spec.limit is not None:
         table = table.select(range(min(spec.limit, len(table))))
     if len(table) == 0:
@@ -154,7 +170,7 @@ def load_rows(spec: DataSpec) -> TextRows:
     )
     labels, names, task = None, None, "unlabelled"
     if spec.label_column is not None:
-        task, names = _label_info(spec, table)
+        task, names = _label_info(spec, full_table)  # the whole split: --limit must not change the label set
         raw = table[spec.label_column]
         if any(v is None for v in raw):
             raise SkdError(f"column {spec.label_column!r} has empty labels; clean the data or drop --label-column")

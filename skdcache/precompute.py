@@ -23,7 +23,7 @@ from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_
 from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter, read_manifest
 from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, tokenize
-from skdcache.errors import SkdError
+from skdcache.errors import CacheError, SkdError
 from skdcache.metrics import PRIMARY, task_metrics
 from skdcache.teachers import (
     LoadedTeacher,
@@ -299,8 +299,8 @@ def precompute_teacher(
     weights_hash, tok_hash = model_weights_hash(model_dir), tokenizer_hash(tokenizer)
     key = cache_key(weights_hash, tok_hash, targets, rows.label_names)
     group_path = root / rows.fingerprint / key
-    if (group_path / "zarr.json").exists():
-        manifest = read_manifest(group_path)
+    manifest = _existing_manifest(group_path)
+    if manifest is not None:
         if manifest.state == "complete":
             return PrecomputeResult(spec.name, group_path, "cached", time.perf_counter() - t0, manifest)
 
@@ -386,6 +386,18 @@ def precompute_teacher(
     return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest)
 
 
+def _existing_manifest(group_path: Path) -> fmt.Manifest | None:
+    """The manifest of a cache group, or None when there is none yet or its creation was cut short."""
+    if not (group_path / "zarr.json").exists():
+        return None
+    try:
+        return read_manifest(group_path)
+    except CacheError as exc:
+        if "no 'skdcache' attribute" in str(exc):
+            return None  # the writer recreates a group whose creation crashed before the manifest
+        raise
+
+
 def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:
     from skdcache.data import available_splits
 
@@ -401,6 +413,9 @@ def precompute(
 ) -> list[PrecomputeResult]:
     """Python API of `skdcache precompute`: every teacher of `team` over the rows of `data`."""
     opts = opts or TargetOptions()
+    rpb = opts.rows_per_block
+    if rpb < 1 or rpb & (rpb - 1):
+        raise SkdError(f"--rows-per-block {rpb} must be a power of two (e.g. 1024)")
     if not team:
         raise SkdError("no teacher given; pass --teacher NAME=PATH (repeatable) or --config team.toml")
     names = [t.name for t in team]

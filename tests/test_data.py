@@ -58,7 +58,7 @@ def test_fingerprint_stable_and_independent_of_file_format_and_location(tmp_path
     fps = {name: _fp(d) for name, d in (("csv", csv_dir), ("jsonl", json_dir), ("pq", pq_dir), ("copy", copy_dir))}
     assert _fp(csv_dir) == fps["csv"]
     assert len(set(fps.values())) == 1, fps
-    assert len(fps["csv"]) == 32 and int(fps["csv"], 16) >= 0
+    assert len(fps["csv"]) == 32 and set(fps["csv"]) <= set("0123456789abcdef")
     # the regression view of the same rows is other data (labels are part of the fingerprint)
     assert _fp(csv_dir, label_column="score") == _fp(json_dir, label_column="score") != fps["csv"]
     # a single file is the same rows as a directory holding it
@@ -139,11 +139,6 @@ def test_label_names_come_from_every_split(tmp_path: Path):
     assert train.labels.tolist() == [1, 1, 1] and val.labels.tolist() == [0]
 
 
-@pytest.mark.xfail(
-    reason="BUG: data._label_info derives int class names from the loaded (limited) split only, "
-    "unlike string labels which look at every split",
-    strict=True,
-)
 def test_int_label_count_does_not_depend_on_limit(tmp_path: Path):
     """Int labels 0..2 stay 3 classes when `limit` (or the train split) happens to hold only 0 and 1."""
     write_split(tmp_path / "train.csv", 30, seed=1, label_kind="ints")
@@ -169,10 +164,6 @@ def test_bad_data_names_the_flag(data_dir: Path, kw: dict, flag: str):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: data._load_hf lets datasets' ValueError ('corresponds to no data') escape for an empty split file",
-    strict=True,
-)
 def test_empty_split_file_raises_skd_error(tmp_path: Path):
     """A split file with a header and no rows is reported as an empty split, naming --split."""
     write_split(tmp_path / "train.csv", 0, seed=1)

@@ -24,6 +24,7 @@ written (empty inner chunks are not stored), so the gaps cost no bytes; `token_i
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -119,8 +120,8 @@ def _pow2_floor(x: float) -> int:
 
 
 def row_chunk(row_bytes: int, rows_per_block: int) -> int:
-    """Inner chunk length: about TARGET_CHUNK_BYTES, a power of two dividing the block."""
-    return int(min(rows_per_block, max(16, _pow2_floor(TARGET_CHUNK_BYTES / max(row_bytes, 1)))))
+    """Inner chunk length: about TARGET_CHUNK_BYTES, and always a divisor of the block (shards tile exactly)."""
+    return math.gcd(rows_per_block, int(max(16, _pow2_floor(TARGET_CHUNK_BYTES / max(row_bytes, 1)))))
 
 
 def token_chunk(token_bytes: int) -> int:
