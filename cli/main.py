@@ -282,6 +282,7 @@ def verify(cache, teachers) -> None:
 @click.option("--student", required=True, help="Pretrained path/hub id, or a config .json (fresh weights).")
 @click.option("--student-layers", default=None, help="Keep only these layers: N (first N) or a list like 0,2.")
 @click.option("--student-head", type=click.Choice(["auto", "sequence", "mlm", "causal"]), default="auto")
+@click.option("--freeze-embeddings", is_flag=True, help="Keep the word embeddings fixed (much faster on CPU).")
 @click.option(
     "--mode", type=click.Choice(["skd", "single", "average", "none", "online"]), default="skd", show_default=True
 )

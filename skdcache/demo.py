@@ -84,6 +84,7 @@ def run_demo(output: str | Path = "demo-out", fresh: bool = False, progress: boo
             max_length=plan.max_length,
             seed=plan.seed,
             num_workers=0,
+            freeze_embeddings=True,
             progress=progress,
         )
         record, status = _run_or_reuse(cfg, fresh)
@@ -129,6 +130,7 @@ def run_demo(output: str | Path = "demo-out", fresh: bool = False, progress: boo
             max_length=plan.max_length,
             seed=plan.seed,
             num_workers=1,
+            freeze_embeddings=True,
             progress=progress,
             **overrides,
         )

@@ -124,10 +124,15 @@ class StepBatches(Dataset):
         return batch
 
 
-def step_loader(dataset: StepBatches, num_workers: int) -> DataLoader:
-    """One item per step (the batch is built inside the item), read ahead by worker processes."""
+def step_loader(dataset: StepBatches, num_workers: int, seed: int = 0) -> DataLoader:
+    """One item per step (the batch is built inside the item), read ahead by worker processes.
+
+    The loader gets its own generator so that creating it does not consume the global torch RNG (dropout
+    masks after a resume must be the ones an uninterrupted run would draw).
+    """
     return DataLoader(
         dataset,
+        generator=torch.Generator().manual_seed(seed),
         batch_size=None,
         shuffle=False,
         num_workers=num_workers,

@@ -73,7 +73,7 @@ class OnlineTeachers:
         return Targets(
             logits=fp16(out.logits),
             topk_logprobs=fp16(out.topk_logprobs),
-            topk_ids=out.topk_ids,
+            topk_ids=None if out.topk_ids is None else out.topk_ids.clone(),  # leave inference mode
             tail_logmass=fp16(out.tail_logmass),
             positions=torch.from_numpy(np.concatenate(positions)) if positions is not None else None,
             token_counts=counts,

@@ -51,6 +51,7 @@ class TrainConfig:
     sampling_temperature: float = 0.05
     student_layers: str | None = None
     student_head: str = "auto"
+    freeze_embeddings: bool = False  # word embeddings are most of a small BERT; freezing them halves CPU step time
     eval_split: str | None = "validation"
     epochs: float = 3.0
     max_steps: int | None = None
@@ -102,11 +103,13 @@ class Trainer:
         self.model, self.tokenizer = build_student(
             StudentSpec.parse(cfg.student, cfg.student_layers),
             self.head,
-            self.rows.num_labels,
+            self._num_labels(),
             self.rows.label_names,
             self.rows.task,
             cfg.trust_remote_code,
         )
+        if cfg.freeze_embeddings:
+            self.model.get_input_embeddings().weight.requires_grad_(False)
         self.model.to(self.device)
         self._check_student_matches_teachers()
         self.objective = self._objective()
@@ -114,7 +117,8 @@ class Trainer:
         self.online = OnlineTeachers(self.caches, self.rows, cfg, self.device) if cfg.mode == "online" else None
 
         self.inputs = self._student_inputs(self.rows)
-        self.eval_inputs = self._student_inputs(self.eval_rows) if self.eval_rows is not None else None
+        labelled_eval = self.eval_rows is not None and (self.eval_rows.labels is not None or self.head != "sequence")
+        self.eval_inputs = self._student_inputs(self.eval_rows) if labelled_eval else None
         heldout = None
         if cfg.mode in ("skd", "online") and cfg.sampling == "learned":
             heldout, train_rows = self._split_heldout()
@@ -157,20 +161,28 @@ class Trainer:
             raise SkdError("unlabelled data and no teacher: pass --student-head mlm|causal")
         return "sequence"
 
+    def _num_labels(self) -> int | None:
+        """The data's label count, or the teachers' when the data is unlabelled (pure distillation)."""
+        if self.rows.num_labels is not None or self.head != "sequence":
+            return self.rows.num_labels
+        if not self.caches:
+            raise SkdError("unlabelled data: a sequence student needs --label-column or cached teachers")
+        return self.caches[0].manifest.teacher["num_labels"]
+
     def _check_student_matches_teachers(self) -> None:
         from skdcache.cache.fingerprint import tokenizer_hash
 
         for c in self.caches:
             t = c.targets
-            needs_same_tokens = t.token_level or (t.hidden_layers and t.hidden_tokens == "all")
-            if needs_same_tokens and self.cfg.beta >= 0 and c.manifest.tokenizer_hash != tokenizer_hash(self.tokenizer):
+            needs_same_tokens = t.token_level or (self.cfg.beta > 0 and t.hidden_layers and t.hidden_tokens == "all")
+            if needs_same_tokens and c.manifest.tokenizer_hash != tokenizer_hash(self.tokenizer):
                 raise SkdError(
                     f"teacher {c.name}'s token-level/hidden targets use another tokenizer than the student; "
                     f"use a student with the teacher's tokenizer or sequence-level targets"
                 )
             if needs_same_tokens and t.max_length != self.cfg.max_length:
                 raise SkdError(f"teacher {c.name} was cached with --max-length {t.max_length}; use the same here")
-            if t.head == "sequence" and c.manifest.teacher["num_labels"] != (self.rows.num_labels or 0):
+            if t.head == "sequence" and c.manifest.teacher["num_labels"] != self._num_labels():
                 raise SkdError(
                     f"teacher {c.name} has {c.manifest.teacher['num_labels']} labels, the data {self.rows.num_labels}"
                 )
@@ -245,7 +257,13 @@ class Trainer:
             return None
         kind, weights, metrics = cfg.sampling, None, None
         if kind.startswith("weights="):
-            kind, weights = "weights", [float(x) for x in cfg.sampling.split("=", 1)[1].split(",")]
+            kind, text = "weights", cfg.sampling.split("=", 1)[1]
+            try:
+                weights = [float(x) for x in text.split(",")]
+            except ValueError:
+                raise SkdError(
+                    f"--sampling {cfg.sampling}: write weights=0.2,0.3,0.5 (one number per teacher)"
+                ) from None
         if kind == "teacher-rank":
             missing = [c.name for c in self.caches if not c.manifest.metric]
             if missing:
@@ -254,7 +272,8 @@ class Trainer:
         if kind == "student-rank":
             from skdcache.pilots import pilot_metrics
 
-            metrics = pilot_metrics(self)
+            with torch.random.fork_rng(devices=[]):  # pilots must not shift this run's random stream
+                metrics = pilot_metrics(self)
         if kind == "learned":
             return LearnedSampler(n, cfg.seed, lr=cfg.learned_lr)
         try:
@@ -264,8 +283,12 @@ class Trainer:
         except ValueError as exc:
             raise SkdError(f"--sampling {cfg.sampling}: {exc}") from exc
 
-    def teacher_for_step(self, step: int) -> int | None:
-        """Which cache the loader reads at `step` (None: read in the loop or not at all)."""
+    def teacher_for_step(self, micro_step: int) -> int | None:
+        """Which cache the loader reads for a micro-batch (None: read in the loop or not at all).
+
+        One teacher per optimizer step: every micro-batch of a gradient-accumulation step shares it.
+        """
+        step = micro_step // self.cfg.grad_accum
         mode = self.cfg.mode
         if mode == "none" or mode == "online" or isinstance(self.sampler, LearnedSampler):
             return None
@@ -279,7 +302,8 @@ class Trainer:
     def train(self) -> dict:
         cfg, model = self.cfg, self.model
         self.out.mkdir(parents=True, exist_ok=True)
-        params = list(model.parameters()) + (list(self.projector.parameters()) if self.projector else [])
+        params = [p for p in model.parameters() if p.requires_grad]
+        params += list(self.projector.parameters()) if self.projector else []
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = int(cfg.warmup_ratio * self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -302,7 +326,7 @@ class Trainer:
             state["step"] * micro,
             self.total_steps * micro,
         )
-        loader = step_loader(dataset, cfg.num_workers)
+        loader = step_loader(dataset, cfg.num_workers, cfg.seed)
         amp = autocast_dtype(self.device)
         bar = tqdm(
             total=self.total_steps,
@@ -359,10 +383,10 @@ class Trainer:
             return None, None
         teacher = batch["teacher"]
         if self.cfg.mode == "online":
-            teacher = 0 if self.sampler is None else self.sampler.sample(batch["step"])
+            teacher = 0 if self.sampler is None else self.sampler.sample(batch["step"] // self.cfg.grad_accum)
             return teacher, self.online.targets(teacher, batch["rows"].numpy())
         if teacher is None:  # learned: the distribution changes every step, so sample here
-            teacher = self.sampler.sample(batch["step"])
+            teacher = self.sampler.sample(batch["step"] // self.cfg.grad_accum)
             return teacher, self.caches[teacher].read(batch["rows"].numpy())
         return teacher, batch["targets"]
 
