@@ -120,8 +120,11 @@ def _pow2_floor(x: float) -> int:
 
 
 def row_chunk(row_bytes: int, rows_per_block: int) -> int:
-    """Inner chunk length: about TARGET_CHUNK_BYTES, and always a divisor of the block (shards tile exactly)."""
-    return math.gcd(rows_per_block, int(max(16, _pow2_floor(TARGET_CHUNK_BYTES / max(row_bytes, 1)))))
+    """Inner chunk length: about TARGET_CHUNK_BYTES, and always a divisor of the block (shards tile exactly).
+
+    Wide rows (hidden states) get chunks of a few rows: a random read decodes one chunk per row it needs.
+    """
+    return math.gcd(rows_per_block, int(_pow2_floor(TARGET_CHUNK_BYTES / max(row_bytes, 1))))
 
 
 def token_chunk(token_bytes: int) -> int:

