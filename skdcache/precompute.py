@@ -163,9 +163,10 @@ def _run_block(
     perm: torch.Tensor | None,
     on_batch,
 ) -> dict[str, np.ndarray]:
+    """Every target of one block, assembled in row order (batches run in length order)."""
     lengths = enc.lengths
-    per_row: dict[int, dict[str, np.ndarray]] = {}
     pad_id = teacher.tokenizer.pad_token_id
+    block = _BlockBuffer(rows, positions, lengths, spec)
     for batch_rows in _batches(lengths, rows, opts.batch_size):
         ids = [list(enc.ids[r]) for r in batch_rows]
         target_mask = None
@@ -189,34 +190,66 @@ def _run_block(
             perm,
             autocast_dtype(device),
         )
-        _split_rows(out, batch_rows, positions, lengths, spec, per_row)
+        block.put(batch_rows, out)
         on_batch(len(batch_rows), int(lengths[batch_rows].sum()))
-    names = list(per_row[rows[0]])
-    return {n: np.concatenate([per_row[r][n] for r in rows], axis=0) for n in names}
+    if positions is not None:
+        block.arrays["positions"] = np.concatenate([positions[r] for r in rows])
+    return block.arrays
 
 
-def _split_rows(out, batch_rows, positions, lengths, spec: fmt.TargetSpec, per_row: dict) -> None:
-    """Cut a batch's flattened outputs back into per-row numpy arrays."""
-    if out.logits is not None:
-        logits = out.logits.cpu().numpy()
-        for i, r in enumerate(batch_rows):
-            per_row.setdefault(int(r), {})["logits"] = logits[i : i + 1]
-    if out.topk_logprobs is not None:
-        counts = [len(positions[r]) for r in batch_rows]
-        vals = np.split(out.topk_logprobs.cpu().numpy(), np.cumsum(counts)[:-1])
-        ids = np.split(out.topk_ids.cpu().numpy(), np.cumsum(counts)[:-1])
-        tail = np.split(out.tail_logmass.cpu().numpy(), np.cumsum(counts)[:-1])
-        for i, r in enumerate(batch_rows):
-            d = per_row.setdefault(int(r), {})
-            d.update(topk_logprobs=vals[i], topk_ids=ids[i], tail_logmass=tail[i], positions=positions[r])
-    if out.hidden is not None:
-        hidden = out.hidden.cpu().numpy()
-        if spec.hidden_tokens == "cls":
-            parts = [hidden[i : i + 1] for i in range(len(batch_rows))]
-        else:
-            parts = np.split(hidden, np.cumsum(lengths[batch_rows])[:-1])
-        for i, r in enumerate(batch_rows):
-            per_row.setdefault(int(r), {})["hidden"] = parts[i]
+class _BlockBuffer:
+    """Preallocated arrays of one block; each batch's outputs are copied to their rows' places."""
+
+    def __init__(self, rows: range, positions, lengths: np.ndarray, spec: fmt.TargetSpec):
+        self.start = rows.start
+        self.spec = spec
+        self.arrays: dict[str, np.ndarray] = {}
+        n = len(rows)
+        self.tok_counts = np.array([len(positions[r]) for r in rows]) if positions is not None else None
+        self.seq_counts = lengths[rows.start : rows.stop]
+        self.tok_offsets = _offsets(self.tok_counts) if self.tok_counts is not None else None
+        self.seq_offsets = _offsets(self.seq_counts)
+        self.n = n
+
+    def _array(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        if name not in self.arrays:
+            self.arrays[name] = np.empty(shape, dtype=dtype)
+        return self.arrays[name]
+
+    def put(self, batch_rows: np.ndarray, out) -> None:
+        local = batch_rows - self.start
+        if out.logits is not None:
+            logits = out.logits.cpu().numpy()
+            self._array("logits", (self.n, logits.shape[1]), logits.dtype)[local] = logits
+        if out.topk_logprobs is not None:
+            parts = {
+                "topk_logprobs": out.topk_logprobs.cpu().numpy(),
+                "topk_ids": out.topk_ids.cpu().numpy(),
+                "tail_logmass": out.tail_logmass.cpu().numpy(),
+            }
+            self._scatter(parts, local, self.tok_counts, self.tok_offsets)
+        if out.hidden is not None:
+            hidden = out.hidden.cpu().numpy()
+            if self.spec.hidden_tokens == "cls":
+                self._array("hidden", (self.n, *hidden.shape[1:]), hidden.dtype)[local] = hidden
+            else:
+                self._scatter({"hidden": hidden}, local, self.seq_counts, self.seq_offsets)
+
+    def _scatter(self, parts: dict[str, np.ndarray], local: np.ndarray, counts, offsets) -> None:
+        """Copy row-major flattened token outputs of a batch to each row's range in the block."""
+        src = 0
+        total = int(counts.sum())
+        for name, values in parts.items():
+            self._array(name, (total, *values.shape[1:]), values.dtype)
+        for r in local:
+            c = int(counts[r])
+            for name, values in parts.items():
+                self.arrays[name][offsets[r] : offsets[r] + c] = values[src : src + c]
+            src += c
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
 def _check_finite(block: int, data: dict[str, np.ndarray], name: str) -> None:
@@ -306,7 +339,7 @@ def precompute_teacher(
 
     with WriterLock(group_path):
         device = pick_device(opts.device)
-        teacher = load_teacher(spec, device, opts.trust_remote_code)
+        teacher = load_teacher(spec, device, opts.trust_remote_code, weights_hash)
         perm = label_permutation(teacher.config, rows)
         if perm is not None:
             perm = perm.to(device)
@@ -374,10 +407,9 @@ def precompute_teacher(
                     teacher, enc, positions, targets, range(*layout.block_rows(block)), opts, device, perm, on_batch
                 )
                 _check_finite(block, data, spec.name)
-                pending = [f for f in pending if not f.done() or f.result()]
-                while len(pending) >= 2:  # backpressure: at most two blocks in flight
-                    pending.pop(0).result()
                 pending.append(pool.submit(writer.write_block, block, data))
+                while len(pending) > 2:  # backpressure: at most two blocks in memory; raises a writer error
+                    pending.pop(0).result()
             for f in pending:
                 f.result()
         bar.close()

@@ -98,7 +98,9 @@ class LoadedTeacher:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_teacher(spec: TeacherSpec, device: torch.device, trust_remote_code: bool = False) -> LoadedTeacher:
+def load_teacher(
+    spec: TeacherSpec, device: torch.device, trust_remote_code: bool = False, weights_hash: str | None = None
+) -> LoadedTeacher:
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -125,7 +127,7 @@ def load_teacher(spec: TeacherSpec, device: torch.device, trust_remote_code: boo
     model = auto.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
     model.eval().to(device)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    return LoadedTeacher(spec, model_dir, model, tokenizer, head, model_weights_hash(model_dir))
+    return LoadedTeacher(spec, model_dir, model, tokenizer, head, weights_hash or model_weights_hash(model_dir))
 
 
 @dataclass

@@ -34,7 +34,7 @@ from skdcache.demo import DEMO_DATA, pretrained_encoder
 from skdcache.loader import StepBatches, StepSchedule, StudentInputs
 from skdcache.precompute import TargetOptions, autocast_dtype, precompute, precompute_teacher
 from skdcache.student import keep_layers
-from skdcache.teachers import TeacherSpec, load_teacher
+from skdcache.teachers import TeacherSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,20 +68,24 @@ def make_model(out: Path, layers: int, num_labels: int = 3) -> Path:
 
 
 def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool) -> float:
-    """The loop precompute wraps: tokenize, length-sorted batches, forward; no reduction, no writes."""
+    """What a user would write instead: load the model, tokenize, length-sorted batches, forward. No
+    fingerprints, no target reduction, no writes."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     device = torch.device(opts.device)
-    teacher = load_teacher(TeacherSpec("t", str(model_dir)), device)
     rows = load_rows(DataSpec(str(data)))
     t0 = time.perf_counter()
-    enc = tokenize(teacher.tokenizer, rows, opts.max_length)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    enc = tokenize(tokenizer, rows, opts.max_length)
     order = np.argsort(-enc.lengths, kind="stable")
     amp = autocast_dtype(device)
     with torch.inference_mode():
         for i in range(0, len(order), opts.batch_size):
             idx = order[i : i + opts.batch_size]
-            batch = pad_batch([enc.ids[r] for r in idx], [enc.type_ids[r] for r in idx], teacher.tokenizer.pad_token_id)
+            batch = pad_batch([enc.ids[r] for r in idx], [enc.type_ids[r] for r in idx], tokenizer.pad_token_id)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = teacher.model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=hidden)
+                out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=hidden)
             out.logits.float().cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
