@@ -136,6 +136,7 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--rows-per-block", type=int, default=1024, show_default=True, help="Rows per shard (power of two).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model repository.")
+@click.option("--repair", is_flag=True, help="Verify complete caches and recompute only their damaged blocks.")
 @click.pass_obj
 def precompute(obj, teacher, head, **kw) -> None:
     """Run every teacher once over the data and cache its targets.
@@ -169,6 +170,7 @@ def precompute(obj, teacher, head, **kw) -> None:
         eval_split=kw["eval_split"] or None,
         trust_remote_code=kw["trust_remote_code"],
         progress=obj["progress"],
+        repair=kw["repair"],
     )
     results = run(data_spec(kw), team, cache_root(kw["cache"]), opts)
     rows = []
@@ -278,6 +280,7 @@ def verify(cache, teachers) -> None:
 @config_option
 @data_options
 @click.option("--eval-split", default="validation", show_default=True, help="Labelled split for evaluation.")
+@click.option("--test-split", default=None, help="Split evaluated once at the end (reported, never selects).")
 @click.option("--teachers", default="all", show_default=True, help="Comma list of cached teacher names, or all.")
 @click.option("--student", required=True, help="Pretrained path/hub id, or a config .json (fresh weights).")
 @click.option("--student-layers", default=None, help="Keep only these layers: N (first N) or a list like 0,2.")

@@ -54,6 +54,7 @@ class TargetOptions:
     eval_split: str | None = "validation"
     trust_remote_code: bool = False
     progress: bool = True
+    repair: bool = False  # re-verify complete caches and recompute only their damaged blocks
 
 
 @dataclass
@@ -333,9 +334,14 @@ def precompute_teacher(
     key = cache_key(weights_hash, tok_hash, targets, rows.label_names)
     group_path = root / rows.fingerprint / key
     manifest = _existing_manifest(group_path)
-    if manifest is not None:
-        if manifest.state == "complete":
+    damaged: set[int] = set()
+    if manifest is not None and manifest.state == "complete":
+        if not opts.repair:
             return PrecomputeResult(spec.name, group_path, "cached", time.perf_counter() - t0, manifest)
+        damaged = _damaged_blocks(group_path)
+        if not damaged:
+            return PrecomputeResult(spec.name, group_path, "verified", time.perf_counter() - t0, manifest)
+        log.warning("%s: recomputing damaged blocks %s", spec.name, sorted(damaged))
 
     with WriterLock(group_path):
         device = pick_device(opts.device)
@@ -380,9 +386,11 @@ def precompute_teacher(
         )
         write_json(root / rows.fingerprint / fmt.DATASET_FILE, dataset_record(rows))
         writer = CacheWriter(group_path, manifest, layout, index)
+        for block in damaged:
+            writer.invalidate(block)
         done = writer.done()
         todo = [b for b in range(layout.n_blocks) if b not in done]
-        status = "resumed" if done else "computed"
+        status = "repaired" if damaged else "resumed" if done else "computed"
         rows_done = sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in done)
         bar = tqdm(
             total=len(rows),
@@ -416,6 +424,17 @@ def precompute_teacher(
         metric = evaluate_teacher(teacher, eval_rows, opts, device, perm) if eval_rows is not None else None
         manifest = writer.finish(metric)
     return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest)
+
+
+def _damaged_blocks(group_path: Path) -> set[int]:
+    """Blocks that fail verification; every block when the cache cannot even be opened."""
+    from skdcache.cache.reader import TeacherCache
+
+    try:
+        return set(TeacherCache(group_path, allow_incomplete=True).verify_blocks())
+    except Exception:  # an unreadable index array: recompute everything rather than trust any of it
+        manifest = read_manifest(group_path)
+        return set(range(manifest.layout["n_blocks"]))
 
 
 def _existing_manifest(group_path: Path) -> fmt.Manifest | None:

@@ -53,6 +53,7 @@ class TrainConfig:
     student_head: str = "auto"
     freeze_embeddings: bool = False  # word embeddings are most of a small BERT; freezing them halves CPU step time
     eval_split: str | None = "validation"
+    test_split: str | None = None  # evaluated once at the end (report-only: never used to pick checkpoints)
     epochs: float = 3.0
     max_steps: int | None = None
     batch_size: int = 32
@@ -466,6 +467,10 @@ class Trainer:
 
     def _finish(self, state: dict, seconds: float, loop_seconds: float) -> dict:
         final = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
+        test = {}
+        if self.cfg.test_split:
+            test_rows = load_rows(replace(self.cfg.data, split=self.cfg.test_split, limit=None))
+            test = evaluate(self.model, self._student_inputs(test_rows), self.objective, self.device)
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         run = {
             "config": self.cfg.to_dict(),
@@ -483,6 +488,7 @@ class Trainer:
             "student_parameters": count_parameters(self.model),
             "steps": state["step"],
             "final": final,
+            "test": test,
             "best": state["best"],
             "teacher_histogram": dict(state["histogram"]),
             "sampler": describe(self.sampler) if self.sampler else None,

@@ -4,8 +4,8 @@ zarr 3.1 reads a sharded array one inner chunk at a time, re-reading the shard i
 per chunk here), so a random batch of 32 rows costs ~35 ms whatever the row size. Training reads random
 batches all the time, so for local caches this module reads the same bytes directly: the shard index
 (standard zarr v3 layout: `n_chunks` (offset, nbytes) uint64 pairs + crc32c, at the end of the shard file) is
-read once per shard and kept, and each needed inner chunk is one `pread` + one Blosc decode. Arrays written
-by anything other than our layout (a codec chain we do not recognise) fall back to zarr.
+read once per shard and kept, and each needed inner chunk is one `pread`, a crc32c check, one Blosc decode.
+Arrays written by anything other than our layout (a codec chain we do not recognise) fall back to zarr.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
+
+from skdcache.errors import CacheError
 
 _EMPTY = np.uint64(2**64 - 1)
 
@@ -24,7 +27,7 @@ class ShardedRows:
 
     def __init__(self, array_dir: Path, array, max_open_files: int = 64):
         from numcodecs import Blosc
-        from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
         codecs = array.metadata.codecs
         sharding = codecs[0] if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else None
@@ -32,9 +35,10 @@ class ShardedRows:
         if not (
             sharding
             and str(sharding.index_location.value) == "end"
-            and len(inner) == 2
+            and len(inner) == 3
             and isinstance(inner[0], BytesCodec)
             and isinstance(inner[1], BloscCodec)
+            and isinstance(inner[2], Crc32cCodec)
             and array.metadata.chunk_key_encoding.separator == "/"
         ):
             raise ValueError("unsupported codec chain")
@@ -45,7 +49,6 @@ class ShardedRows:
         self.shard_rows = array.metadata.chunk_grid.chunk_shape[0]
         self.per_shard = self.shard_rows // self.chunk_rows
         self.tail = tuple(array.shape[1:])
-        self.fill = np.asarray(array.metadata.fill_value, dtype=self.dtype)
         self._blosc = Blosc()
         self._index: dict[int, np.ndarray] = {}
         self._fds: OrderedDict[int, int] = OrderedDict()
@@ -72,19 +75,34 @@ class ShardedRows:
     def _shard_index(self, shard: int, fd: int) -> np.ndarray:
         if shard not in self._index:
             size = self.per_shard * 16 + 4
-            raw = os.pread(fd, size, os.fstat(fd).st_size - size)
+            raw = os.pread(fd, size, max(0, os.fstat(fd).st_size - size))
+            if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise CacheError(
+                    f"shard {self._shard_path(shard)} is damaged (truncated or bad index); "
+                    f"run `skdcache verify` and `skdcache precompute --repair`"
+                )
             self._index[shard] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.per_shard, 2)
         return self._index[shard]
 
-    def _chunk(self, chunk: int) -> np.ndarray | None:
+    def _chunk(self, chunk: int) -> np.ndarray:
+        """One inner chunk. Reads only ever target written rows, and the writer stores every chunk it
+        writes (empty ones too), so a missing shard or chunk is damage, never "fill value"."""
         shard, local = divmod(chunk, self.per_shard)
         fd = self._fd(shard)
         if fd is None:
-            return None
+            raise CacheError(
+                f"shard {self._shard_path(shard)} is missing; run `skdcache verify` and `skdcache precompute --repair`"
+            )
         offset, nbytes = self._shard_index(shard, fd)[local]
         if offset == _EMPTY:
-            return None
-        data = self._blosc.decode(os.pread(fd, int(nbytes), int(offset)))
+            raise CacheError(f"{self.dir.name} chunk {chunk} is missing from its shard; run `skdcache verify`")
+        raw = os.pread(fd, int(nbytes), int(offset))
+        if len(raw) != nbytes or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise CacheError(
+                f"{self.dir.name} chunk {chunk} in {self._shard_path(shard)} is damaged (checksum mismatch); "
+                f"run `skdcache verify` and `skdcache precompute --repair`"
+            )
+        data = self._blosc.decode(raw[:-4])
         return np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_rows, *self.tail)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
@@ -97,8 +115,7 @@ class ShardedRows:
             if group.size == 0:
                 continue
             values = self._chunk(int(chunks[group[0]]))
-            within = rows[group] % self.chunk_rows
-            out[group] = self.fill if values is None else values[within]
+            out[group] = values[rows[group] % self.chunk_rows]
         return out
 
     def close(self) -> None:

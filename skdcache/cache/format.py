@@ -249,7 +249,9 @@ def encode_marker(block: int, rows: tuple[int, int], checksums: dict[str, str]) 
 
 
 def compressors():
-    """zstd on every inner chunk; float16 and small ints compress better byte-shuffled first (Blosc)."""
-    from zarr.codecs import BloscCodec
+    """Blosc-zstd on every inner chunk (float16 and small ints compress better byte-shuffled), then a
+    crc32c of the compressed bytes: any reader (zarr or ours) refuses a damaged chunk instead of decoding
+    garbage."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    return (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),)
+    return (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec())

@@ -144,8 +144,13 @@ class TeacherCache:
 
     def verify(self) -> list[str]:
         """Re-read every block and compare its checksum; return one line per problem (empty = healthy)."""
-        problems: list[str] = []
+        return [p for problems in self.verify_blocks().values() for p in problems]
+
+    def verify_blocks(self) -> dict[int, list[str]]:
+        """Problems by block: what `precompute --repair` recomputes."""
+        found: dict[int, list[str]] = {}
         for block in range(self.layout.n_blocks):
+            problems = found.setdefault(block, [])
             marker = self.path / fmt.block_marker_name(block)
             if not marker.exists():
                 problems.append(f"block {block}: not written (no completion marker)")
@@ -164,7 +169,7 @@ class TeacherCache:
                     continue
                 if got != expected.get(name):
                     problems.append(f"block {block} array {name}: checksum {got} != recorded {expected.get(name)}")
-        return problems
+        return {b: p for b, p in found.items() if p}
 
     def _block_values(self, name: str, lo: int, hi: int) -> np.ndarray:
         family = "token_index" if name in TOKEN_ARRAYS else "hidden_index" if name == "hidden" else None

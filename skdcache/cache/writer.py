@@ -59,6 +59,8 @@ class CacheWriter:
                     shards=spec.shards,
                     compressors=fmt.compressors(),
                     fill_value=0,
+                    # every written chunk exists on disk, so a missing one always means damage
+                    config={"write_empty_chunks": True},
                 )
             self.group.attrs[fmt.MANIFEST_ATTR] = manifest.to_dict()
             fsync_tree(group_path)
@@ -99,6 +101,20 @@ class CacheWriter:
             if path.exists():
                 fsync_tree(path)
         atomic_write(self.path / fmt.block_marker_name(block), fmt.encode_marker(block, (start, stop), sums))
+
+    def invalidate(self, block: int) -> None:
+        """Forget a damaged block: its marker first (readers stop serving it), then its shard files."""
+        (self.path / fmt.block_marker_name(block)).unlink(missing_ok=True)
+        start, stop = self.layout.block_rows(block)
+        for name, spec in self.layout.arrays.items():
+            family = self._family(name)
+            lo, hi = (start, stop) if family is None else self._token_region(family, start, stop)
+            for path in self._shard_files(name, spec, lo, hi):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        self.group.attrs[fmt.MANIFEST_ATTR] = {**self.manifest.to_dict(), "state": "writing"}
 
     def _family(self, name: str) -> str | None:
         if name in ("topk_logprobs", "topk_ids", "tail_logmass", "positions"):

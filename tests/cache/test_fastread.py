@@ -44,8 +44,13 @@ def test_direct_reads_equal_zarr(written, name):
     array = zarr.open_array(str(path / name), mode="r")
     reader = ShardedRows(path / name, array)
     rng = np.random.default_rng(1)
-    rows = rng.integers(0, array.shape[0], 500)  # random, repeated, and some in never-written gaps
-    rows[:3] = [0, array.shape[0] - 1, array.shape[0] // 2]
+    if name in ("hidden", "token_index"):
+        valid = np.arange(array.shape[0])
+    else:  # token arrays: only the written ranges (block tails up to the next shard are never written)
+        index = zarr.open_array(str(path / "token_index"), mode="r")[:]
+        valid = np.concatenate([np.arange(s, s + c) for s, c in index])
+    rows = rng.choice(valid, 500)  # random and repeated
+    rows[:2] = [valid[0], valid[-1]]
     expected = array.get_orthogonal_selection((np.unique(rows),))[np.unique(rows, return_inverse=True)[1]]
     got = reader.rows(rows)
     assert got.dtype == expected.dtype
@@ -56,3 +61,19 @@ def test_unknown_codec_chain_is_refused(tmp_path):
     array = zarr.create_array(str(tmp_path / "plain"), shape=(10,), chunks=(5,), dtype="f4")
     with pytest.raises(ValueError):
         ShardedRows(tmp_path / "plain", array)
+
+
+def test_missing_or_damaged_shard_is_refused(written):
+    from skdcache.errors import CacheError
+
+    path, layout = written
+    array = zarr.open_array(str(path / "hidden"), mode="r")
+    shard = path / "hidden" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[40] ^= 0xFF  # inside the first inner chunk's compressed bytes
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="damaged"):
+        ShardedRows(path / "hidden", array).rows(np.array([64]))
+    shard.unlink()
+    with pytest.raises(CacheError, match="missing"):
+        ShardedRows(path / "hidden", array).rows(np.array([64]))

