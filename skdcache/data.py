@@ -115,12 +115,17 @@ def _load_hf(spec: DataSpec, split: str):
 def _load_local(fmt: str, file: Path, split: str):
     import datasets
 
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors become our one-line errors
     try:
         return datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
     except ValueError as exc:
         if "corresponds to no data" in str(exc):  # a header-only file
             raise SkdError(f"split {split!r} ({file}) is empty; pick another --split or fill the file") from exc
         raise SkdError(f"cannot read {file} as {fmt}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # datasets wraps parser errors (e.g. DatasetGenerationError around UnicodeDecodeError)
+        if isinstance(exc.__cause__ or exc.__context__, UnicodeDecodeError) or "codec can't decode" in str(exc):
+            raise SkdError(f"{file} is not valid UTF-8; re-encode it (e.g. iconv -f latin1 -t utf-8)") from exc
+        raise SkdError(f"cannot read {file} as {fmt} ({type(exc).__name__}); check the file format") from exc
 
 
 def _label_info(spec: DataSpec, table) -> tuple[str, list[str] | None]:
@@ -165,6 +170,11 @@ def load_rows(spec: DataSpec) -> TextRows:
         if column is not None and column not in table.column_names:
             raise SkdError(f"column {column!r} not in {spec.source} (columns: {table.column_names}); set {flag}")
     texts = [_as_text(t, spec.text_column) for t in table[spec.text_column]]
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise SkdError(
+            f"{len(empty)} rows of {spec.text_column!r} are empty (first: row {empty[0]}); drop or fill them first"
+        )
     pairs = (
         [_as_text(t, spec.text_pair_column) for t in table[spec.text_pair_column]] if spec.text_pair_column else None
     )

@@ -29,6 +29,7 @@ from skdcache.teachers import (
     LoadedTeacher,
     TeacherSpec,
     detect_head,
+    load_config,
     load_teacher,
     load_tokenizer,
     resolve_model_dir,
@@ -321,11 +322,9 @@ def precompute_teacher(
     spec: TeacherSpec, rows: TextRows, root: Path, opts: TargetOptions, eval_rows: TextRows | None = None
 ) -> PrecomputeResult:
     """Compute (or find) one teacher's cache for `rows`; safe to interrupt and call again."""
-    from transformers import AutoConfig
-
     t0 = time.perf_counter()
     model_dir = resolve_model_dir(spec.source, spec.revision)
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=opts.trust_remote_code)
+    config = load_config(model_dir, spec.name, opts.trust_remote_code)
     head = detect_head(config, spec.head)
     _check_teacher(spec, config, head, rows, opts)
     tokenizer = load_tokenizer(model_dir, opts.trust_remote_code)

@@ -56,6 +56,18 @@ def resolve_model_dir(source: str, revision: str | None = None) -> Path:
         ) from exc
 
 
+def load_config(model_dir: Path, name: str, trust_remote_code: bool = False):
+    """The model config; code shipped with a model runs only when the user passed --trust-remote-code."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise SkdError(f"model {name} ships custom code; pass --trust-remote-code only if you trust it") from exc
+        raise SkdError(f"cannot read the config of {name} at {model_dir}: {str(exc).splitlines()[0]}") from exc
+
+
 def detect_head(config, requested: str = "auto") -> str:
     if requested != "auto":
         return requested
@@ -102,7 +114,6 @@ def load_teacher(
     spec: TeacherSpec, device: torch.device, trust_remote_code: bool = False, weights_hash: str | None = None
 ) -> LoadedTeacher:
     from transformers import (
-        AutoConfig,
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
         AutoModelForSequenceClassification,
@@ -112,12 +123,7 @@ def load_teacher(
     hf_logging.disable_progress_bar()
 
     model_dir = resolve_model_dir(spec.source, spec.revision)
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise SkdError(f"teacher {spec.name} needs remote code; pass --trust-remote-code if you trust it") from exc
-        raise
+    config = load_config(model_dir, spec.name, trust_remote_code)
     head = detect_head(config, spec.head)
     auto = {
         "sequence": AutoModelForSequenceClassification,

@@ -316,7 +316,7 @@ class Trainer:
         state = {"step": 0, "histogram": Counter(), "best": None, "history": [], "elapsed": 0.0}
         if cfg.resume:
             state = self._load_checkpoint(optimizer, scheduler, state)
-        metrics_log = open(self.out / "metrics.jsonl", "a" if cfg.resume else "w")
+        metrics_log = open(self.out / "metrics.jsonl", "a" if cfg.resume else "w", buffering=1)  # tail -f works
         names = [c.name for c in self.caches]
         micro = cfg.grad_accum
         dataset = StepBatches(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -232,12 +233,35 @@ def plan_layout(
     return Layout(R, n_rows, arrays), index
 
 
+ARRAY_NAMES = (
+    "logits",
+    "topk_logprobs",
+    "topk_ids",
+    "tail_logmass",
+    "positions",
+    "token_index",
+    "hidden",
+    "hidden_index",
+)
+
+
 def layout_from_dict(d: dict, n_rows: int) -> Layout:
+    """Parse a manifest's layout; array names are checked so an edited manifest cannot point outside the group."""
+    unknown = sorted(set(d["arrays"]) - set(ARRAY_NAMES))
+    if unknown:
+        from skdcache.errors import CacheError
+
+        raise CacheError(f"manifest names unknown arrays {unknown}; the cache was edited or damaged, recompute it")
     arrays = {
         name: ArraySpec(name, tuple(a["shape"]), a["dtype"], a["chunks"][0], a["shards"][0])
         for name, a in d["arrays"].items()
     }
     return Layout(d["rows_per_block"], n_rows, arrays)
+
+
+def shard_file(array_dir: Path, shard: int, ndim: int) -> Path:
+    """The file of shard `shard` along axis 0 (zarr v3 default key encoding "c/<i>/0/0...", separator "/")."""
+    return array_dir.joinpath("c", str(shard), *(["0"] * (ndim - 1)))
 
 
 def block_marker_name(block: int) -> str:

@@ -87,8 +87,7 @@ class TeacherCache:
         """How `name` is read: in memory when small, the direct shard reader when local, else zarr."""
         array = self.arrays[name]
         if array.nbytes <= IN_MEMORY_BYTES:
-            values = array[:]
-            return lambda rows: values[rows]
+            return _InMemory(name, array, self.path / name).rows
         try:
             return ShardedRows(self.path / name, array).rows
         except ValueError:
@@ -181,6 +180,31 @@ class TeacherCache:
 
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class _InMemory:
+    """A small array read whole, shard by shard; rows of a shard that fails to decode are refused, not served."""
+
+    def __init__(self, name: str, array, directory: Path):
+        self.name = name
+        self.values = np.zeros(array.shape, dtype=array.dtype)
+        self.damaged = np.zeros(array.shape[0], dtype=bool)
+        step = array.shards[0] if array.shards else array.chunks[0]
+        for shard, lo in enumerate(range(0, array.shape[0], step)):
+            try:
+                # zarr reads a missing shard as fill values; ours are all written, so missing means lost
+                self.damaged[lo : lo + step] = not fmt.shard_file(directory, shard, array.ndim).exists()
+                self.values[lo : lo + step] = array[lo : lo + step]
+            except Exception:  # zarr raises ValueError for checksum/decode failures
+                self.damaged[lo : lo + step] = True
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        if self.damaged[rows].any():
+            raise CacheError(
+                f"array {self.name} is damaged at rows {rows[self.damaged[rows]][:3].tolist()}; "
+                f"run `skdcache verify` and `skdcache precompute --repair`"
+            )
+        return self.values[rows]
 
 
 _DTYPES = {

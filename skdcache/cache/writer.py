@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import zlib
 from datetime import datetime, timezone
@@ -73,6 +74,18 @@ class CacheWriter:
         return int(idx[0, 0]), int(idx[-1, 0] + idx[-1, 1])
 
     def write_block(self, block: int, data: dict[str, np.ndarray]) -> None:
+        """Write one block; a full disk becomes a one-line error (the block stays unmarked, a rerun resumes)."""
+        try:
+            self._write_block(block, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CacheError(
+                    f"disk full while writing block {block} to {self.path}; free space (or pass another --cache) "
+                    f"and rerun: finished blocks are kept"
+                ) from exc
+            raise
+
+    def _write_block(self, block: int, data: dict[str, np.ndarray]) -> None:
         """Write every array's slice of `block`, fsync it, then publish the marker.
 
         Args:

@@ -1,0 +1,151 @@
+"""Kill -9 fuzz: interrupt precompute at random moments, resume, and check the cache equals an uninterrupted run.
+
+    python benchmarks/reliability/kill_fuzz.py --trials 100      # the full run (writes docs/reliability-fuzz.json)
+    python benchmarks/reliability/kill_fuzz.py --trials 3        # what CI runs (tests/test_reliability.py)
+
+Each trial: a fresh cache root; 1-3 times, start `skdcache precompute` and SIGKILL it after a random delay
+(seeded); then run it to completion. The final cache must hold exactly the reference arrays (no missing,
+duplicated or corrupt rows), pass `verify`, and say "complete".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_fixture(work: Path, rows: int = 400) -> tuple[Path, Path]:
+    """A tiny MLM teacher (token-level targets + hidden states: every array kind) and a data directory."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_model, write_split
+
+    teacher = make_model(work / "teacher", "mlm", layers=2, hidden=32, seed=3)
+    data = work / "data"
+    data.mkdir(exist_ok=True)
+    write_split(data / "train.csv", rows, seed=5)
+    return teacher, data
+
+
+def command(teacher: Path, data: Path, cache: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "skdcache",
+        "-q",
+        "precompute",
+        "--data",
+        str(data),
+        "--teacher",
+        f"t={teacher}",
+        "--cache",
+        str(cache),
+        "--rows-per-block",
+        "16",
+        "--batch-size",
+        "4",
+        "--hidden-layers",
+        "all",
+        "--hidden-tokens",
+        "all",
+        "--top-k",
+        "8",
+        "--eval-split",
+        "",
+    ]
+
+
+def snapshot(cache: Path) -> dict[str, np.ndarray]:
+    (group,) = [p for p in cache.glob("*/*") if (p / "zarr.json").exists()]
+    g = zarr.open_group(str(group), mode="r")
+    index = g["token_index"][:]
+    hidden_index = g["hidden_index"][:]
+    out = {"token_index": index, "hidden_index": hidden_index}
+    for name, idx in (
+        ("topk_ids", index),
+        ("topk_logprobs", index),
+        ("tail_logmass", index),
+        ("positions", index),
+        ("hidden", hidden_index),
+    ):
+        out[name] = np.concatenate([g[name][s : s + c] for s, c in idx])  # only the rows' true extents
+    return out
+
+
+def run_trial(rng: random.Random, teacher: Path, data: Path, cache: Path, full_seconds: float) -> dict:
+    env = {**os.environ, "SKDCACHE_NO_PROGRESS": "1"}
+    kills = rng.randint(1, 3)
+    for _ in range(kills):
+        proc = subprocess.Popen(
+            command(teacher, data, cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0, full_seconds))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run(command(teacher, data, cache), env=env, capture_output=True, text=True)
+    return {"kills": kills, "returncode": done.returncode, "stdout": done.stdout[-400:], "stderr": done.stderr[-400:]}
+
+
+def fuzz(trials: int, seed: int, work: Path) -> dict:
+    teacher, data = build_fixture(work)
+    reference = work / "reference"
+    t0 = time.perf_counter()
+    subprocess.run(
+        command(teacher, data, reference),
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SKDCACHE_NO_PROGRESS": "1"},
+    )
+    full_seconds = time.perf_counter() - t0
+    expected = snapshot(reference)
+    rng = random.Random(seed)
+    outcomes = {"trials": 0, "equal": 0, "verify_clean": 0, "resumed": 0, "failures": []}
+    from skdcache.cache.catalog import verify_root
+
+    for trial in range(trials):
+        cache = work / f"trial-{trial}"
+        result = run_trial(rng, teacher, data, cache, full_seconds)
+        outcomes["trials"] += 1
+        got = snapshot(cache) if result["returncode"] == 0 else {}
+        equal = bool(got) and all(np.array_equal(got[k], expected[k]) for k in expected)
+        clean = all(not problems for problems in verify_root(cache).values())
+        outcomes["equal"] += equal
+        outcomes["verify_clean"] += clean
+        outcomes["resumed"] += "resumed" in result["stdout"]
+        if not (equal and clean):
+            outcomes["failures"].append({"trial": trial, **result})
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"trial {trial}: kills={result['kills']} equal={equal} verify={'ok' if clean else 'FAIL'}", flush=True)
+    outcomes["seconds_per_uninterrupted_run"] = full_seconds
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "reliability-fuzz.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = fuzz(args.trials, args.seed, Path(tmp))
+    outcomes["command"] = " ".join(["python", *sys.argv])
+    Path(args.out).write_text(json.dumps(outcomes, indent=2))
+    print(json.dumps({k: v for k, v in outcomes.items() if k != "failures"}, indent=2))
+    sys.exit(1 if outcomes["failures"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Crash safety, integrity, concurrency, bad input from the CLI, and security of the cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import make_model, write_split
+
+from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
+from skdcache.cache.store import WriterLock
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTS = dict(rows_per_block=16, batch_size=8, progress=False, eval_split=None)
+
+
+def _fuzz_module():
+    spec = importlib.util.spec_from_file_location("kill_fuzz", ROOT / "benchmarks" / "reliability" / "kill_fuzz.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kill9_fuzz_small(tmp_path):
+    """A few seeded kill -9 trials (the full 100-trial run is benchmarks/reliability/kill_fuzz.py)."""
+    outcomes = _fuzz_module().fuzz(trials=2, seed=1, work=tmp_path)
+    assert outcomes["failures"] == [], outcomes["failures"]
+    assert outcomes["equal"] == outcomes["verify_clean"] == 2
+
+
+@pytest.fixture
+def built(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.csv", 100, seed=2)
+    teacher = make_model(tmp_path / "t", "mlm", seed=4)
+    opts = TargetOptions(hidden_layers="last", hidden_tokens="cls", **OPTS)
+    (result,) = precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], tmp_path / "cache", opts)
+    return data, teacher, result.path, opts
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode="r")
+    index = g["token_index"][:]
+    out = {"hidden": g["hidden"][:], "token_index": index}
+    for name in ("topk_ids", "topk_logprobs", "tail_logmass", "positions"):
+        out[name] = np.concatenate([g[name][s : s + c] for s, c in index])
+    return out
+
+
+def _marker_mtimes(path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (path / "_blocks").glob("*.json")}
+
+
+def _flip(path: Path, offset: int = 40) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damage_is_named_refused_and_repaired(built, damage):
+    data, teacher, path, opts = built
+    before, markers = _arrays(path), _marker_mtimes(path)
+    shard = path / "hidden" / "c" / "2" / "0" / "0"  # block 2 of the hidden-state array
+    if damage == "flip":
+        _flip(shard)
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:50])
+    else:
+        shard.unlink()
+    problems = TeacherCache(path).verify()
+    assert problems and all(p.startswith("block 2 array hidden") for p in problems), problems
+    with pytest.raises(CacheError, match="run `skdcache verify`"):
+        TeacherCache(path).read([2 * 16 + 3])  # a row of block 2
+    TeacherCache(path).read([0, 99])  # healthy blocks are still served
+    (result,) = precompute(
+        DataSpec(str(data)),
+        [TeacherSpec("t", str(teacher))],
+        path.parents[1],
+        TargetOptions(**{**opts.__dict__, "repair": True}),
+    )
+    assert result.status == "repaired"
+    after = _marker_mtimes(path)
+    assert [k for k in after if after[k] != markers[k]] == ["000002.json"]  # only the damaged block recomputed
+    assert TeacherCache(path).verify() == []
+    for name, values in before.items():
+        np.testing.assert_array_equal(_arrays(path)[name], values)
+
+
+def test_edited_manifest_is_refused(built):
+    _, _, path, _ = built
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["skdcache"]["layout"]["arrays"]["../../escape"] = {
+        "shape": [1],
+        "dtype": "f4",
+        "chunks": [1],
+        "shards": [1],
+    }
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="unknown arrays"):
+        TeacherCache(path)
+    meta["attributes"]["skdcache"]["format_version"] = 99
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="v99"):
+        TeacherCache(path)
+
+
+def test_second_writer_gets_a_clear_message(built, tmp_path):
+    data, teacher, path, opts = built
+    shutil.rmtree(path)
+    with WriterLock(path), pytest.raises(CacheError, match="another process"):
+        precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], path.parents[1], opts)
+
+
+def test_two_processes_different_teachers_lose_nothing(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.csv", 120, seed=2)
+    teachers = [make_model(tmp_path / f"t{i}", "sequence", seed=i) for i in range(2)]
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SKDCACHE_NO_PROGRESS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "skdcache",
+                "-q",
+                "precompute",
+                "--data",
+                str(data),
+                "--teacher",
+                f"t{i}={t}",
+                "--cache",
+                str(cache),
+                "--rows-per-block",
+                "16",
+                "--eval-split",
+                "",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i, t in enumerate(teachers)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-500:]
+    groups = [p for p in cache.glob("*/*") if (p / "zarr.json").exists()]
+    assert len(groups) == 2
+    for g in groups:
+        assert TeacherCache(g).verify() == []
+
+
+def test_incomplete_blocks_are_never_served(built):
+    _, _, path, _ = built
+    (path / "_blocks" / "000003.json").unlink()
+    with pytest.raises(CacheError, match="incomplete"):
+        TeacherCache(path)
+    partial = TeacherCache(path, allow_incomplete=True)
+    partial.read([0])
+    with pytest.raises(CacheError, match="not written"):
+        partial.read([3 * 16])
+
+
+def test_disk_full_is_one_line_and_resumable(built, monkeypatch, tmp_path):
+    import errno
+
+    from skdcache.cache import writer as writer_module
+
+    data, teacher, path, opts = built
+    shutil.rmtree(path)
+    calls = {"n": 0}
+    original = writer_module.CacheWriter._write_block
+
+    def failing(self, block, arrays):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, block, arrays)
+
+    monkeypatch.setattr(writer_module.CacheWriter, "_write_block", failing)
+    with pytest.raises(CacheError, match="disk full") as info:
+        precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], path.parents[1], opts)
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(writer_module.CacheWriter, "_write_block", original)
+    (result,) = precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], path.parents[1], opts)
+    assert result.status == "resumed" and TeacherCache(result.path).verify() == []
+
+
+def test_nan_teacher_outputs_are_refused(tmp_path):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.csv", 40, seed=2)
+    teacher = make_model(tmp_path / "t", "sequence")
+    model = BertForSequenceClassification.from_pretrained(teacher)
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(teacher)
+    with pytest.raises(SkdError, match="NaN"):
+        precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], tmp_path / "cache", TargetOptions(**OPTS))
+    assert not any((tmp_path / "cache").glob("*/*/_blocks/*.json"))
+
+
+def test_remote_code_is_refused_without_the_flag(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.csv", 20, seed=2)
+    teacher = make_model(tmp_path / "t", "sequence")
+    config = json.loads((teacher / "config.json").read_text())
+    config.update(model_type="my-custom-bert", auto_map={"AutoConfig": "modeling_custom.CustomConfig"})
+    (teacher / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SkdError, match="--trust-remote-code"):
+        precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], tmp_path / "cache", TargetOptions(**OPTS))
+
+
+def test_cache_holds_no_pickles(built):
+    _, _, path, _ = built
+    for f in path.parents[1].rglob("*"):
+        if f.is_file():
+            head = f.read_bytes()[:2]
+            assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f
+
+
+# ---- bad input from the command line: one line on stderr, exit 2, nothing half-written ---------------------------
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    from skdcache.cli.main import main
+
+    old = sys.argv
+    sys.argv = ["skdcache", "-q", *args]
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        sys.argv = old
+    return info.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.fixture
+def matrix(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.csv", 40, seed=2)
+    return data, make_model(tmp_path / "t", "sequence"), tmp_path / "cache"
+
+
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        ("missing_column", "--text-column"),
+        ("missing_split", "--split"),
+        ("empty_split", "empty"),
+        ("label_count", "labels"),
+        ("non_utf8", "UTF-8"),
+        ("empty_texts", "empty"),
+        ("top_k", "--top-k"),
+        ("unwritable", "--cache"),
+        ("missing_teacher", "local directory"),
+    ],
+)
+def test_cli_bad_input_matrix(matrix, capsys, case, expect, tmp_path):
+    data, teacher, cache = matrix
+    args = ["precompute", "--data", str(data), "--teacher", f"t={teacher}", "--cache", str(cache)]
+    if case == "missing_column":
+        args += ["--text-column", "body"]
+    elif case == "missing_split":
+        args += ["--split", "validation"]
+    elif case == "empty_split":
+        (data / "test.csv").write_text("text,label\n")
+        args += ["--split", "test"]
+    elif case == "label_count":
+        args[4] = f"t={make_model(tmp_path / 't2', 'sequence', num_labels=2)}"
+    elif case == "non_utf8":
+        (data / "train.csv").write_bytes(b'text,label\n"caf\xe9",positive\n')
+    elif case == "empty_texts":
+        (data / "train.csv").write_text('text,label\n"good",positive\n"  ",negative\n')
+    elif case == "top_k":
+        args[4] = f"t={make_model(tmp_path / 'm', 'mlm')}"
+        args += ["--top-k", "100000"]
+    elif case == "unwritable":
+        (tmp_path / "afile").write_text("x")
+        args[-1] = str(tmp_path / "afile" / "cache")
+    elif case == "missing_teacher":
+        args[4] = "t=org/no-such-model"
+    code, err = _cli(args, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and expect in err, err
+    assert not list(cache.glob("*/*/zarr.json"))
