@@ -137,8 +137,9 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 @click.option("--rows-per-block", type=int, default=1024, show_default=True, help="Rows per shard (power of two).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model repository.")
 @click.option("--repair", is_flag=True, help="Verify complete caches and recompute only their damaged blocks.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Processes (runs this command under torchrun).")
 @click.pass_obj
-def precompute(obj, teacher, head, **kw) -> None:
+def precompute(obj, teacher, head, nproc, **kw) -> None:
     """Run every teacher once over the data and cache its targets.
 
     \b
@@ -149,6 +150,9 @@ def precompute(obj, teacher, head, **kw) -> None:
     from skdcache.precompute import TargetOptions
     from skdcache.precompute import precompute as run
     from skdcache.teachers import TeacherSpec
+
+    if nproc > 1:  # the same command, one copy per process, ranks splitting the blocks
+        _rerun_under_torchrun(nproc)
 
     team = []
     for text in teacher:
@@ -173,6 +177,8 @@ def precompute(obj, teacher, head, **kw) -> None:
         repair=kw["repair"],
     )
     results = run(data_spec(kw), team, cache_root(kw["cache"]), opts)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     rows = []
     for r in results:
         metric = r.manifest.metric
@@ -389,6 +395,34 @@ def demo(obj, output, fresh) -> None:
     from skdcache.demo import run_demo
 
     run_demo(output, fresh=fresh, progress=obj["progress"])
+
+
+def _rerun_under_torchrun(nproc: int) -> None:
+    import subprocess
+
+    args = []
+    skip = False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "skdcache",
+        *args,
+    ]
+    sys.exit(subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}))
 
 
 def main() -> None:

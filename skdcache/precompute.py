@@ -6,6 +6,7 @@ data -> tokenize (the teacher's own tokenizer) -> length-bucketed batches -> tea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -23,6 +24,7 @@ from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_
 from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter, read_manifest
 from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, tokenize
+from skdcache.distributed import barrier, rank_and_size
 from skdcache.errors import CacheError, SkdError
 from skdcache.metrics import PRIMARY, task_metrics
 from skdcache.teachers import (
@@ -342,8 +344,13 @@ def precompute_teacher(
             return PrecomputeResult(spec.name, group_path, "verified", time.perf_counter() - t0, manifest)
         log.warning("%s: recomputing damaged blocks %s", spec.name, sorted(damaged))
 
-    with WriterLock(group_path):
+    rank, world = rank_and_size()
+    if world > 1 and opts.repair:
+        raise SkdError("--repair runs in one process; drop --nproc / torchrun for it")
+    with WriterLock(group_path) if rank == 0 else contextlib.nullcontext():
         device = pick_device(opts.device)
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", torch.cuda.current_device())
         teacher = load_teacher(spec, device, opts.trust_remote_code, weights_hash)
         perm = label_permutation(teacher.config, rows)
         if perm is not None:
@@ -383,20 +390,24 @@ def precompute_teacher(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             cache_key=key,
         )
-        write_json(root / rows.fingerprint / fmt.DATASET_FILE, dataset_record(rows))
-        writer = CacheWriter(group_path, manifest, layout, index)
-        for block in damaged:
-            writer.invalidate(block)
+        if rank == 0:  # one creator; the other ranks open what it made
+            write_json(root / rows.fingerprint / fmt.DATASET_FILE, dataset_record(rows))
+            writer = CacheWriter(group_path, manifest, layout, index)
+            for block in damaged:
+                writer.invalidate(block)
+        barrier()
+        if rank != 0:
+            writer = CacheWriter(group_path, manifest, layout, index)
         done = writer.done()
-        todo = [b for b in range(layout.n_blocks) if b not in done]
+        todo = [b for b in range(layout.n_blocks) if b not in done and b % world == rank]
         status = "repaired" if damaged else "resumed" if done else "computed"
         rows_done = sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in done)
         bar = tqdm(
-            total=len(rows),
+            total=rows_done + sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in todo),
             initial=rows_done,
             unit="ex",
-            desc=f"{spec.name}",
-            disable=not opts.progress,
+            desc=spec.name if world == 1 else f"{spec.name} [rank 0 of {world}]",
+            disable=not opts.progress or rank != 0,
             dynamic_ncols=True,
             smoothing=0.1,
         )
@@ -420,8 +431,13 @@ def precompute_teacher(
             for f in pending:
                 f.result()
         bar.close()
-        metric = evaluate_teacher(teacher, eval_rows, opts, device, perm) if eval_rows is not None else None
-        manifest = writer.finish(metric)
+        barrier()  # every rank's blocks are durable before rank 0 declares the cache complete
+        if rank == 0:
+            metric = evaluate_teacher(teacher, eval_rows, opts, device, perm) if eval_rows is not None else None
+            manifest = writer.finish(metric)
+        barrier()
+        if rank != 0:
+            manifest = read_manifest(group_path)
     return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest)
 
 
