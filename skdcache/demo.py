@@ -30,7 +30,7 @@ class DemoPlan:
     student_layers: int = 1
     max_length: int = 64
     batch_size: int = 32
-    teacher_epochs: float = 2.0
+    teacher_epochs: float = 1.5
     teacher_lr: float = 3e-4
     student_epochs: float = 2.0
     student_lr: float = 3e-4

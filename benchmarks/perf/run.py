@@ -343,8 +343,56 @@ def render(r: dict) -> str:
         f"- online step time / skd (cache): **{p4['online_over_skd_step_time']:.2f}x**",
         f"- online peak RSS / skd (cache): **{p4['online_over_skd_peak_rss']:.2f}x**",
         "",
+        f"## Multi-process precompute ({r['scaling']['rows']} rows, MiniLM-L6, wall time incl. process start)",
+        "",
+        "| configuration | seconds | speed-up vs 1 process, 1 thread |",
+        "|---|---:|---:|",
     ]
+    base = r["scaling"]["1 process, 1 thread"]
+    for label, seconds in r["scaling"].items():
+        if label != "rows":
+            lines.append(f"| {label} | {seconds:.1f} | {base / seconds:.2f}x |")
+    lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def scaling(work: Path, n: int, device: str) -> dict:
+    """Wall time of `precompute` with 1 process (all threads), 1 process (1 thread), and --nproc 2."""
+    data = make_rows(work / f"data-scale-{n}", n)
+    teacher = make_model(work / "models" / "teacher-L6", 6)
+    out = {"rows": n}
+    for label, extra, env in (
+        ("1 process, all threads", [], {}),
+        ("1 process, 1 thread", [], {"OMP_NUM_THREADS": "1"}),
+        ("2 processes, 1 thread each", ["--nproc", "2"], {"OMP_NUM_THREADS": "1"}),
+    ):
+        cache = work / f"cache-scale-{len(out)}"
+        shutil.rmtree(cache, ignore_errors=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "skdcache",
+            "-q",
+            "precompute",
+            "--data",
+            str(data),
+            "--teacher",
+            f"t={teacher}",
+            "--cache",
+            str(cache),
+            "--max-length",
+            "64",
+            "--eval-split",
+            "",
+            "--device",
+            device,
+            *extra,
+        ]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "SKDCACHE_NO_PROGRESS": "1", **env})
+        out[label] = time.perf_counter() - t0
+        print(f"scaling {label}: {out[label]:.1f}s", flush=True)
+    return out
 
 
 def machine() -> str:
@@ -368,6 +416,7 @@ def main() -> None:
     results["P1_P2"] = p1_p2(work, sizes, args.device, batch)
     results["P3"] = p3(work, read_sizes, 32, 50 if args.quick else 200)
     results["P4"] = p4(work, 20 if args.quick else 40, 32, args.device)
+    results["scaling"] = scaling(work, 1000 if args.quick else 4000, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "performance.json").write_text(json.dumps(results, indent=2))
