@@ -257,6 +257,20 @@ def mlm_positions(ids: list[int], special: list[int], probability: float, seed: 
     return np.sort(rng.choice(candidates, size=n, replace=False)).astype(np.int64)
 
 
+def target_mask(ids: list[list[int]], positions: list[np.ndarray], mask_id: int | None):
+    """[B, T] bool mask of the positions carrying a token-level loss; with `mask_id` (MLM) those tokens of
+    `ids` are replaced by the mask token in place, the input the teacher saw at precompute."""
+    import torch
+
+    mask = torch.zeros((len(ids), max(len(x) for x in ids)), dtype=torch.bool)
+    for i, pos in enumerate(positions):
+        mask[i, pos] = True
+        if mask_id is not None:
+            for p in pos:
+                ids[i][p] = mask_id
+    return mask
+
+
 def pad_batch(ids: list[list[int]], type_ids: list[list[int]] | None, pad_id: int) -> dict:
     """Right-pad a list of rows into int64 tensors input_ids / attention_mask (/ token_type_ids) [B, T]."""
     import torch

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.data import TextRows, mlm_positions, pad_batch, tokenize
+from skdcache.data import TextRows, mlm_positions, pad_batch, target_mask, tokenize
 from skdcache.precompute import autocast_dtype, label_permutation
 from skdcache.teachers import TeacherSpec, load_teacher, teacher_forward
 
@@ -44,22 +44,16 @@ class OnlineTeachers:
         teacher, spec, enc = self.teachers[index], self.specs[index], self.encoded[index]
         ids = [list(enc.ids[r]) for r in rows]
         types = [enc.type_ids[r] for r in rows] if enc.type_ids is not None else None
-        target_mask, counts, positions = None, None, None
+        mask, counts, positions = None, None, None
         if spec.token_level:
             positions = [self._positions(teacher.tokenizer, spec, enc.ids[r], int(r)) for r in rows]
-            width = max(len(x) for x in ids)
-            target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-            for i, pos in enumerate(positions):
-                target_mask[i, pos] = True
-                if spec.head == "mlm":
-                    for p in pos:
-                        ids[i][p] = teacher.tokenizer.mask_token_id
+            mask = target_mask(ids, positions, teacher.tokenizer.mask_token_id if spec.head == "mlm" else None)
             counts = torch.tensor([len(p) for p in positions])
         batch = {k: v.to(self.device) for k, v in pad_batch(ids, types, teacher.tokenizer.pad_token_id).items()}
         out = teacher_forward(
             teacher,
             batch,
-            target_mask.to(self.device) if target_mask is not None else None,
+            mask.to(self.device) if mask is not None else None,
             spec.top_k,
             spec.hidden_layers,
             spec.hidden_tokens,

@@ -23,7 +23,7 @@ from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
 from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter, read_manifest
-from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, tokenize
+from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, target_mask, tokenize
 from skdcache.distributed import barrier, rank_and_size
 from skdcache.errors import CacheError, SkdError
 from skdcache.metrics import PRIMARY, task_metrics
@@ -173,21 +173,16 @@ def _run_block(
     block = _BlockBuffer(rows, positions, lengths, spec)
     for batch_rows in _batches(lengths, rows, opts.batch_size):
         ids = [list(enc.ids[r]) for r in batch_rows]
-        target_mask = None
+        mask = None
         if positions is not None:
-            width = max(len(x) for x in ids)
-            target_mask = torch.zeros((len(ids), width), dtype=torch.bool)
-            for i, r in enumerate(batch_rows):
-                target_mask[i, positions[r]] = True
-                if spec.head == "mlm":
-                    for p in positions[r]:
-                        ids[i][p] = teacher.tokenizer.mask_token_id
+            mask_id = teacher.tokenizer.mask_token_id if spec.head == "mlm" else None
+            mask = target_mask(ids, [positions[r] for r in batch_rows], mask_id)
         types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None
         batch = {k: v.to(device) for k, v in pad_batch(ids, types, pad_id).items()}
         out = teacher_forward(
             teacher,
             batch,
-            target_mask.to(device) if target_mask is not None else None,
+            mask.to(device) if mask is not None else None,
             spec.top_k,
             spec.hidden_layers,
             spec.hidden_tokens,
