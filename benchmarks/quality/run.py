@@ -8,8 +8,9 @@ Team of multi-level capacities from real pretrained encoders: MiniLM-L6 (22.7M, 
 wheel), MiniLM-L3 (17.4M, `--minilm-l3`), MiniLM-L6 cut to 2 layers (15.6M), and with `--mpnet` MPNet-base
 (109M; about 10 s per training step and 3 s per 32-row forward on a 2-core CPU, so opt-in). Student:
 MiniLM-L6's first layer (13.8M; an eighth of MPNet-base, but 61% of MiniLM-L6 when MPNet is left out).
-Teachers are fine-tuned (`--mode none`) and precomputed once; every student run reuses the cache. Runs, for each seed: none; single per teacher;
-average; skd with uniform / teacher-rank / student-rank / learned. Results go to docs/results.md.
+Teachers are fine-tuned (`--mode none`) and precomputed once; every student run reuses the cache. Runs, for
+each seed: none; single per teacher; average; skd with uniform / teacher-rank / student-rank / learned.
+Results go to docs/results.md.
 """
 
 from __future__ import annotations
