@@ -153,9 +153,18 @@ def main() -> None:
 
     records = load_runs(runs)
     plots = plot_runs(records, Path(args.out) / "results-plots")
-    Path(args.out, "results-data.json").write_text(json.dumps(summarise(records), indent=2))
-    print(json.dumps(summarise(records), indent=2))
-    print("plots:", [str(p) for p in plots])
+    summary = summarise(records)
+    summary["teachers"] = {
+        r.name: {"params": r.manifest.teacher["num_parameters"], "validation_accuracy": r.manifest.metric["value"]}
+        for r in precompute(data, team, cache, TargetOptions(max_length=b.max_length, progress=False))
+    }
+    summary["teacher_test"] = {
+        t.name: json.loads((Path(t.source).parent / "run.json").read_text())["test"]["accuracy"] for t in team
+    }
+    summary["budget"] = b.__dict__
+    Path(args.out, "results-data.json").write_text(json.dumps(summary, indent=2))
+    Path(args.out, "results-tables.md").write_text(render(summary, plots))
+    print(render(summary, plots))
 
 
 def summarise(records) -> dict:
@@ -176,6 +185,51 @@ def summarise(records) -> dict:
             "params": params[name],
         }
     return out
+
+
+def render(summary: dict, plots: list[Path]) -> str:
+    """Tables: teachers; students mean ± std over seeds; paired differences (same seed) to the baselines."""
+    configs = summary["configs"]
+    best_single = max((k for k in configs if k.startswith("single-")), key=lambda k: configs[k]["mean"])
+    largest = max(summary["teachers"].values(), key=lambda t: t["params"])
+    lines = ["| teacher | params | validation acc. | test acc. |", "|---|---:|---:|---:|"]
+    for name, t in summary["teachers"].items():
+        lines.append(
+            f"| {name} | {t['params'] / 1e6:.1f}M | {t['validation_accuracy']:.4f} | "
+            f"{summary['teacher_test'][name]:.4f} |"
+        )
+    lines += [
+        "",
+        "| student run | params | test acc. mean ± std | per seed | vs best single (paired) | "
+        "vs average (paired) | / largest teacher's test acc. |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    largest_test = summary["teacher_test"][max(summary["teachers"], key=lambda n: summary["teachers"][n]["params"])]
+    for name, c in configs.items():
+        seeds = c["seeds"]
+        per_seed = " / ".join(f"{v:.4f}" for v in seeds.values())
+        lines.append(
+            f"| {name} | {c['params'] / 1e6:.1f}M | {c['mean']:.4f} ± {c['std']:.4f} | {per_seed} | "
+            f"{paired(configs, name, best_single)} | {paired(configs, name, 'average')} | "
+            f"{c['mean'] / largest_test:.3f} |"
+        )
+    lines += [
+        "",
+        f"Best single teacher for the student: `{best_single}`. Largest teacher: "
+        f"{largest['params'] / 1e6:.1f}M parameters. Paired differences are mean ± std over seeds of "
+        "(run − baseline) with the same seed, in accuracy points x 100.",
+        "",
+    ]
+    lines += [f"![{p.stem}](results-plots/{p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def paired(configs: dict, name: str, baseline: str) -> str:
+    if baseline not in configs or name == baseline:
+        return "-"
+    a, b = configs[name]["seeds"], configs[baseline]["seeds"]
+    d = np.array([a[s] - b[s] for s in a if s in b]) * 100
+    return f"{d.mean():+.2f} ± {d.std(ddof=1) if len(d) > 1 else 0:.2f}"
 
 
 if __name__ == "__main__":
