@@ -18,9 +18,11 @@ the model run directly (fp32, full logits) at every non-pad position:
   `losses.topk_kd_loss` does, vs the same buckets of the full distribution): the float16 storage error.
 
 Then, for k = 32, the token arrays read back are re-compressed offline (numcodecs Blosc-zstd, level 5, as the
-cache does) in three layouts (ids in probability order as stored; ids sorted per token with the log-probs
-permuted alongside; sorted ids stored as gaps) with shuffle / bitshuffle / noshuffle, to see whether and how
-the top-32 <= 100 B/token target is met. Writes docs/performance-topk.json and prints markdown tables.
+cache does; the current layout reproduces the on-disk bytes exactly) in four lossless layouts (ids in
+probability order as stored; ids sorted per token with the log-probs permuted alongside; sorted ids stored as
+gaps; stored order with the descending log-probs' float16 bit patterns stored as gaps) with shuffle /
+bitshuffle / noshuffle, to see whether and how the top-32 <= 100 B/token target is met.
+Writes docs/performance-topk.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -251,11 +253,18 @@ def layouts(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     gaps = ids_sorted.copy()
     gaps[:, 1:] = np.diff(ids_sorted, axis=1)  # ascending, distinct ids: gaps >= 1 fit the same dtype
     assert np.array_equal(np.cumsum(gaps, axis=1, dtype=np.int64), ids_sorted)
+    # Descending non-positive float16 values have non-decreasing bit patterns (sign-magnitude), so their
+    # differences as uint16 are small; the cumulative sum modulo 2**16 restores them exactly in any case.
+    lp_bits = lp.view(np.uint16)
+    lp_gaps = lp_bits.copy()
+    lp_gaps[:, 1:] = np.diff(lp_bits, axis=1)
+    assert np.array_equal(np.cumsum(lp_gaps, axis=1, dtype=np.uint16), lp_bits)
     rest = {n: arrays[n] for n in ("tail_logmass", "positions")}
     return {
         "current (ids by probability)": {"topk_logprobs": lp, "topk_ids": ids, **rest},
         "ids sorted per token": {"topk_logprobs": lp_sorted, "topk_ids": ids_sorted, **rest},
         "ids sorted, stored as gaps": {"topk_logprobs": lp_sorted, "topk_ids": gaps, **rest},
+        "current, log-prob bits as gaps": {"topk_logprobs": lp_gaps, "topk_ids": ids, **rest},
     }
 
 

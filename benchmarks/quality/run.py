@@ -45,7 +45,7 @@ class Budget:
     teacher_epochs: float = 2.0
     large_teacher_epochs: float = 1.0  # MPNet-base costs ~10x a MiniLM step on CPU
     teacher_lr: float = 5e-5
-    student_epochs: float = 2.0
+    student_epochs: float = 1.5
     student_lr: float = 1e-4
     temperature: float = 2.0
     alpha: float = 0.5
