@@ -24,7 +24,19 @@ from skdcache.data import mlm_positions
 
 MAX_LENGTH = 24
 TOP_K = 8
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# the machine's shared folder sits beside the checkout; a clone elsewhere finds it through SKDCACHE_SHARED
+SHARED = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("SKDCACHE_SHARED", "/nonexistent")),
+            Path(__file__).resolve().parents[2] / "shared",
+            Path("/work/shared"),
+        )
+        if (p / "models" / "minilm-l3").is_dir()
+    ),
+    Path("/work/shared"),
+)
 
 
 def _opts(**kw) -> TargetOptions:

@@ -119,9 +119,10 @@ class ShardedRows:
         return out
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        fds = getattr(self, "_fds", {})  # __init__ may have refused the array before opening anything
+        for fd in fds.values():
             os.close(fd)
-        self._fds.clear()
+        fds.clear()
 
     def __del__(self) -> None:
         self.close()
