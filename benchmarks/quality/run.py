@@ -46,7 +46,7 @@ class Budget:
     large_teacher_epochs: float = 1.0  # MPNet-base costs ~10x a MiniLM step on CPU
     teacher_lr: float = 5e-5
     student_epochs: float = 1.5
-    student_lr: float = 1e-4
+    student_lr: float = 3e-4  # 1 layer, frozen embeddings, ~190 steps: 1e-4 underfits (47.8% for `none`)
     temperature: float = 2.0
     alpha: float = 0.5
 
