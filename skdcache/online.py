@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.data import TextRows, mlm_positions, pad_batch, target_mask, tokenize
-from skdcache.precompute import autocast_dtype, label_permutation
+from skdcache.data import TextRows, pad_batch, target_mask, tokenize
+from skdcache.precompute import autocast_dtype, label_permutation, target_positions
 from skdcache.teachers import TeacherSpec, load_teacher, teacher_forward
 
 
@@ -32,21 +32,13 @@ class OnlineTeachers:
             perm = label_permutation(teacher.config, rows)
             self.perms.append(perm.to(device) if perm is not None else None)
 
-    @staticmethod
-    def _positions(tokenizer, spec, ids: list[int], row: int) -> np.ndarray:
-        """The positions precompute used: all tokens (causal) or the seeded masked ones (mlm)."""
-        if spec.head == "causal":
-            return np.arange(len(ids), dtype=np.int64)
-        special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-        return mlm_positions(ids, special, spec.mlm_probability, spec.mask_seed, row)
-
     def targets(self, index: int, rows: np.ndarray) -> Targets:
         teacher, spec, enc = self.teachers[index], self.specs[index], self.encoded[index]
         ids = [list(enc.ids[r]) for r in rows]
         types = [enc.type_ids[r] for r in rows] if enc.type_ids is not None else None
         mask, counts, positions = None, None, None
         if spec.token_level:
-            positions = [self._positions(teacher.tokenizer, spec, enc.ids[r], int(r)) for r in rows]
+            positions = [target_positions(teacher.tokenizer, spec, enc.ids[r], int(r)) for r in rows]
             mask = target_mask(ids, positions, teacher.tokenizer.mask_token_id if spec.head == "mlm" else None)
             counts = torch.tensor([len(p) for p in positions])
         batch = {k: v.to(self.device) for k, v in pad_batch(ids, types, teacher.tokenizer.pad_token_id).items()}

@@ -136,17 +136,18 @@ def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
     )
 
 
+def target_positions(tokenizer, spec: fmt.TargetSpec, ids: list[int], row: int) -> np.ndarray:
+    """Positions of one row carrying a token-level loss: all non-pad (causal LM) or the seeded masked ones (MLM)."""
+    if spec.head == "causal":
+        return np.arange(len(ids), dtype=np.int64)
+    special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+    return mlm_positions(ids, special, spec.mlm_probability, spec.mask_seed, row)
+
+
 def _token_targets(head: str, enc: Encoded, tokenizer, spec: fmt.TargetSpec) -> list[np.ndarray] | None:
-    """Positions carrying a token-level loss, per row: masked ones for MLM, all non-pad for causal LM."""
-    if head == "causal":
-        return [np.arange(len(ids), dtype=np.int64) for ids in enc.ids]
-    if head == "mlm":
-        out = []
-        for row, ids in enumerate(enc.ids):
-            special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-            out.append(mlm_positions(ids, special, spec.mlm_probability, spec.mask_seed, row))
-        return out
-    return None
+    if head not in ("causal", "mlm"):
+        return None
+    return [target_positions(tokenizer, spec, ids, row) for row, ids in enumerate(enc.ids)]
 
 
 def _batches(lengths: np.ndarray, rows: range, batch_size: int) -> list[np.ndarray]:
