@@ -325,8 +325,10 @@ def verify(cache, teachers) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-workers", type=int, default=1, show_default=True, help="Loader processes reading targets.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--pilot-steps", type=int, default=None, help="student-rank: steps of each pilot (default 10%).")
-@click.option("--learned-lr", type=float, default=0.5, show_default=True)
+@click.option("--pilot-steps", type=int, default=None, help="student-rank: steps per pilot (default: half the run).")
+@click.option(
+    "--learned-lr", type=float, default=0.1, show_default=True, help="learned: logit step per typical advantage."
+)
 @click.option("--resume", is_flag=True, help="Continue OUTPUT/checkpoint exactly where it stopped.")
 @click.option("--trust-remote-code", is_flag=True)
 @click.pass_obj

@@ -38,7 +38,8 @@ def pilot_metrics(trainer) -> list[float]:
     if trainer.eval_rows is None:
         raise ValueError("student-rank sampling needs a labelled --eval-split to rank the pilots")
     cfg = trainer.cfg
-    steps = cfg.pilot_steps or max(1, trainer.total_steps // 10)
+    # Half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform.
+    steps = cfg.pilot_steps or max(1, trainer.total_steps // 2)
     metrics = []
     for cache in trainer.caches:
         key = pilot_key(trainer, cache, steps)
@@ -72,4 +73,12 @@ def pilot_metrics(trainer) -> list[float]:
             write_json(record_path, record)
             log.info("pilot %s: %s=%.4f", cache.name, record["metric_name"], record["metric"])
         metrics.append(record["metric"])
+    if len(metrics) > 1 and max(metrics) - min(metrics) < 1e-3:
+        log.warning(
+            "student-rank: every pilot reached %s=%.4f, so the teachers cannot be told apart and sampling is "
+            "uniform; raise --pilot-steps (now %d)",
+            record["metric_name"],
+            metrics[0],
+            steps,
+        )
     return metrics

@@ -204,9 +204,11 @@ class LearnedSampler:
     Keeps logits ``theta`` (0 at start, i.e. uniform). After each step the trainer reports a reward for the
     teacher it used, e.g. the drop in a held-out batch loss caused by that step (computed by the trainer,
     and identical on every DDP rank, so all ranks keep the same distribution). Only the sampled teacher's
-    logit moves: ``theta[t] += lr * (reward - baseline)``, where ``baseline`` is an EMA of past rewards
-    (initialised at the first reward) that turns raw rewards into advantages. Because of the softmax,
-    raising one logit lowers every other teacher's probability.
+    logit moves: ``theta[t] += lr * (reward - baseline) / scale``. ``baseline`` is an EMA of past rewards
+    (initialised at the first reward) that turns raw rewards into advantages; ``scale`` is the EMA root
+    mean square of those advantages, so ``lr`` is in units of "typical advantages" and the same ``lr``
+    works whether a loss drop is 1e-4 or 1 (raw held-out loss drops are ~1e-4, which left an unscaled
+    sampler uniform). Because of the softmax, raising one logit lowers every other teacher's probability.
 
     ``probs()`` mixes the softmax with uniform, ``(1 - n * min_prob) * softmax(theta) + min_prob``, so every
     teacher keeps at least ``min_prob`` and can still recover if it becomes useful later.
@@ -227,6 +229,7 @@ class LearnedSampler:
         self._seed = _check_seed(seed)
         self._theta = np.zeros(n, dtype=np.float64)
         self._baseline: float | None = None
+        self._scale_sq: float | None = None
         self._steps = 0
         self._history: list[list[float]] = []
         self._set_hyper(lr, baseline_momentum, min_prob)
@@ -265,10 +268,15 @@ class LearnedSampler:
             raise ValueError(f"teacher index {teacher} out of range for {self._theta.size} teachers")
         if not math.isfinite(reward):
             raise ValueError(f"reward must be finite, got {reward}: skip the update for a diverged step")
+        reward = float(reward)
         if self._baseline is None:
-            self._baseline = float(reward)
-        self._theta[teacher] += self._lr * (reward - self._baseline)
-        self._baseline = self._momentum * self._baseline + (1.0 - self._momentum) * float(reward)
+            self._baseline = reward
+        advantage = reward - self._baseline
+        if advantage != 0.0:
+            sq, m = advantage * advantage, self._momentum
+            self._scale_sq = sq if self._scale_sq is None else m * self._scale_sq + (1 - m) * sq
+            self._theta[teacher] += self._lr * advantage / math.sqrt(self._scale_sq)
+        self._baseline = self._momentum * self._baseline + (1.0 - self._momentum) * reward
         self._steps += 1
         self._history.append(self.probs().tolist())
 
@@ -282,6 +290,7 @@ class LearnedSampler:
             "seed": self._seed,
             "theta": self._theta.tolist(),
             "baseline": self._baseline,
+            "scale_sq": self._scale_sq,
             "steps": self._steps,
             "lr": self._lr,
             "baseline_momentum": self._momentum,
@@ -302,6 +311,8 @@ class LearnedSampler:
         self._seed = _check_seed(state["seed"])
         baseline = state["baseline"]
         self._baseline = None if baseline is None else float(baseline)
+        scale_sq = state.get("scale_sq")
+        self._scale_sq = None if scale_sq is None else float(scale_sq)
         self._steps = int(state["steps"])
         self._history = []
 

@@ -72,7 +72,7 @@ class TrainConfig:
     num_workers: int = 1
     device: str = "auto"
     pilot_steps: int | None = None  # student-rank: budget of each single-teacher pilot
-    learned_lr: float = 0.5
+    learned_lr: float = 0.1  # in units of the running advantage RMS (see LearnedSampler)
     resume: bool = False
     trust_remote_code: bool = False
     progress: bool = True

@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".bench-work" / "quality"))
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--out", default=str(ROOT / "docs"))
+    parser.add_argument("--until", choices=("teachers", "cache", "students"), default="students")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     b = Budget()
@@ -109,13 +110,15 @@ def main() -> None:
                 student_layers=layers,
                 output=str(out),
                 mode="none",
-                epochs=b.teacher_epochs,
+                epochs=b.large_teacher_epochs if name == "mpnet-base" else b.teacher_epochs,
                 lr=b.teacher_lr,
                 seed=0,
                 **common,
             )
         )
         team.append(TeacherSpec(name, str(out / "student")))
+    if args.until == "teachers":
+        return
 
     print("2. cache", flush=True)
     cache = work / "cache"
@@ -124,8 +127,12 @@ def main() -> None:
             f"  {r.name}: {r.status}, validation {r.manifest.metric['name']}={r.manifest.metric['value']:.4f}",
             flush=True,
         )
+    if args.until == "cache":
+        return
 
     print("3. students", flush=True)
+    # Runs that use the team (average, skd) depend on who is in it: one folder of student runs per team.
+    students = work / "students" / "+".join(t.name for t in team)
     plans: dict[str, dict] = {"none": {"mode": "none"}}
     for t in team:
         plans[f"single-{t.name}"] = {"mode": "single", "teachers": [t.name]}
@@ -139,7 +146,7 @@ def main() -> None:
                 student=str(pretrained_encoder()),
                 student_layers="1",
                 cache=str(cache),
-                output=str(work / "students" / f"{name}-s{seed}"),
+                output=str(students / f"{name}-s{seed}"),
                 epochs=b.student_epochs,
                 lr=b.student_lr,
                 temperature=b.temperature,
