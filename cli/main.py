@@ -114,7 +114,8 @@ def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
 def cli(ctx: click.Context, quiet: bool) -> None:
     """Stochastic knowledge distillation from an offline cache of teacher outputs."""
     ctx.obj = {"progress": not quiet and os.environ.get("SKDCACHE_NO_PROGRESS") != "1"}
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars say what is happening; theirs flood the log
@@ -331,8 +332,9 @@ def verify(cache, teachers) -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue OUTPUT/checkpoint exactly where it stopped.")
 @click.option("--trust-remote-code", is_flag=True)
+@click.option("--nproc", type=int, default=1, show_default=True, help="DDP processes (reruns under torchrun).")
 @click.pass_obj
-def train(obj, **kw) -> None:
+def train(obj, nproc, **kw) -> None:
     """Train a student from cached teachers (one sampled teacher per step).
 
     \b
@@ -343,10 +345,16 @@ def train(obj, **kw) -> None:
     from skdcache.train import TrainConfig
     from skdcache.train import train as run
 
+    if nproc > 1:  # the same command, one replica per process, each reading its slice of every batch
+        if kw["batch_size"] % nproc:
+            raise SkdError(f"--batch-size {kw['batch_size']} is the global batch: use a multiple of --nproc {nproc}")
+        _rerun_under_torchrun(nproc)
     names = None if kw["teachers"] in ("all", "", None) else [n.strip() for n in kw["teachers"].split(",")]
     fields = {k: v for k, v in kw.items() if k in TrainConfig.__dataclass_fields__ and k not in ("data", "teachers")}
     cfg = TrainConfig(data=data_spec(kw), teachers=names, progress=obj["progress"], **fields)
     record = run(cfg)
+    if record.get("rank", 0) != 0:
+        return  # under torchrun, rank 0 reports
     final = record["final"]
     click.echo(f"student ({record['student_parameters'] / 1e6:.1f}M params) -> {kw['output']}/student")
     if final:

@@ -26,3 +26,53 @@ def rank_and_size() -> tuple[int, int]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers everywhere, so every replica starts from the same weights."""
+    if dist.is_initialized():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Mean of every rank's gradients, in one flat all-reduce per optimizer step (after accumulation).
+
+    Used instead of the DDP wrapper because a per-teacher hidden-state projector only gets a gradient on
+    the steps its teacher is drawn; every rank draws the same teacher, so the set of gradients that exist
+    is the same on all ranks. The flat buffer costs one extra copy of the gradients.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Mean of small per-rank numbers (losses for the log); identity on one process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+def from_rank0(value: float, device: torch.device) -> float:
+    """Rank 0's value on every rank (e.g. the learned sampler's reward, so all ranks keep one distribution)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())

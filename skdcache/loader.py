@@ -83,6 +83,7 @@ class StepBatches(Dataset):
     """Map-style dataset over steps: item `step` is that step's student batch plus teacher targets.
 
     Args:
+        part: (rank, world size); each rank gets its slice of every global batch.
         teacher_for_step: index of the teacher to read at a step, -1 for "all" (average), None for "none"
             (labels only, or targets read later by the caller, as `learned` sampling must).
     """
@@ -95,8 +96,10 @@ class StepBatches(Dataset):
         teacher_for_step: Callable[[int], int | None],
         first_step: int,
         last_step: int,
+        part: tuple[int, int] = (0, 1),
     ):
         self.inputs, self.schedule, self.cache_paths = inputs, schedule, cache_paths
+        self.rank, self.world = part
         self.teacher_for_step = teacher_for_step
         self.first_step, self.last_step = first_step, last_step
         self._caches: dict[int, TeacherCache] = {}
@@ -117,6 +120,8 @@ class StepBatches(Dataset):
     def __getitem__(self, i: int) -> dict:
         step = self.first_step + i
         rows = self.schedule.rows_for(step)
+        if self.world > 1:  # DDP: this rank's contiguous slice of the global batch; it reads only those targets
+            rows = np.array_split(rows, self.world)[self.rank]
         batch = student_batch(self.inputs, rows)
         teacher = self.teacher_for_step(step)
         batch["step"], batch["rows"], batch["teacher"] = step, torch.from_numpy(rows), teacher

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import time
 from collections import Counter
@@ -24,6 +25,14 @@ from skdcache.cache.reader import Targets, TeacherCache
 from skdcache.cache.store import default_cache_root
 from skdcache.data import DataSpec, available_splits, load_rows, tokenize
 from skdcache.distill import Objective, step_loss
+from skdcache.distributed import (
+    average_gradients,
+    barrier,
+    broadcast_module,
+    from_rank0,
+    mean_over_ranks,
+    rank_and_size,
+)
 from skdcache.errors import SkdError
 from skdcache.evaluate import evaluate
 from skdcache.loader import StepBatches, StepSchedule, StudentInputs, step_loader, student_batch
@@ -88,6 +97,10 @@ class Trainer:
             raise SkdError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
         self.cfg = cfg
         self.out = Path(cfg.output)
+        # torchrun: every rank trains a replica on its slice of each global batch; rank 0 writes the files
+        self.rank, self.world = rank_and_size()
+        if cfg.batch_size % self.world:
+            raise SkdError(f"--batch-size {cfg.batch_size} is the global batch: use a multiple of {self.world} ranks")
         self.device = pick_device(cfg.device)
         self.root = Path(cfg.cache).expanduser() if cfg.cache else default_cache_root()
         torch.manual_seed(cfg.seed)
@@ -115,6 +128,12 @@ class Trainer:
         self._check_student_matches_teachers()
         self.objective = self._objective()
         self.projector = self._projectors()
+        if self.world > 1:
+            broadcast_module(self.model)
+            if self.projector is not None:
+                broadcast_module(self.projector)
+            # same initial weights, but each rank its own dropout masks (rank 0 keeps the 1-process stream)
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.rank]).generate_state(1)[0]))
         self.online = OnlineTeachers(self.caches, self.rows, cfg, self.device) if cfg.mode == "online" else None
 
         self.inputs = self._student_inputs(self.rows)
@@ -316,7 +335,9 @@ class Trainer:
         state = {"step": 0, "histogram": Counter(), "best": None, "history": [], "elapsed": 0.0}
         if cfg.resume:
             state = self._load_checkpoint(optimizer, scheduler, state)
-        metrics_log = open(self.out / "metrics.jsonl", "a" if cfg.resume else "w", buffering=1)  # tail -f works
+        main = self.rank == 0
+        log_path = self.out / "metrics.jsonl" if main else Path(os.devnull)
+        metrics_log = open(log_path, "a" if cfg.resume else "w", buffering=1)  # line-buffered: tail -f works
         names = [c.name for c in self.caches]
         micro = cfg.grad_accum
         dataset = StepBatches(
@@ -326,6 +347,7 @@ class Trainer:
             self.teacher_for_step,
             state["step"] * micro,
             self.total_steps * micro,
+            part=(self.rank, self.world),
         )
         loader = step_loader(dataset, cfg.num_workers, cfg.seed)
         amp = autocast_dtype(self.device)
@@ -334,7 +356,7 @@ class Trainer:
             initial=state["step"],
             desc=f"train {cfg.mode}",
             unit="step",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and main),
             dynamic_ncols=True,
         )
         t0, step_t0 = time.perf_counter() - state["elapsed"], time.perf_counter()
@@ -350,18 +372,21 @@ class Trainer:
             (loss / micro).backward()
             if (i + 1) % micro:
                 continue
+            average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] = step = step + 1
-            record = {"step": step, "loss": float(loss.detach()), **parts, "lr": scheduler.get_last_lr()[0]}
+            loss_value, *part_values = mean_over_ranks([float(loss.detach()), *parts.values()], self.device)
+            record = {"step": step, "loss": loss_value, **dict(zip(parts, part_values, strict=True))}
+            record["lr"] = scheduler.get_last_lr()[0]
             if teacher is not None and teacher >= 0:
                 state["histogram"][names[teacher]] += 1
                 record["teacher"] = names[teacher]
             if isinstance(self.sampler, LearnedSampler):
                 loss_now = self._heldout_loss()
-                self.sampler.update(teacher, prev_heldout - loss_now)
+                self.sampler.update(teacher, from_rank0(prev_heldout - loss_now, self.device))
                 prev_heldout = loss_now
                 record["probs"] = [round(float(p), 4) for p in self.sampler.probs()]
                 state["history"].append(record["probs"])
@@ -404,6 +429,18 @@ class Trainer:
         return value
 
     def _evaluate_and_save(self, step, state, optimizer, scheduler, metrics_log) -> None:
+        if self.rank == 0:
+            self._evaluate_and_save_main(step, state, optimizer, scheduler, metrics_log)
+        if self.rank > 0:  # each rank keeps its own dropout stream, saved per step so a crash cannot mix steps
+            ckpt = self.out / "checkpoint"
+            ckpt.mkdir(parents=True, exist_ok=True)
+            torch.save({"torch_rng": torch.get_rng_state()}, ckpt / f"rng-rank{self.rank}-step{step}.pt")
+            for old in ckpt.glob(f"rng-rank{self.rank}-step*.pt"):
+                if old.name != f"rng-rank{self.rank}-step{step}.pt":
+                    old.unlink()
+        barrier()  # the other ranks wait for rank 0's files
+
+    def _evaluate_and_save_main(self, step, state, optimizer, scheduler, metrics_log) -> None:
         result = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
         if result:
             metrics_log.write(json.dumps({"step": step, "eval": result}) + "\n")
@@ -441,6 +478,7 @@ class Trainer:
             "history": state["history"],
             "elapsed": state["elapsed"],
             "sampler": self.sampler.state_dict() if self.sampler else None,
+            "world_size": self.world,
         }
         (ckpt / "trainer.json").write_text(json.dumps(meta))
 
@@ -459,13 +497,35 @@ class Trainer:
         if payload["cuda_rng"]:
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
         meta = json.loads((ckpt / "trainer.json").read_text())
+        if self.world > 1 or meta.get("world_size", 1) > 1:
+            self._load_rank_rng(ckpt, meta["step"], meta.get("world_size", 1))
         if self.sampler is not None and meta["sampler"]:
             self.sampler.load_state_dict(meta["sampler"])
-        _truncate_metrics(self.out / "metrics.jsonl", meta["step"])
+        if self.rank == 0:
+            _truncate_metrics(self.out / "metrics.jsonl", meta["step"])
+        barrier()
         log.info("resuming %s at step %d", self.out, meta["step"])
         return {**meta, "histogram": Counter(meta["histogram"])}
 
+    def _load_rank_rng(self, ckpt: Path, step: int, saved_world: int) -> None:
+        """Rank r continues its own dropout stream; with another world size the streams cannot match."""
+        path = ckpt / f"rng-rank{self.rank}-step{step}.pt"
+        if saved_world != self.world:
+            log.warning(
+                "checkpoint was written by %d ranks, resuming on %d: dropout masks will differ from an "
+                "uninterrupted run",
+                saved_world,
+                self.world,
+            )
+        if self.rank > 0 and path.exists():
+            torch.set_rng_state(torch.load(path, weights_only=True)["torch_rng"])
+        elif self.rank > 0:
+            torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.rank, saved_world]).generate_state(1)[0]))
+
     def _finish(self, state: dict, seconds: float, loop_seconds: float) -> dict:
+        if self.rank != 0:  # rank 0 evaluates and writes run.json; the others only trained their slices
+            barrier()
+            return {"rank": self.rank, "steps": state["step"]}
         final = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
         test = {}
         if self.cfg.test_split:
@@ -498,8 +558,10 @@ class Trainer:
             "peak_rss_mib": peak_rss,
             "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "device": str(self.device),
+            "world_size": self.world,
         }
         (self.out / "run.json").write_text(json.dumps(run, indent=2, default=str))
+        barrier()
         return run
 
 

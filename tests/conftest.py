@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 import string
 from pathlib import Path
@@ -136,3 +137,26 @@ def cache_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def clf_teacher(tmp_path: Path) -> Path:
     return make_model(tmp_path / "teacher-clf", "sequence", num_labels=3, seed=1)
+
+
+def spread(directory: Path, factor: float) -> Path:
+    """Scale a fresh model's weight matrices: a 0.02-std init gives near-constant outputs that test little."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(directory)
+    arch = config.architectures[0]
+    model = getattr(transformers, arch).from_pretrained(directory)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(factor)
+    model.save_pretrained(directory)
+    return directory
+
+
+def no_dropout(directory: Path) -> Path:
+    """A student without dropout: its training steps depend on the data, targets and optimizer alone."""
+    config = json.loads((directory / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LABELS, make_model, write_split
+from conftest import LABELS, make_model, no_dropout, spread, write_split
 
 import skdcache.online
 import skdcache.teachers
@@ -31,29 +31,6 @@ TOP_K = 8
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
-def spread(directory: Path, factor: float) -> Path:
-    """Scale a fresh model's weight matrices: a 0.02-std init gives near-constant outputs that test little."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(directory)
-    arch = config.architectures[0]
-    model = getattr(transformers, arch).from_pretrained(directory)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(factor)
-    model.save_pretrained(directory)
-    return directory
-
-
-def no_dropout(directory: Path) -> Path:
-    """A student without dropout: its training steps depend on the data, targets and optimizer alone."""
-    config = json.loads((directory / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (directory / "config.json").write_text(json.dumps(config))
-    return directory
-
-
 def opts(**kw) -> TargetOptions:
     base = dict(max_length=MAX_LENGTH, top_k=TOP_K, batch_size=64, rows_per_block=64, progress=False)
     return TargetOptions(**{**base, **kw})
