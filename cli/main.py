@@ -88,9 +88,13 @@ def data_spec(kw: dict, split: str | None = None):
     )
 
 
-def cache_root(value: str | None) -> Path:
+def cache_root(value: str | None) -> Path | str:
+    """A local cache root, or a URL (s3://, gs://, http(s)://, memory://) kept as text for fsspec."""
+    from skdcache.cache.remote import is_url
     from skdcache.cache.store import default_cache_root
 
+    if is_url(value):
+        return value
     return Path(value).expanduser() if value else default_cache_root()
 
 
@@ -205,10 +209,19 @@ def ls_command(cache, as_json) -> None:
     Example:
       skdcache ls --cache .skdcache
     """
-    from skdcache.cache.catalog import list_caches, summary_row
+    from skdcache.cache.catalog import CacheEntry, list_caches, summary_row
+    from skdcache.cache.remote import RemoteRoot
 
     root = cache_root(cache)
-    rows = [summary_row(e) for e in list_caches(root)]
+    if isinstance(root, str):  # a URL: published groups only, sizes as stored remotely
+        remote = RemoteRoot(root)
+        entries = [
+            CacheEntry(remote.mirror / fp / m.cache_key, d, m, stored_bytes=remote.stored_bytes(fp, m.cache_key))
+            for fp, d, m in remote.manifests()
+        ]
+    else:
+        entries = list_caches(root)
+    rows = [summary_row(e) for e in entries]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -271,7 +284,16 @@ def verify(cache, teachers) -> None:
     """
     from skdcache.cache.catalog import verify_root
 
-    report = verify_root(cache_root(cache), list(teachers) or None)
+    root = cache_root(cache)
+    if isinstance(root, str):  # a URL: mirror the published groups, then check the local copies
+        from skdcache.cache.remote import RemoteRoot
+
+        remote = RemoteRoot(root)
+        for fp, _, m in remote.manifests():
+            if not teachers or m.teacher["name"] in teachers:
+                remote.fetch(fp, m.cache_key)
+        root = remote.mirror
+    report = verify_root(root, list(teachers) or None)
     bad = 0
     for path, problems in report.items():
         click.echo(f"{'OK  ' if not problems else 'FAIL'} {path}")

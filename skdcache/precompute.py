@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
+from skdcache.cache.remote import RemoteRoot, is_url
 from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter, read_manifest
 from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, target_mask, tokenize
@@ -64,7 +65,7 @@ class TargetOptions:
 class PrecomputeResult:
     name: str
     path: Path
-    status: str  # "cached" | "computed" | "resumed"
+    status: str  # "cached" | "cached (remote)" | "computed" | "resumed" | "repaired" | "verified"
     seconds: float
     manifest: fmt.Manifest
 
@@ -317,9 +318,26 @@ def dataset_record(rows: TextRows) -> dict:
 
 
 def precompute_teacher(
-    spec: TeacherSpec, rows: TextRows, root: Path, opts: TargetOptions, eval_rows: TextRows | None = None
+    spec: TeacherSpec,
+    rows: TextRows,
+    root: Path,
+    opts: TargetOptions,
+    eval_rows: TextRows | None = None,
+    remote: RemoteRoot | None = None,
 ) -> PrecomputeResult:
-    """Compute (or find) one teacher's cache for `rows`; safe to interrupt and call again."""
+    """Compute (or find) one teacher's cache for `rows`; safe to interrupt and call again.
+
+    With a `remote` root, `root` is its local mirror: a group already published is reused without a
+    download, and a group computed (or completed earlier but never published) here is published.
+    """
+    result = _precompute_local(spec, rows, root, opts, eval_rows, remote)
+    if remote is not None and result.status != "cached (remote)" and rank_and_size()[0] == 0:
+        if result.status != "cached" or not remote.has_complete(rows.fingerprint, result.path.name):
+            remote.publish(result.path)
+    return result
+
+
+def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeResult:
     t0 = time.perf_counter()
     model_dir = resolve_model_dir(spec.source, spec.revision)
     config = load_config(model_dir, spec.name, opts.trust_remote_code)
@@ -330,6 +348,10 @@ def precompute_teacher(
     weights_hash, tok_hash = model_weights_hash(model_dir), tokenizer_hash(tokenizer)
     key = cache_key(weights_hash, tok_hash, targets, rows.label_names)
     group_path = root / rows.fingerprint / key
+    if remote is not None and not opts.repair:
+        published = remote.has_complete(rows.fingerprint, key)
+        if published is not None:
+            return PrecomputeResult(spec.name, group_path, "cached (remote)", time.perf_counter() - t0, published)
     manifest = _existing_manifest(group_path)
     damaged: set[int] = set()
     if manifest is not None and manifest.state == "complete":
@@ -483,12 +505,16 @@ def precompute(
     names = [t.name for t in team]
     if len(set(names)) != len(names):
         raise SkdError(f"teacher names must be unique, got {names}")
-    root = ensure_writable_root(Path(cache_root) if cache_root else default_cache_root())
+    remote = RemoteRoot(cache_root) if is_url(cache_root) else None
+    if remote is not None and remote.read_only:
+        raise SkdError(f"{cache_root} is read-only: precompute to a path or s3:// / gs:// root, then serve that")
+    local = remote.mirror if remote else Path(cache_root) if cache_root else default_cache_root()
+    root = ensure_writable_root(local)
     rows = load_rows(data)
     eval_rows = load_eval_rows(data, opts)
     results = []
     for spec in team:
-        result = precompute_teacher(spec, rows, root, opts, eval_rows)
+        result = precompute_teacher(spec, rows, root, opts, eval_rows, remote)
         log.info("%s: %s in %.1fs -> %s", spec.name, result.status, result.seconds, result.path)
         results.append(result)
     return results

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from skdcache.cache.catalog import find_teacher_caches
 from skdcache.cache.reader import Targets, TeacherCache
+from skdcache.cache.remote import RemoteRoot, is_url
 from skdcache.cache.store import default_cache_root
 from skdcache.data import DataSpec, available_splits, load_rows, tokenize
 from skdcache.distill import Objective, step_loss
@@ -102,7 +103,7 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise SkdError(f"--batch-size {cfg.batch_size} is the global batch: use a multiple of {self.world} ranks")
         self.device = pick_device(cfg.device)
-        self.root = Path(cfg.cache).expanduser() if cfg.cache else default_cache_root()
+        self.root = Path(cfg.cache).expanduser() if cfg.cache and not is_url(cfg.cache) else default_cache_root()
         torch.manual_seed(cfg.seed)
 
         # data: the same rows, checked against every teacher cache before step 1
@@ -156,7 +157,15 @@ class Trainer:
         cfg = self.cfg
         if cfg.mode == "none":
             return []
-        paths = find_teacher_caches(self.root, self.rows.fingerprint, cfg.teachers)
+        if is_url(cfg.cache):  # rank 0 mirrors the chosen groups; the other ranks then find the mirror
+            remote = RemoteRoot(cfg.cache)
+            if self.rank == 0:
+                paths = remote.find_teacher_caches(self.rows.fingerprint, cfg.teachers)
+            barrier()
+            if self.rank != 0:
+                paths = remote.find_teacher_caches(self.rows.fingerprint, cfg.teachers)
+        else:
+            paths = find_teacher_caches(self.root, self.rows.fingerprint, cfg.teachers)
         if cfg.mode == "single" and len(paths) != 1:
             raise SkdError(f"--mode single needs exactly one teacher, got {list(paths)}; pass --teachers NAME")
         if not paths:

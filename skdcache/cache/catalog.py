@@ -18,6 +18,7 @@ class CacheEntry:
     dataset: dict
     manifest: fmt.Manifest | None
     error: str | None = None
+    stored_bytes: int | None = None  # known without a local folder (remote listings)
 
     @property
     def name(self) -> str:
@@ -45,8 +46,15 @@ def list_caches(root: Path) -> list[CacheEntry]:
 
 def find_teacher_caches(root: Path, dataset_fingerprint: str, names: list[str] | None) -> dict[str, Path]:
     """Complete caches of this dataset by teacher name (the most recent one when a name has several)."""
+    return select_teachers(list_caches(root), dataset_fingerprint, names, str(root))
+
+
+def select_teachers(
+    entries: list[CacheEntry], dataset_fingerprint: str, names: list[str] | None, where: str
+) -> dict[str, Path]:
+    """The rule `find_teacher_caches` applies, shared with remote roots (which list manifests, not folders)."""
     found: dict[str, tuple[str, Path]] = {}
-    for entry in list_caches(root):
+    for entry in entries:
         m = entry.manifest
         if m is None or m.state != "complete" or m.dataset["fingerprint"] != dataset_fingerprint:
             continue
@@ -58,7 +66,7 @@ def find_teacher_caches(root: Path, dataset_fingerprint: str, names: list[str] |
     if missing:
         have = ", ".join(sorted(found)) or "none"
         raise CacheError(
-            f"teacher(s) {', '.join(missing)} not cached for dataset {dataset_fingerprint[:12]} in {root} "
+            f"teacher(s) {', '.join(missing)} not cached for dataset {dataset_fingerprint[:12]} in {where} "
             f"(cached: {have}); run `skdcache precompute` with the same data flags first"
         )
     return {n: found[n][1] for n in names}
@@ -69,7 +77,7 @@ def summary_row(entry: CacheEntry) -> dict:
     if m is None:
         return {"dataset": entry.path.parent.name[:12], "teacher": "?", "state": f"unreadable: {entry.error}"}
     n_blocks = m.layout["n_blocks"]
-    done = len(completed_blocks(entry.path))
+    done = n_blocks if entry.stored_bytes is not None else len(completed_blocks(entry.path))
     metric = m.metric
     return {
         "dataset": entry.path.parent.name[:12],
@@ -81,7 +89,7 @@ def summary_row(entry: CacheEntry) -> dict:
         "key": m.cache_key[:12],
         "targets": describe_targets(m.targets),
         "state": m.state if m.state == "complete" else f"{m.state} {done}/{n_blocks} blocks",
-        "size": human_bytes(dir_bytes(entry.path)),
+        "size": human_bytes(entry.stored_bytes if entry.stored_bytes is not None else dir_bytes(entry.path)),
         "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
     }
 

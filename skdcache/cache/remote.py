@@ -1,0 +1,164 @@
+"""Cache roots on shared storage: any fsspec URL (``s3://``, ``gs://``, ``memory://``; ``http(s)://`` read-only).
+
+A complete teacher cache is immutable (its folder name is its content key), which keeps sharing simple:
+
+- Readers mirror each group they need, whole, into a local directory and read it there with the fast
+  local shard reader: training reads every row each epoch, and per-chunk remote reads would be bound by
+  latency. A mirror is reused as long as its manifest equals the remote one.
+- Writers precompute into that same local mirror (with its lock, resume and repair) and then publish:
+  every data file first, the group's ``zarr.json`` (which holds the manifest, state complete) last.
+  Remote listings only show groups whose ``zarr.json`` exists, so a publish that dies half-way is
+  invisible and simply runs again.
+- Two machines publishing the same teacher use the same key, and each object is one whole shard of one
+  complete run, so even interleaved uploads leave a correct cache. No remote lock is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from skdcache.cache import format as fmt
+from skdcache.errors import CacheError
+
+log = logging.getLogger("skdcache")
+READ_ONLY = ("http", "https")
+
+
+def is_url(root: str | Path | None) -> bool:
+    """True for ``scheme://...`` roots other than ``file://`` (which is just a local path)."""
+    return isinstance(root, str) and "://" in root and not root.startswith("file://")
+
+
+def default_mirror(url: str) -> Path:
+    """``$SKDCACHE_MIRROR/<hash of url>``, by default under ``~/.cache/skdcache/mirrors``."""
+    base = os.environ.get("SKDCACHE_MIRROR") or Path.home() / ".cache" / "skdcache" / "mirrors"
+    return Path(base) / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+class RemoteRoot:
+    """A cache root at `url`, with its local mirror (a normal local cache root)."""
+
+    def __init__(self, url: str, mirror: str | Path | None = None):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.base = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise CacheError(f"cannot open cache root {url}: {exc} (pip install 'skdcache[remote]')") from exc
+        self.base = self.base.rstrip("/")
+        self.mirror = Path(mirror) if mirror else default_mirror(self.url)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.read_only = any(p in READ_ONLY for p in protocols)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def _names(self, path: str) -> list[str]:
+        try:
+            return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)})
+        except FileNotFoundError:
+            return []
+
+    def _json(self, path: str) -> dict | None:
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+
+    # ---- reading -------------------------------------------------------------------------------------------
+    def manifests(self, fingerprint: str | None = None) -> list[tuple[str, dict, fmt.Manifest]]:
+        """(dataset fingerprint, dataset record, manifest) of every published group, optionally of one dataset."""
+        self.fs.invalidate_cache()  # other machines publish: never trust a listing cached earlier
+        out = []
+        for fp in [fingerprint] if fingerprint else self._names(self.base):
+            dataset = self._json(self._path(fp, fmt.DATASET_FILE))
+            if dataset is None:
+                continue
+            for key in self._names(self._path(fp)):
+                meta = self._json(self._path(fp, key, "zarr.json"))
+                attrs = (meta or {}).get("attributes", {}).get(fmt.MANIFEST_ATTR)
+                if attrs and attrs.get("format_version") == fmt.FORMAT_VERSION and attrs.get("state") == "complete":
+                    out.append((fp, dataset, fmt.Manifest.from_dict(attrs)))
+        return out
+
+    def stored_bytes(self, fingerprint: str, key: str) -> int:
+        return int(self.fs.du(self._path(fingerprint, key)))
+
+    def has_complete(self, fingerprint: str, key: str) -> fmt.Manifest | None:
+        meta = self._json(self._path(fingerprint, key, "zarr.json"))
+        attrs = (meta or {}).get("attributes", {}).get(fmt.MANIFEST_ATTR)
+        return fmt.Manifest.from_dict(attrs) if attrs and attrs.get("state") == "complete" else None
+
+    def fetch(self, fingerprint: str, key: str) -> Path:
+        """The local mirror of one published group, downloaded whole unless an identical mirror exists."""
+        target = self.mirror / fingerprint / key
+        remote_meta = self.fs.cat_file(self._path(fingerprint, key, "zarr.json"))
+        if (target / "zarr.json").exists() and (target / "zarr.json").read_bytes() == remote_meta:
+            return target
+        tmp = self.mirror / fingerprint / f".{key}.download-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        prefix = self._path(fingerprint, key)
+        files = [f for f in self.fs.find(prefix) if f.rstrip("/") != prefix]
+        sources = [f for f in files if _relative(f, prefix) != "zarr.json"]
+        local = [str(tmp / _relative(f, prefix)) for f in sources]
+        for path in local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        log.info("mirroring %s/%s/%s (%d files) to %s", self.url, fingerprint[:12], key[:12], len(files), target)
+        if sources:
+            self.fs.get(sources, local)
+        (tmp / "zarr.json").write_bytes(remote_meta)  # last, as on the remote
+        dataset = self.fs.cat_file(self._path(fingerprint, fmt.DATASET_FILE))
+        (self.mirror / fingerprint / fmt.DATASET_FILE).write_bytes(dataset)
+        if target.exists():  # an older or partial mirror of the same key
+            shutil.rmtree(target)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process (e.g. a DDP rank) finished the same mirror first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def find_teacher_caches(self, fingerprint: str, names: list[str] | None) -> dict[str, Path]:
+        """Like `catalog.find_teacher_caches`, choosing among published groups, then mirroring the chosen ones."""
+        from skdcache.cache.catalog import CacheEntry, select_teachers
+
+        entries = [
+            CacheEntry(self.mirror / fp / m.cache_key, dataset, m) for fp, dataset, m in self.manifests(fingerprint)
+        ]
+        chosen = select_teachers(entries, fingerprint, names, self.url)
+        return {name: self.fetch(fingerprint, path.name) for name, path in chosen.items()}
+
+    # ---- writing -------------------------------------------------------------------------------------------
+    def publish(self, group: Path) -> None:
+        """Upload a complete local group: data files first, then dataset.json, then the group's zarr.json."""
+        if self.read_only:
+            raise CacheError(f"{self.url} is read-only ({self.fs.protocol}); publish to s3://, gs:// or a path")
+        fingerprint, key = group.parent.name, group.name
+        prefix = self._path(fingerprint, key)
+        files = sorted(p for p in group.rglob("*") if p.is_file() and p != group / "zarr.json")
+        log.info("publishing %s (%d files) to %s", key[:12], len(files) + 1, self.url)
+        if files:
+            self.fs.put([str(p) for p in files], [f"{prefix}/{p.relative_to(group).as_posix()}" for p in files])
+        self.fs.pipe_file(self._path(fingerprint, fmt.DATASET_FILE), (group.parent / fmt.DATASET_FILE).read_bytes())
+        self.fs.pipe_file(f"{prefix}/zarr.json", (group / "zarr.json").read_bytes())
+
+
+def _relative(path: str, prefix: str) -> str:
+    """`path` below `prefix`, for listings that return full URLs (http) or bucket paths (s3)."""
+    path, prefix = path.rstrip("/"), prefix.rstrip("/")
+    if "://" in path and "://" not in prefix:
+        prefix = path[: path.index("://") + 3] + prefix.split("://", 1)[-1]
+    if not path.startswith(prefix + "/"):
+        raise CacheError(f"remote listing returned {path}, outside {prefix}")
+    rel = path[len(prefix) + 1 :]
+    if ".." in rel.split("/"):
+        raise CacheError(f"remote file {path} escapes its cache group")
+    return rel
