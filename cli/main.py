@@ -352,6 +352,9 @@ def verify(cache, teachers) -> None:
 @click.option(
     "--learned-lr", type=float, default=0.1, show_default=True, help="learned: logit step per typical advantage."
 )
+@click.option(
+    "--full-logits", is_flag=True, help="online + MLM/causal: distil from the full live vocabulary, not top-k."
+)
 @click.option("--resume", is_flag=True, help="Continue OUTPUT/checkpoint exactly where it stopped.")
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--nproc", type=int, default=1, show_default=True, help="DDP processes (reruns under torchrun).")

@@ -57,6 +57,8 @@ def soft_loss(obj: Objective, logits: Tensor, batch: dict, targets: Targets | li
             return regression_kd_loss(logits, targets.logits)
         return sequence_kd_loss(logits, targets.logits, obj.temperature)
     student = logits[batch["target_mask"]]  # [n_tok, V], row-major like the cached targets
+    if targets.topk_ids is None:  # `online --full-logits`: KL over the whole vocabulary, per token
+        return sequence_kd_loss(student, targets.logits, obj.temperature)
     return topk_kd_loss(student, targets.topk_ids, targets.topk_logprobs, targets.tail_logmass, obj.temperature)
 
 

@@ -20,6 +20,7 @@ class OnlineTeachers:
 
     def __init__(self, caches: list[TeacherCache], rows: TextRows, cfg, device: torch.device):
         self.device, self.specs, self.teachers, self.encoded, self.perms = device, [], [], [], []
+        self.full_logits = cfg.full_logits
         for cache in caches:
             t = cache.manifest.teacher
             spec = TeacherSpec(t["name"], t["source"], t["revision"], t["head"])
@@ -51,11 +52,14 @@ class OnlineTeachers:
             spec.hidden_tokens,
             self.perms[index],
             autocast_dtype(self.device),
+            full_logits=self.full_logits,
         )
 
         def fp16(x):  # the cache's rounding, so both paths see identical numbers
             return None if x is None else x.half().float()
 
+        if self.full_logits:  # the uncompressed reference: full-vocabulary float32 logits, no cache rounding
+            return Targets(logits=out.logits, positions=None, token_counts=counts)
         return Targets(
             logits=fp16(out.logits),
             topk_logprobs=fp16(out.topk_logprobs),

@@ -177,6 +177,7 @@ def teacher_forward(
     hidden_tokens: str | None,
     label_permutation: torch.Tensor | None,
     autocast_dtype: torch.dtype | None,
+    full_logits: bool = False,
 ) -> BatchTargets:
     """Run the teacher on a padded batch and reduce its outputs to cache targets.
 
@@ -184,6 +185,8 @@ def teacher_forward(
         batch: input_ids / attention_mask (/ token_type_ids) [B, T] on the teacher's device.
         target_mask: [B, T] bool, positions that carry a token-level loss (None for sequence heads).
         label_permutation: [C] teacher column for each dataset label (None = identity).
+        full_logits: token heads: return the full-vocabulary logits at the target positions, [n, V], instead
+            of top-k (the live reference the cache approximates; never stored).
     """
     device_type = batch["input_ids"].device.type
     with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -192,6 +195,8 @@ def teacher_forward(
     if teacher.head == "sequence":
         logits = out.logits.float()
         result.logits = logits[:, label_permutation] if label_permutation is not None else logits
+    elif full_logits:
+        result.logits = out.logits[target_mask].float()
     else:
         values, ids, tail = topk_with_tail(out.logits[target_mask], top_k)
         result.topk_logprobs, result.topk_ids, result.tail_logmass = values, ids, tail

@@ -82,6 +82,7 @@ class TrainConfig:
     num_workers: int = 1
     device: str = "auto"
     pilot_steps: int | None = None  # student-rank: budget of each single-teacher pilot
+    full_logits: bool = False  # online + token heads: distil from the full live distribution (P5 reference)
     learned_lr: float = 0.1  # in units of the running advantage RMS (see LearnedSampler)
     resume: bool = False
     trust_remote_code: bool = False
@@ -135,6 +136,8 @@ class Trainer:
                 broadcast_module(self.projector)
             # same initial weights, but each rank its own dropout masks (rank 0 keeps the 1-process stream)
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.rank]).generate_state(1)[0]))
+        if cfg.full_logits and (cfg.mode != "online" or self.head == "sequence"):
+            raise SkdError("--full-logits is for --mode online with MLM/causal teachers (the cache stores top-k)")
         self.online = OnlineTeachers(self.caches, self.rows, cfg, self.device) if cfg.mode == "online" else None
 
         self.inputs = self._student_inputs(self.rows)
@@ -451,6 +454,7 @@ class Trainer:
 
     def _evaluate_and_save_main(self, step, state, optimizer, scheduler, metrics_log) -> None:
         result = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
+        self._last_eval = (step, result)
         if result:
             metrics_log.write(json.dumps({"step": step, "eval": result}) + "\n")
             metrics_log.flush()
@@ -535,7 +539,9 @@ class Trainer:
         if self.rank != 0:  # rank 0 evaluates and writes run.json; the others only trained their slices
             barrier()
             return {"rank": self.rank, "steps": state["step"]}
-        final = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
+        last_step, final = getattr(self, "_last_eval", (None, {}))
+        if last_step != state["step"]:  # the loop evaluates at its last step; only a finished resume gets here
+            final = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
         test = {}
         if self.cfg.test_split:
             test_rows = load_rows(replace(self.cfg.data, split=self.cfg.test_split, limit=None))

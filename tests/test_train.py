@@ -240,6 +240,24 @@ def test_online_targets_equal_cached_targets_mlm(mlm: Team, tmp_path: Path):
         assert torch.equal(flat, cached.positions)
 
 
+def test_full_logits_online_equals_cache_with_the_whole_vocabulary(causal: Team, tmp_path: Path):
+    """`online --full-logits` (KL over V) equals top-k distillation when k = V (every bucket a token, at T = 1);
+    only the cache's float16 rounding separates them. With k = 8 the two losses differ (top-k is a bound)."""
+    vocab = json.loads((causal.teachers["l1"] / "config.json").read_text())["vocab_size"]
+    spec = DataSpec(str(causal.data.source), label_column=None)
+    full_cache = tmp_path / "k=V"
+    precompute(spec, [TeacherSpec("l1", str(causal.teachers["l1"]))], full_cache, opts(top_k=vocab))
+    kw = dict(mode="single", teachers=["l1"], temperature=1.0, alpha=1.0, max_steps=4)
+    train(config(spec, causal.student, tmp_path / "kV", full_cache, **kw))
+    train(config(spec, causal.student, tmp_path / "full", full_cache, **{**kw, "mode": "online"}, full_logits=True))
+    train(causal.cfg(tmp_path / "k8", **kw))
+    kv, full, k8 = (step_lines(tmp_path / n) for n in ("kV", "full", "k8"))
+    assert [x["kd"] for x in full] == pytest.approx([x["kd"] for x in kv], rel=2e-3)
+    assert full[0]["kd"] > k8[0]["kd"] + 1e-3  # the 8-bucket KL really is smaller: the test can tell them apart
+    with pytest.raises(SkdError, match="--full-logits"):
+        Trainer(causal.cfg(tmp_path / "bad", full_logits=True))
+
+
 # ---- 2. no teacher model in cache modes ---------------------------------------------------------------------------
 def test_cache_modes_construct_no_teacher(seq: Team, tmp_path: Path, monkeypatch):
     """Every way a model gets built is watched; teacher directories appear only in `online` mode."""

