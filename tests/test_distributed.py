@@ -179,24 +179,15 @@ def test_ddp_from_the_cli(team, tmp_path):
     cmd = [sys.executable, "-m", "skdcache", "-q", "train", "--data", str(team["data"]), "--cache", str(team["cache"])]
     cmd += ["--student", str(team["still"]), "--max-steps", "2", "--max-length", "32", "--num-workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    odd = subprocess.run(
-        [*cmd, "--output", str(tmp_path / "odd"), "--batch-size", "7", "--nproc", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    odd, ok = (
+        subprocess.run([*cmd, "--output", str(tmp_path / name), "--batch-size", batch, "--nproc", "2"], env=env,
+                       capture_output=True, text=True, timeout=600)
+        for name, batch in (("odd", "7"), ("ok", "8"))
+    )  # fmt: skip
     assert odd.returncode == 2 and odd.stderr.strip().splitlines() == [
         "error: --batch-size 7 is the global batch: use a multiple of --nproc 2"
     ]
     assert not (tmp_path / "odd").exists()
-    ok = subprocess.run(
-        [*cmd, "--output", str(tmp_path / "ok"), "--batch-size", "8", "--nproc", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert ok.stdout.count("teachers sampled") == 1
     assert json.loads((tmp_path / "ok" / "run.json").read_text())["world_size"] == 2

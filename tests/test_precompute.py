@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
-from conftest import LABELS, make_model, write_split
+from conftest import LABELS, make_model, spread, write_split
 
 from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.data import mlm_positions
@@ -70,20 +70,6 @@ def data(tmp_path_factory) -> Path:
     return d
 
 
-def _spread_model(directory: Path, head: str, factor: float = 12.0) -> Path:
-    """Scale a fresh model's weight matrices: a 0.02-std init gives near-constant outputs that test little."""
-    import transformers
-
-    auto = {"sequence": "AutoModelForSequenceClassification", "mlm": "AutoModelForMaskedLM"}.get(head)
-    model = getattr(transformers, auto or "AutoModelForCausalLM").from_pretrained(directory)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(factor)
-    model.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teachers")
@@ -95,8 +81,7 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
         "causal": make_model(root / "causal", "causal", seed=4),
         "perm": make_model(root / "perm", "sequence", num_labels=3, seed=5, id2label=permuted),
     }
-    heads = {"mlm": "mlm", "causal": "causal"}
-    return {name: _spread_model(path, heads.get(name, "sequence")) for name, path in made.items()}
+    return {name: spread(path, 12.0) for name, path in made.items()}
 
 
 def _direct_sequence_logits(model_dir: Path, texts: list[str], pairs: list[str] | None, max_length: int):

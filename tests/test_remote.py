@@ -183,22 +183,13 @@ def test_mirror_is_reused_and_verified(team, http_root, mirror, tmp_path):
 
 def test_cli_ls_and_verify_on_urls(team, http_root, mirror):
     env = {**os.environ, "SKDCACHE_MIRROR": str(mirror)}
-    ls = subprocess.run(
-        [sys.executable, "-m", "skdcache", "ls", "--cache", http_root],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ls, verify = (
+        subprocess.run([sys.executable, "-m", "skdcache", command, "--cache", http_root], env=env,
+                       capture_output=True, text=True, timeout=300)
+        for command in ("ls", "verify")
+    )  # fmt: skip
     assert ls.returncode == 0, ls.stderr
     assert ls.stdout.count("complete") == 2
-    verify = subprocess.run(
-        [sys.executable, "-m", "skdcache", "verify", "--cache", http_root],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
     assert verify.returncode == 0, verify.stderr
     assert "2 of 2 teacher caches healthy" in verify.stdout
 
