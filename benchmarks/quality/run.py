@@ -139,6 +139,9 @@ def main() -> None:
     plans["average"] = {"mode": "average"}
     for sampling in ("uniform", "teacher-rank", "student-rank", "learned"):
         plans[f"skd-{sampling}"] = {"mode": "skd", "sampling": sampling}
+    # control: `learned` whose distribution cannot move (uniform draws, same teachers as skd-uniform at every
+    # step) but with learned's held-out rows taken out of training; separates the sampler from that split
+    plans["skd-learned-control"] = {"mode": "skd", "sampling": "learned", "learned_lr": 1e-12}
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, overrides in plans.items():
