@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -330,7 +331,15 @@ def precompute_teacher(
     With a `remote` root, `root` is its local mirror: a group already published is reused without a
     download, and a group computed (or completed earlier but never published) here is published.
     """
-    result = _precompute_local(spec, rows, root, opts, eval_rows, remote)
+    try:
+        result = _precompute_local(spec, rows, root, opts, eval_rows, remote)
+    except OSError as exc:  # ENOSPC can land anywhere: group metadata, markers, the manifest (blocks say more)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CacheError(
+                f"disk full while writing {spec.name}'s cache under {root}; free space (or pass another --cache) "
+                "and rerun: finished blocks are kept"
+            ) from exc
+        raise
     if remote is not None and result.status != "cached (remote)" and rank_and_size()[0] == 0:
         if result.status != "cached" or not remote.has_complete(rows.fingerprint, result.path.name):
             remote.publish(result.path)

@@ -198,6 +198,35 @@ def test_disk_full_is_one_line_and_resumable(built, monkeypatch, tmp_path):
     assert result.status == "resumed" and TeacherCache(result.path).verify() == []
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real size-limited file system (needs root, as in CI here); skipped where mounting is not allowed."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_real_disk_full_on_a_small_tmpfs_then_resume_after_growing_it(built, tmpfs):
+    """Not an injected error: the kernel's ENOSPC, wherever in the write path it lands."""
+    data, teacher, reference, opts = built
+    needed = sum(4096 * -(-p.stat().st_size // 4096) for p in reference.parents[1].rglob("*") if p.is_file())
+    subprocess.run(["mount", "-o", f"remount,size={needed * 3 // 4 // 1024}k", str(tmpfs)], check=True)
+    team = [TeacherSpec("t", str(teacher))]
+    with pytest.raises(CacheError, match="disk full") as info:
+        precompute(DataSpec(str(data)), team, tmpfs / "cache", opts)
+    assert "\n" not in str(info.value) and "--cache" in str(info.value)
+    assert list((tmpfs / "cache").glob("*/*/_blocks/*.json"))  # it failed mid-way: some blocks were finished
+    subprocess.run(["mount", "-o", f"remount,size={4 * needed // 1024 + 64}k", str(tmpfs)], check=True)
+    (result,) = precompute(DataSpec(str(data)), team, tmpfs / "cache", opts)
+    assert result.status == "resumed" and TeacherCache(result.path).verify() == []
+    got, expected = _arrays(result.path), _arrays(reference)
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
 def test_nan_teacher_outputs_are_refused(tmp_path):
     import torch
     from transformers import BertForSequenceClassification
