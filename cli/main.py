@@ -95,6 +95,8 @@ def cache_root(value: str | None) -> Path | str:
 
     if is_url(value):
         return value
+    if value and value.startswith("file://"):
+        value = value[len("file://") :]
     return Path(value).expanduser() if value else default_cache_root()
 
 

@@ -7,6 +7,7 @@ group, holds the writer lock and publishes the manifest.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -17,7 +18,9 @@ def rank_and_size() -> tuple[int, int]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        # rank 0 alone evaluates, checkpoints, mirrors and publishes while the others wait: allow for it
+        minutes = float(os.environ.get("SKDCACHE_DIST_TIMEOUT_MIN", "120"))
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -26,6 +29,15 @@ def rank_and_size() -> tuple[int, int]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def from_rank0_object(obj):
+    """Rank 0's picklable object on every rank (small control data only: chosen cache keys, decisions)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def is_main() -> bool:

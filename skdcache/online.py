@@ -59,7 +59,7 @@ class OnlineTeachers:
             return None if x is None else x.half().float()
 
         if self.full_logits:  # the uncompressed reference: full-vocabulary float32 logits, no cache rounding
-            return Targets(logits=out.logits, positions=None, token_counts=counts)
+            return Targets(logits=out.logits, token_counts=counts, hidden=fp16(out.hidden))
         return Targets(
             logits=fp16(out.logits),
             topk_logprobs=fp16(out.topk_logprobs),

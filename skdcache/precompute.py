@@ -26,7 +26,7 @@ from skdcache.cache.remote import RemoteRoot, is_url
 from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter, read_manifest
 from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, target_mask, tokenize
-from skdcache.distributed import barrier, rank_and_size
+from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, SkdError
 from skdcache.metrics import PRIMARY, task_metrics
 from skdcache.teachers import (
@@ -357,8 +357,8 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
     weights_hash, tok_hash = model_weights_hash(model_dir), tokenizer_hash(tokenizer)
     key = cache_key(weights_hash, tok_hash, targets, rows.label_names)
     group_path = root / rows.fingerprint / key
-    if remote is not None and not opts.repair:
-        published = remote.has_complete(rows.fingerprint, key)
+    if remote is not None and not opts.repair:  # rank 0 decides, so all ranks take the same path
+        published = from_rank0_object(remote.has_complete(rows.fingerprint, key) if rank_and_size()[0] == 0 else None)
         if published is not None:
             return PrecomputeResult(spec.name, group_path, "cached (remote)", time.perf_counter() - t0, published)
     manifest = _existing_manifest(group_path)
@@ -515,8 +515,8 @@ def precompute(
     if len(set(names)) != len(names):
         raise SkdError(f"teacher names must be unique, got {names}")
     remote = RemoteRoot(cache_root) if is_url(cache_root) else None
-    if remote is not None and remote.read_only:
-        raise SkdError(f"{cache_root} is read-only: precompute to a path or s3:// / gs:// root, then serve that")
+    if remote is not None and rank_and_size()[0] == 0:
+        remote.check_writable()
     local = remote.mirror if remote else Path(cache_root) if cache_root else default_cache_root()
     root = ensure_writable_root(local)
     rows = load_rows(data)

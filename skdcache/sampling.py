@@ -311,7 +311,12 @@ class LearnedSampler:
         self._seed = _check_seed(state["seed"])
         baseline = state["baseline"]
         self._baseline = None if baseline is None else float(baseline)
-        scale_sq = state.get("scale_sq")
+        if "scale_sq" not in state:
+            raise ValueError(
+                "checkpoint is from the first learned sampler (unscaled rewards, another meaning of lr): "
+                "restart this run without --resume"
+            )
+        scale_sq = state["scale_sq"]
         self._scale_sq = None if scale_sq is None else float(scale_sq)
         self._steps = int(state["steps"])
         self._history = []

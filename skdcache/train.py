@@ -31,6 +31,7 @@ from skdcache.distributed import (
     barrier,
     broadcast_module,
     from_rank0,
+    from_rank0_object,
     mean_over_ranks,
     rank_and_size,
 )
@@ -134,7 +135,7 @@ class Trainer:
             broadcast_module(self.model)
             if self.projector is not None:
                 broadcast_module(self.projector)
-            # same initial weights, but each rank its own dropout masks (rank 0 keeps the 1-process stream)
+            # same initial weights, but each rank its own dropout masks
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.rank]).generate_state(1)[0]))
         if cfg.full_logits and (cfg.mode != "online" or self.head == "sequence"):
             raise SkdError("--full-logits is for --mode online with MLM/causal teachers (the cache stores top-k)")
@@ -150,6 +151,10 @@ class Trainer:
             train_rows = None
         self.heldout = heldout
         self.schedule = StepSchedule(len(self.rows), cfg.batch_size, cfg.seed, train_rows)
+        if self.schedule.batch_size % self.world:
+            raise SkdError(
+                f"{len(self.rows)} rows give batches of {self.schedule.batch_size}: too few for {self.world} ranks"
+            )
         per_epoch = max(1, self.schedule.steps_per_epoch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
         self.eval_every = cfg.eval_every or per_epoch
@@ -160,19 +165,19 @@ class Trainer:
         cfg = self.cfg
         if cfg.mode == "none":
             return []
-        if is_url(cfg.cache):  # rank 0 mirrors the chosen groups; the other ranks then find the mirror
+        if is_url(cfg.cache):  # rank 0 chooses the groups, so every rank trains from the same ones
             remote = RemoteRoot(cfg.cache)
-            if self.rank == 0:
-                paths = remote.find_teacher_caches(self.rows.fingerprint, cfg.teachers)
-            barrier()
-            if self.rank != 0:
-                paths = remote.find_teacher_caches(self.rows.fingerprint, cfg.teachers)
+            keys = remote.choose(self.rows.fingerprint, cfg.teachers) if self.rank == 0 else None
+            keys = from_rank0_object(keys)
+            paths = {name: remote.fetch(self.rows.fingerprint, key) for name, key in keys.items()}
         else:
             paths = find_teacher_caches(self.root, self.rows.fingerprint, cfg.teachers)
         if cfg.mode == "single" and len(paths) != 1:
             raise SkdError(f"--mode single needs exactly one teacher, got {list(paths)}; pass --teachers NAME")
         if not paths:
-            raise SkdError(f"no teacher cached for this data in {self.root}; run `skdcache precompute` first")
+            raise SkdError(
+                f"no teacher cached for this data in {cfg.cache or self.root}; run `skdcache precompute` first"
+            )
         caches = [TeacherCache(p) for p in paths.values()]
         for c in caches:
             c.check_dataset(self.rows.fingerprint, len(self.rows))
@@ -443,14 +448,15 @@ class Trainer:
     def _evaluate_and_save(self, step, state, optimizer, scheduler, metrics_log) -> None:
         if self.rank == 0:
             self._evaluate_and_save_main(step, state, optimizer, scheduler, metrics_log)
+        ckpt, mine = self.out / "checkpoint", f"rng-rank{self.rank}-step{step}.pt"
         if self.rank > 0:  # each rank keeps its own dropout stream, saved per step so a crash cannot mix steps
-            ckpt = self.out / "checkpoint"
             ckpt.mkdir(parents=True, exist_ok=True)
-            torch.save({"torch_rng": torch.get_rng_state()}, ckpt / f"rng-rank{self.rank}-step{step}.pt")
-            for old in ckpt.glob(f"rng-rank{self.rank}-step*.pt"):
-                if old.name != f"rng-rank{self.rank}-step{step}.pt":
-                    old.unlink()
+            torch.save(_rng_state(), ckpt / mine)
         barrier()  # the other ranks wait for rank 0's files
+        if self.rank > 0:  # only now is rank 0's trainer.json at this step, so older streams can go
+            for old in ckpt.glob(f"rng-rank{self.rank}-step*.pt"):
+                if old.name != mine:
+                    old.unlink()
 
     def _evaluate_and_save_main(self, step, state, optimizer, scheduler, metrics_log) -> None:
         result = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
@@ -513,7 +519,10 @@ class Trainer:
         if self.world > 1 or meta.get("world_size", 1) > 1:
             self._load_rank_rng(ckpt, meta["step"], meta.get("world_size", 1))
         if self.sampler is not None and meta["sampler"]:
-            self.sampler.load_state_dict(meta["sampler"])
+            try:
+                self.sampler.load_state_dict(meta["sampler"])
+            except ValueError as exc:
+                raise SkdError(f"--resume {self.out}: {exc}") from None
         if self.rank == 0:
             _truncate_metrics(self.out / "metrics.jsonl", meta["step"])
         barrier()
@@ -531,14 +540,18 @@ class Trainer:
                 self.world,
             )
         if self.rank > 0 and path.exists():
-            torch.set_rng_state(torch.load(path, weights_only=True)["torch_rng"])
+            saved = torch.load(path, weights_only=True)
+            torch.set_rng_state(saved["torch_rng"])
+            if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(saved["cuda_rng"])
         elif self.rank > 0:
+            log.warning("no RNG state of rank %d at step %d: its dropout stream restarts from a seed", self.rank, step)
             torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.rank, saved_world]).generate_state(1)[0]))
 
     def _finish(self, state: dict, seconds: float, loop_seconds: float) -> dict:
-        if self.rank != 0:  # rank 0 evaluates and writes run.json; the others only trained their slices
+        if self.rank != 0:  # rank 0 evaluates and writes run.json (to --output, shared by all ranks)
             barrier()
-            return {"rank": self.rank, "steps": state["step"]}
+            return {**json.loads((self.out / "run.json").read_text()), "rank": self.rank}
         last_step, final = getattr(self, "_last_eval", (None, {}))
         if last_step != state["step"]:  # the loop evaluates at its last step; only a finished resume gets here
             final = evaluate(self.model, self.eval_inputs, self.objective, self.device) if self.eval_inputs else {}
@@ -578,6 +591,14 @@ class Trainer:
         (self.out / "run.json").write_text(json.dumps(run, indent=2, default=str))
         barrier()
         return run
+
+
+def _rng_state() -> dict:
+    """This process's dropout streams (CPU, and the current CUDA device's, which GPU dropout draws from)."""
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
 
 
 def _model_inputs(batch: dict) -> dict:

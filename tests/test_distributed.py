@@ -135,7 +135,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "student" / "model.safetensors")
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "learned"])
+@pytest.mark.parametrize("sampling", ["uniform", "learned", "student-rank"])
 def test_ddp_two_ranks_match_one_process_with_the_same_global_batch(team, tmp_path, sampling):
     """Each rank trains on half of every global batch with the same sampled teacher; averaged gradients make
     the run equal one process (no dropout, so only float summation order differs)."""

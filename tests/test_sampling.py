@@ -232,3 +232,11 @@ def test_describe_is_json_ready() -> None:
     learned_record = json.loads(json.dumps(describe(learned)))
     assert learned_record["kind"] == "learned" and learned_record["steps"] == 1
     assert sum(learned_record["probs"]) == pytest.approx(1.0)
+
+
+def test_learned_refuses_a_checkpoint_of_the_unscaled_sampler() -> None:
+    """Its lr meant raw reward units; resuming it as advantage-RMS units would silently change the run."""
+    state = LearnedSampler(3, seed=0).state_dict()
+    del state["scale_sq"]
+    with pytest.raises(ValueError, match="without --resume"):
+        LearnedSampler(3, seed=0).load_state_dict(state)

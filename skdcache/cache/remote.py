@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from skdcache.cache import format as fmt
+from skdcache.cache.store import WriterLock
 from skdcache.errors import CacheError
 
 log = logging.getLogger("skdcache")
@@ -63,15 +64,24 @@ class RemoteRoot:
         return "/".join([self.base, *parts])
 
     def _names(self, path: str) -> list[str]:
+        """Child names; web-server listings may add sort links (``?C=N;O=D``) and parents, which are dropped."""
         try:
-            return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)})
+            listing = self.fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
+        except Exception as exc:  # credentials, permissions, an unreachable endpoint: one line, not a traceback
+            raise CacheError(
+                f"cannot list {self.url}: {type(exc).__name__}: {exc} (check the URL and credentials, "
+                "e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL)"
+            ) from exc
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in listing}
+        return sorted(n for n in names if n and "?" not in n and "#" not in n and n not in (".", ".."))
 
     def _json(self, path: str) -> dict | None:
+        """A small JSON file, or None when it is missing or is not JSON (e.g. an HTML page at that name)."""
         try:
             return json.loads(self.fs.cat_file(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
             return None
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -99,11 +109,20 @@ class RemoteRoot:
         return fmt.Manifest.from_dict(attrs) if attrs and attrs.get("state") == "complete" else None
 
     def fetch(self, fingerprint: str, key: str) -> Path:
-        """The local mirror of one published group, downloaded whole unless an identical mirror exists."""
+        """The local mirror of one published group, downloaded whole unless a complete mirror exists.
+
+        Holds the group's writer lock, so concurrent fetches (DDP ranks, several jobs) download it once and a
+        local precompute of the same key is never overwritten. A complete local group of the same key is the
+        same content (the key addresses it), so it is used as it is.
+        """
         target = self.mirror / fingerprint / key
+        with WriterLock(target, wait=True):
+            if _complete_locally(target):
+                return target
+            return self._download(fingerprint, key, target)
+
+    def _download(self, fingerprint: str, key: str, target: Path) -> Path:
         remote_meta = self.fs.cat_file(self._path(fingerprint, key, "zarr.json"))
-        if (target / "zarr.json").exists() and (target / "zarr.json").read_bytes() == remote_meta:
-            return target
         tmp = self.mirror / fingerprint / f".{key}.download-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         prefix = self._path(fingerprint, key)
@@ -118,29 +137,43 @@ class RemoteRoot:
         (tmp / "zarr.json").write_bytes(remote_meta)  # last, as on the remote
         dataset = self.fs.cat_file(self._path(fingerprint, fmt.DATASET_FILE))
         (self.mirror / fingerprint / fmt.DATASET_FILE).write_bytes(dataset)
-        if target.exists():  # an older or partial mirror of the same key
+        if target.exists():  # a partial local copy (a precompute that never finished): the remote one wins
             shutil.rmtree(target)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process (e.g. a DDP rank) finished the same mirror first
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp.rename(target)
         return target
 
-    def find_teacher_caches(self, fingerprint: str, names: list[str] | None) -> dict[str, Path]:
-        """Like `catalog.find_teacher_caches`, choosing among published groups, then mirroring the chosen ones."""
+    def choose(self, fingerprint: str, names: list[str] | None) -> dict[str, str]:
+        """Teacher name -> cache key among published groups, by the rule `catalog.find_teacher_caches` uses."""
         from skdcache.cache.catalog import CacheEntry, select_teachers
 
         entries = [
             CacheEntry(self.mirror / fp / m.cache_key, dataset, m) for fp, dataset, m in self.manifests(fingerprint)
         ]
-        chosen = select_teachers(entries, fingerprint, names, self.url)
-        return {name: self.fetch(fingerprint, path.name) for name, path in chosen.items()}
+        return {name: path.name for name, path in select_teachers(entries, fingerprint, names, self.url).items()}
+
+    def find_teacher_caches(self, fingerprint: str, names: list[str] | None) -> dict[str, Path]:
+        """Choose among published groups, then mirror the chosen ones: name -> local group path."""
+        return {name: self.fetch(fingerprint, key) for name, key in self.choose(fingerprint, names).items()}
 
     # ---- writing -------------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Fail before hours of compute, not at publish time: write and delete a small probe object."""
+        if self.read_only:
+            raise CacheError(f"{self.url} is read-only: precompute to a path or an s3:// / gs:// root, then serve that")
+        probe = self._path(f".skdcache-probe-{os.getpid()}")
+        try:
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm_file(probe)
+        except Exception as exc:
+            raise CacheError(
+                f"cannot write to {self.url}: {type(exc).__name__}: {exc} (check the URL and "
+                "credentials, e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL)"
+            ) from exc
+
     def publish(self, group: Path) -> None:
         """Upload a complete local group: data files first, then dataset.json, then the group's zarr.json."""
         if self.read_only:
-            raise CacheError(f"{self.url} is read-only ({self.fs.protocol}); publish to s3://, gs:// or a path")
+            raise CacheError(f"{self.url} is read-only: publish to an s3:// / gs:// root or a path")
         fingerprint, key = group.parent.name, group.name
         prefix = self._path(fingerprint, key)
         files = sorted(p for p in group.rglob("*") if p.is_file() and p != group / "zarr.json")
@@ -149,6 +182,15 @@ class RemoteRoot:
             self.fs.put([str(p) for p in files], [f"{prefix}/{p.relative_to(group).as_posix()}" for p in files])
         self.fs.pipe_file(self._path(fingerprint, fmt.DATASET_FILE), (group.parent / fmt.DATASET_FILE).read_bytes())
         self.fs.pipe_file(f"{prefix}/zarr.json", (group / "zarr.json").read_bytes())
+
+
+def _complete_locally(group: Path) -> bool:
+    from skdcache.cache.writer import read_manifest
+
+    try:
+        return (group / "zarr.json").exists() and read_manifest(group).state == "complete"
+    except CacheError:
+        return False
 
 
 def _relative(path: str, prefix: str) -> str:

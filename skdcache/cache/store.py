@@ -74,15 +74,16 @@ def read_json(path: Path) -> dict:
 class WriterLock:
     """An exclusive flock next to a teacher cache; the kernel drops it when the holder dies (even kill -9)."""
 
-    def __init__(self, group_path: Path):
+    def __init__(self, group_path: Path, wait: bool = False):
         self.path = group_path.parent / f".{group_path.name}.lock"
+        self.wait = wait  # block until free (mirroring) instead of failing fast (a second precompute)
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
