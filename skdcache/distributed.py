@@ -40,10 +40,6 @@ def from_rank0_object(obj):
     return box[0]
 
 
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def broadcast_module(module: torch.nn.Module) -> None:
     """Rank 0's parameters and buffers everywhere, so every replica starts from the same weights."""
     if dist.is_initialized():

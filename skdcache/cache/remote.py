@@ -57,9 +57,6 @@ class RemoteRoot:
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.read_only = any(p in READ_ONLY for p in protocols)
 
-    def __str__(self) -> str:
-        return self.url
-
     def _path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
 
@@ -94,19 +91,21 @@ class RemoteRoot:
             if dataset is None:
                 continue
             for key in self._names(self._path(fp)):
-                meta = self._json(self._path(fp, key, "zarr.json"))
-                attrs = (meta or {}).get("attributes", {}).get(fmt.MANIFEST_ATTR)
-                if attrs and attrs.get("format_version") == fmt.FORMAT_VERSION and attrs.get("state") == "complete":
-                    out.append((fp, dataset, fmt.Manifest.from_dict(attrs)))
+                manifest = self.has_complete(fp, key)
+                if manifest is not None:
+                    out.append((fp, dataset, manifest))
         return out
 
     def stored_bytes(self, fingerprint: str, key: str) -> int:
         return int(self.fs.du(self._path(fingerprint, key)))
 
     def has_complete(self, fingerprint: str, key: str) -> fmt.Manifest | None:
+        """The manifest of a published group this version reads, or None (absent, partial, other format)."""
         meta = self._json(self._path(fingerprint, key, "zarr.json"))
         attrs = (meta or {}).get("attributes", {}).get(fmt.MANIFEST_ATTR)
-        return fmt.Manifest.from_dict(attrs) if attrs and attrs.get("state") == "complete" else None
+        if attrs and attrs.get("format_version") == fmt.FORMAT_VERSION and attrs.get("state") == "complete":
+            return fmt.Manifest.from_dict(attrs)
+        return None
 
     def fetch(self, fingerprint: str, key: str) -> Path:
         """The local mirror of one published group, downloaded whole unless a complete mirror exists.
@@ -150,10 +149,6 @@ class RemoteRoot:
             CacheEntry(self.mirror / fp / m.cache_key, dataset, m) for fp, dataset, m in self.manifests(fingerprint)
         ]
         return {name: path.name for name, path in select_teachers(entries, fingerprint, names, self.url).items()}
-
-    def find_teacher_caches(self, fingerprint: str, names: list[str] | None) -> dict[str, Path]:
-        """Choose among published groups, then mirror the chosen ones: name -> local group path."""
-        return {name: self.fetch(fingerprint, key) for name, key in self.choose(fingerprint, names).items()}
 
     # ---- writing -------------------------------------------------------------------------------------------
     def check_writable(self) -> None:
