@@ -3,8 +3,9 @@
     loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels) + beta * hidden-state MSE
 
 Sequence heads use the logits (MSE to the teacher output for regression); token-level heads use the
-teacher's top-k plus a tail bucket at every position that carries a loss; `average` mode mixes all teachers'
-soft targets. Teacher targets arrive as `Targets` (from the cache, or from a live teacher in `online` mode).
+teacher's top-k plus a tail bucket at every position that carries a loss (docs/token-targets.md); `average`
+mode mixes all teachers' soft targets. Teacher targets arrive as `Targets` (from the cache, or from a live
+teacher in `online` mode).
 """
 
 from __future__ import annotations

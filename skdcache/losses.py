@@ -73,27 +73,35 @@ def topk_kd_loss(
 ) -> Tensor:
     """Token-level KD against a teacher cached as top-k log-probs plus one tail bucket.
 
-    The vocabulary is split into ``k + 1`` buckets: the teacher's top-k tokens and the "tail" of every
-    other token. The loss is ``T^2 * KL(teacher buckets || student buckets)``, which equals the full KL
-    when ``k = V`` and is a lower bound of it otherwise (merging outcomes never increases KL).
+    The vocabulary is split into ``k + 1`` buckets: the teacher's top-k tokens and the "tail" of every other
+    token. Both distributions are first bucketed at ``T = 1`` (the only temperature the cache can represent
+    exactly), then both bucket distributions are tempered the same way::
+
+        b_t = [p_1 .. p_k, p_tail]            teacher buckets, p = softmax(z_t)  (read from the cache)
+        b_s = [q_1 .. q_k, q_tail]            student buckets, q = softmax(z_s)  (same k ids)
+        loss = T^2 * KL(softmax(log b_t / T) || softmax(log b_s / T))
+
+    Consequences, for every ``T``: a student whose full distribution equals the teacher's gets zero loss and
+    zero gradient (both sides are the same function of equal buckets); the minimum over students is reached
+    exactly when the student's bucket masses equal the teacher's (the tail mass included); with ``k = V`` the
+    tail is empty and the loss is the full-vocabulary tempered KL ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
+
+    What it bounds: at ``T = 1`` it is a lower bound of the full KL (merging outcomes never increases KL).
+    At ``T != 1`` it is the tempered KL of the ``k + 1``-outcome coarse-graining and is *not* a bound of the
+    full-vocabulary tempered KL: the tail's internal spread is unknown to the cache, so it cannot be tempered
+    token by token. See docs/token-targets.md.
 
     The student's tail is computed in log space (logsumexp over the non-top-k log-probs) because
     ``log(1 - sum(top-k probs))`` underflows to ``log(0)`` when the student is confident.
-
-    Temperature is applied at the bucket level: the teacher distribution is
-    ``softmax([topk_logprobs, tail_logmass] / T)`` and the student is ``log_softmax(student_logits / T)``
-    then bucketed. For ``T != 1`` the teacher side is an approximation, since the tail is one bucket whose
-    tokens are not sharpened / flattened individually. At ``T = 1`` the teacher side is exact (up to the
-    renormalisation that absorbs float16 rounding of the cache).
 
     Args:
         student_logits: Student logits at the positions that carry a loss, ``[n_tok, V]``.
         topk_ids: Teacher top-k token ids, ``[n_tok, k]``; any integer dtype, assumed distinct per row.
         topk_logprobs: Teacher log-probs of those ids (log-softmax over the full vocab at ``T = 1``),
-            ``[n_tok, k]``; float16 is accepted.
+            ``[n_tok, k]``; float16 is accepted (the renormalisation inside the tempering absorbs its rounding).
         tail_logmass: ``log(1 - sum(exp(topk_logprobs)))``, ``[n_tok]``; ``-inf`` when the top-k holds all
             the mass.
-        temperature: Bucket-level temperature ``T > 0``.
+        temperature: Temperature ``T > 0`` applied to both bucket distributions.
 
     Returns:
         Scalar loss, averaged over tokens; a zero that still carries a graph when ``n_tok == 0``.
@@ -103,32 +111,32 @@ def topk_kd_loss(
     if student_logits.shape[0] == 0:
         return student_logits.float().sum() * 0.0
 
-    student_buckets = _student_bucket_logprobs(student_logits, topk_ids.long(), temperature)
-    teacher_raw = torch.cat([topk_logprobs.float(), tail_logmass.float().unsqueeze(-1)], dim=-1)
-    teacher_logp = F.log_softmax(teacher_raw / temperature, dim=-1)
+    student_buckets = _student_bucket_logprobs(student_logits, topk_ids.long())  # [n_tok, k+1], T = 1
+    teacher_buckets = torch.cat([topk_logprobs.float(), tail_logmass.float().unsqueeze(-1)], dim=-1)
+    teacher_logp = F.log_softmax(teacher_buckets / temperature, dim=-1)
+    student_logp = F.log_softmax(student_buckets / temperature, dim=-1)
     teacher_p = teacher_logp.exp()
 
     # Buckets with zero teacher mass contribute exactly 0 (0 * log 0 := 0); sanitising before the
     # product keeps both the value and the gradient finite.
     has_mass = teacher_p > 0
     teacher_logp = torch.where(has_mass, teacher_logp, torch.zeros_like(teacher_logp))
-    terms = teacher_p * (teacher_logp - student_buckets)
+    terms = teacher_p * (teacher_logp - student_logp)
     terms = torch.where(has_mass, terms, torch.zeros_like(terms))
     return terms.sum(dim=-1).mean() * temperature**2
 
 
-def _student_bucket_logprobs(student_logits: Tensor, topk_ids: Tensor, temperature: float) -> Tensor:
-    """Student log-probs at the teacher's top-k ids plus the log of the remaining mass.
+def _student_bucket_logprobs(student_logits: Tensor, topk_ids: Tensor) -> Tensor:
+    """Student log-probs (``T = 1``) at the teacher's top-k ids plus the log of the remaining mass.
 
     Args:
         student_logits: ``[n_tok, V]``.
         topk_ids: ``[n_tok, k]`` long.
-        temperature: Softmax temperature.
 
     Returns:
         ``[n_tok, k + 1]`` log-probs that sum (in prob space) to 1 per row.
     """
-    student_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    student_logp = F.log_softmax(student_logits.float(), dim=-1)
     top = student_logp.gather(-1, topk_ids)
     in_topk = torch.zeros_like(student_logp, dtype=torch.bool).scatter_(-1, topk_ids, True)
     tail = torch.logsumexp(student_logp.masked_fill(in_topk, _LOG_ZERO), dim=-1, keepdim=True)
