@@ -7,6 +7,7 @@ import torch
 
 from skdcache.loader import StudentInputs, student_batch
 from skdcache.metrics import PRIMARY, task_metrics
+from skdcache.objective import label_loss
 
 
 @torch.no_grad()
@@ -45,3 +46,14 @@ def evaluate(model, inputs: StudentInputs, objective, device: torch.device, batc
         full[rows] = values
     result = task_metrics(objective.task, full, inputs.labels)
     return {"primary": PRIMARY[objective.task], **result}
+
+
+@torch.no_grad()
+def heldout_loss(model, inputs: StudentInputs, rows: np.ndarray, objective, device: torch.device) -> float:
+    """Labels-only loss on fixed rows: the reward signal of `learned` sampling (leaves the model training)."""
+    model.eval()
+    batch = {k: v.to(device) for k, v in student_batch(inputs, rows).items()}
+    model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    value = float(label_loss(objective, model(**model_inputs).logits, batch))
+    model.train()
+    return value

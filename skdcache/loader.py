@@ -1,4 +1,4 @@
-"""Batches for training: the student's inputs plus the sampled teacher's cached targets.
+"""Batches for training: the student's inputs plus, read ahead, the step's teacher targets.
 
 The batch of every step is a pure function of (seed, step): rows come from a per-epoch permutation and the
 teacher from the sampler's draw for that step. So worker processes can read targets ahead of the loop,
@@ -7,15 +7,14 @@ a resumed run continues with exactly the batches it would have seen, and every D
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.data import Encoded, mlm_positions, pad_batch
+from skdcache.data import Encoded, mlm_positions, pad_batch, target_mask
+from skdcache.sources import TargetSource, TeacherDraws
 
 
 @dataclass
@@ -61,61 +60,46 @@ def student_batch(inputs: StudentInputs, rows: np.ndarray) -> dict[str, torch.Te
         if inputs.labels is not None:
             batch["labels"] = torch.from_numpy(inputs.labels[rows].copy())
         return batch
-    width = max(len(x) for x in ids)
-    target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    token_labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, r in enumerate(rows):
-        pos = inputs.positions(int(r))
-        target_mask[i, pos] = True
-        if inputs.head == "mlm":
+    positions = [inputs.positions(int(r)) for r in rows]
+    token_labels = torch.full((len(rows), max(len(x) for x in ids)), -100, dtype=torch.long)
+    for i, pos in enumerate(positions):
+        if inputs.head == "mlm":  # the masked tokens themselves
             token_labels[i, pos] = torch.tensor([ids[i][p] for p in pos], dtype=torch.long)
-            for p in pos:
-                ids[i][p] = inputs.mask_id
         else:  # causal: position t predicts token t + 1; the last one has no label
             token_labels[i, : len(ids[i]) - 1] = torch.tensor(ids[i][1:], dtype=torch.long)
+    mask = target_mask(ids, positions, inputs.mask_id if inputs.head == "mlm" else None)  # masks `ids` (MLM)
     batch = pad_batch(ids, types, inputs.pad_id)
-    batch["target_mask"] = target_mask
+    batch["target_mask"] = mask
     batch["token_labels"] = token_labels
     return batch
 
 
 class StepBatches(Dataset):
-    """Map-style dataset over steps: item `step` is that step's student batch plus teacher targets.
+    """Map-style dataset over micro-steps: item `i` is that step's student batch, plus its teachers' targets
+    when the loader reads them ahead.
 
     Args:
         part: (rank, world size); each rank gets its slice of every global batch.
-        teacher_for_step: index of the teacher to read at a step, -1 for "all" (average), None for "none"
-            (labels only, or targets read later by the caller, as `learned` sampling must).
+        read_ahead: (draws, source) to read each step's targets in the loader (its workers), or None when the
+            training process reads them (`learned` sampling, live teachers, labels only).
     """
 
     def __init__(
         self,
         inputs: StudentInputs,
         schedule: StepSchedule,
-        cache_paths: list[str],
-        teacher_for_step: Callable[[int], int | None],
         first_step: int,
         last_step: int,
         part: tuple[int, int] = (0, 1),
+        read_ahead: tuple[TeacherDraws, TargetSource] | None = None,
     ):
-        self.inputs, self.schedule, self.cache_paths = inputs, schedule, cache_paths
-        self.rank, self.world = part
-        self.teacher_for_step = teacher_for_step
+        self.inputs, self.schedule = inputs, schedule
         self.first_step, self.last_step = first_step, last_step
-        self._caches: dict[int, TeacherCache] = {}
+        self.rank, self.world = part
+        self.read_ahead = read_ahead
 
     def __len__(self) -> int:
         return max(0, self.last_step - self.first_step)
-
-    def cache(self, teacher: int) -> TeacherCache:
-        if teacher not in self._caches:  # opened lazily: each worker process gets its own handles
-            self._caches[teacher] = TeacherCache(self.cache_paths[teacher])
-        return self._caches[teacher]
-
-    def read_targets(self, teacher: int, rows: np.ndarray) -> Targets | list[Targets]:
-        if teacher == -1:
-            return [self.cache(t).read(rows) for t in range(len(self.cache_paths))]
-        return self.cache(teacher).read(rows)
 
     def __getitem__(self, i: int) -> dict:
         step = self.first_step + i
@@ -123,9 +107,10 @@ class StepBatches(Dataset):
         if self.world > 1:  # DDP: this rank's contiguous slice of the global batch; it reads only those targets
             rows = np.array_split(rows, self.world)[self.rank]
         batch = student_batch(self.inputs, rows)
-        teacher = self.teacher_for_step(step)
-        batch["step"], batch["rows"], batch["teacher"] = step, torch.from_numpy(rows), teacher
-        batch["targets"] = self.read_targets(teacher, rows) if teacher is not None else None
+        batch["step"], batch["rows"] = step, torch.from_numpy(rows)
+        if self.read_ahead is not None:
+            draws, source = self.read_ahead
+            batch["targets"] = source.targets(rows, draws(step))
         return batch
 
 

@@ -1,68 +1,115 @@
 """`student-rank` sampling: short single-teacher pilot runs, ranked by the student's validation metric.
 
-Each pilot is keyed by everything that determines its result (teacher cache, student, data, budget and the
-hyper-parameters) and stored under the cache root, so a later run with the same settings reuses it.
+Pilots run before the real run builds anything, through the training function they are handed (no import of
+the recipe, no recursion inside a half-built trainer). Each pilot is keyed by the whole run config minus
+an explicit list of settings that cannot change its result, plus the student's weights, the teacher cache
+and the budget; it is stored under the cache root, so a later run with the same settings reuses it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from skdcache.cache.fingerprint import canonical_hash
+from skdcache.cache.fingerprint import canonical_hash, hash_files, model_weights_hash
+from skdcache.cache.reader import TeacherCache
 from skdcache.cache.store import write_json
+from skdcache.config import TrainConfig
+from skdcache.data import TextRows
 
 log = logging.getLogger("skdcache")
 
+# Settings a pilot does not depend on: where things are written or read from, how progress is shown, the
+# real run's own team / sampling / budget (each pilot fixes those itself), and what only the real run uses.
+PILOT_IGNORES = frozenset(
+    {
+        "output",
+        "cache",
+        "teachers",
+        "mode",
+        "sampling",
+        "sampling_temperature",
+        "epochs",
+        "max_steps",
+        "eval_every",
+        "test_split",
+        "pilot_steps",
+        "learned_lr",
+        "resume",
+        "progress",
+        "num_workers",
+        "beta",
+        "layer_map",
+        "teacher_path",
+        "data",  # replaced by the rows' fingerprint, which is what the pilot trains on
+    }
+)
 
-def pilot_key(trainer, cache, steps: int) -> str:
-    c = trainer.cfg
+
+def pilot_key(cfg: TrainConfig, rows: TextRows, eval_rows: TextRows | None, cache: TeacherCache, steps: int) -> str:
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in PILOT_IGNORES}
     return canonical_hash(
         {
-            "dataset": trainer.rows.fingerprint,
+            "settings": settings,
+            "student_weights": _student_weights(cfg.student),
+            "dataset": rows.fingerprint,
+            "eval": eval_rows.fingerprint if eval_rows is not None else None,
             "teacher": cache.manifest.cache_key,
-            "student": [c.student, c.student_layers, c.student_head],
             "steps": steps,
-            "hyper": [c.batch_size, c.lr, c.weight_decay, c.warmup_ratio, c.temperature, c.alpha, c.max_length, c.seed],
-            "eval": trainer.eval_rows.fingerprint if trainer.eval_rows is not None else None,
         }
     )
 
 
-def pilot_metrics(trainer) -> list[float]:
-    """The student's primary validation metric after a `single` pilot with each teacher (reused when cached)."""
-    from skdcache.train import train
+def _student_weights(source: str) -> str | None:
+    """Hash of the student's files when it is a local directory or config, so retraining it at the same path
+    does not reuse stale pilots (a hub id is keyed by its name, as its revision pins its weights)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return hash_files([path])
+    if path.is_dir():
+        return model_weights_hash(path)
+    return None
 
-    if trainer.eval_rows is None:
+
+def pilot_metrics(
+    cfg: TrainConfig,
+    rows: TextRows,
+    eval_rows: TextRows | None,
+    caches: list[TeacherCache],
+    steps: int,
+    run: Callable[[TrainConfig], dict],
+) -> list[float]:
+    """The student's primary validation metric after a `single` pilot of `steps` with each teacher.
+
+    Args:
+        run: trains one config and returns its run record (`skdcache.train.train`).
+    """
+    if eval_rows is None:
         raise ValueError("student-rank sampling needs a labelled --eval-split to rank the pilots")
-    cfg = trainer.cfg
-    # Half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform.
-    steps = cfg.pilot_steps or max(1, trainer.total_steps // 2)
     metrics = []
-    for cache in trainer.caches:
-        key = pilot_key(trainer, cache, steps)
+    for cache in caches:
+        key = pilot_key(cfg, rows, eval_rows, cache, steps)
         record_path = Path(cache.path).parent / "pilots" / f"{key}.json"
         if record_path.exists():
             record = json.loads(record_path.read_text())
             log.info("pilot %s: reused (%s=%.4f)", cache.name, record["metric_name"], record["metric"])
         else:
             out = Path(cfg.output) / "pilots" / cache.name
-            run = train(
-                replace(
-                    cfg,
-                    mode="single",
-                    teachers=[cache.name],
-                    max_steps=steps,
-                    sampling="uniform",
-                    output=str(out),
-                    eval_every=steps,
-                    resume=False,
-                    beta=0.0,
-                )
+            pilot = replace(
+                cfg,
+                mode="single",
+                teachers=[cache.name],
+                max_steps=steps,
+                sampling="uniform",
+                output=str(out),
+                eval_every=steps,
+                resume=False,
+                beta=0.0,
             )
-            final = run["final"]
+            final = run(pilot)["final"]
             record = {
                 "teacher": cache.name,
                 "steps": steps,

@@ -25,20 +25,14 @@ from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_
 from skdcache.cache.remote import RemoteRoot, is_url
 from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter, read_manifest
-from skdcache.data import DataSpec, Encoded, TextRows, load_rows, mlm_positions, pad_batch, target_mask, tokenize
+from skdcache.data import DataSpec, Encoded, TextRows, load_rows, tokenize
+from skdcache.device import autocast_dtype, pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, SkdError
 from skdcache.metrics import PRIMARY, task_metrics
-from skdcache.teachers import (
-    LoadedTeacher,
-    TeacherSpec,
-    detect_head,
-    load_config,
-    load_teacher,
-    load_tokenizer,
-    resolve_model_dir,
-    teacher_forward,
-)
+from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
+from skdcache.reduce import label_permutation, target_positions, teacher_batch, teacher_forward
+from skdcache.teachers import LoadedTeacher, TeacherSpec, load_teacher
 
 log = logging.getLogger("skdcache")
 
@@ -71,20 +65,6 @@ class PrecomputeResult:
     manifest: fmt.Manifest
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise SkdError("--device cuda asked but no CUDA device is visible; use --device cpu or auto")
-    return torch.device(requested)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None  # CPU autocast is slower than fp32 for these models; keep exact fp32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def parse_hidden_layers(value: str | None, n_layers: int) -> tuple[int, ...]:
     """`last` -> (n,), `all` -> (0..n) including embeddings, `1,3,-1` -> explicit hidden_states indices."""
     if not value:
@@ -101,18 +81,6 @@ def parse_hidden_layers(value: str | None, n_layers: int) -> tuple[int, ...]:
     if any(x > n_layers or x < -(n_layers + 1) for x in layers):
         raise SkdError(f"--hidden-layers {value!r}: the teacher has hidden states 0..{n_layers}")
     return resolved
-
-
-def label_permutation(config, rows: TextRows) -> torch.Tensor | None:
-    """Teacher column for each dataset label, so cached logits are in the dataset's label order."""
-    if rows.task != "classification":
-        return None
-    names = [config.id2label[i] for i in range(config.num_labels)]
-    if all(n.startswith("LABEL_") for n in names) or names == rows.label_names:
-        return None
-    if sorted(names) != sorted(rows.label_names):
-        raise SkdError(f"teacher labels {names} differ from the data's {rows.label_names}; fix --label-column")
-    return torch.tensor([names.index(n) for n in rows.label_names])
 
 
 def _check_teacher(spec: TeacherSpec, config, head: str, rows: TextRows, opts: TargetOptions) -> None:
@@ -136,14 +104,6 @@ def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
         mlm_probability=opts.mlm_probability if head == "mlm" else None,
         mask_seed=opts.mask_seed if head == "mlm" else None,
     )
-
-
-def target_positions(tokenizer, spec: fmt.TargetSpec, ids: list[int], row: int) -> np.ndarray:
-    """Positions of one row carrying a token-level loss: all non-pad (causal LM) or the seeded masked ones (MLM)."""
-    if spec.head == "causal":
-        return np.arange(len(ids), dtype=np.int64)
-    special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-    return mlm_positions(ids, special, spec.mlm_probability, spec.mask_seed, row)
 
 
 def _token_targets(head: str, enc: Encoded, tokenizer, spec: fmt.TargetSpec) -> list[np.ndarray] | None:
@@ -172,20 +132,14 @@ def _run_block(
 ) -> dict[str, np.ndarray]:
     """Every target of one block, assembled in row order (batches run in length order)."""
     lengths = enc.lengths
-    pad_id = teacher.tokenizer.pad_token_id
     block = _BlockBuffer(rows, positions, lengths, spec)
     for batch_rows in _batches(lengths, rows, opts.batch_size):
-        ids = [list(enc.ids[r]) for r in batch_rows]
-        mask = None
-        if positions is not None:
-            mask_id = teacher.tokenizer.mask_token_id if spec.head == "mlm" else None
-            mask = target_mask(ids, [positions[r] for r in batch_rows], mask_id)
-        types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None
-        batch = {k: v.to(device) for k, v in pad_batch(ids, types, pad_id).items()}
+        batch_positions = [positions[r] for r in batch_rows] if positions is not None else None
+        batch, mask = teacher_batch(teacher, enc, batch_rows, batch_positions, spec.head, device)
         out = teacher_forward(
             teacher,
             batch,
-            mask.to(device) if mask is not None else None,
+            mask,
             spec.top_k,
             spec.hidden_layers,
             spec.hidden_tokens,
@@ -268,11 +222,7 @@ def evaluate_teacher(teacher: LoadedTeacher, rows: TextRows, opts: TargetOptions
     enc = tokenize(teacher.tokenizer, rows, opts.max_length)
     outputs = np.zeros((len(rows), teacher.config.num_labels), dtype=np.float32)
     for batch_rows in _batches(enc.lengths, range(len(rows)), opts.batch_size):
-        types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None
-        batch = {
-            k: v.to(device)
-            for k, v in pad_batch([enc.ids[r] for r in batch_rows], types, teacher.tokenizer.pad_token_id).items()
-        }
+        batch, _ = teacher_batch(teacher, enc, batch_rows, None, teacher.head, device)
         with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=autocast_dtype(device) is not None):
             logits = teacher.model(**batch).logits.float()
         outputs[batch_rows] = (logits[:, perm] if perm is not None else logits).cpu().numpy()

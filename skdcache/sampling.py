@@ -262,7 +262,7 @@ class LearnedSampler:
 
         Args:
             teacher: Index of the teacher used at this step.
-            reward: Trainer-computed reward for that step (higher is better), finite.
+            reward: Training-loop reward for that step (higher is better), finite.
         """
         if not 0 <= teacher < self._theta.size:
             raise ValueError(f"teacher index {teacher} out of range for {self._theta.size} teachers")

@@ -1,4 +1,4 @@
-"""Build the student: a pretrained model, a layer subset of a bigger one, or a fresh config."""
+"""The student: built from a pretrained model, a layer subset or a config; checked against the teachers."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from skdcache.cache.fingerprint import tokenizer_hash
+from skdcache.cache.reader import TeacherCache
+from skdcache.data import TextRows, tokenize
 from skdcache.errors import SkdError
-from skdcache.teachers import load_tokenizer, resolve_model_dir
-
-AUTO_CLASSES = {
-    "sequence": "AutoModelForSequenceClassification",
-    "mlm": "AutoModelForMaskedLM",
-    "causal": "AutoModelForCausalLM",
-}
+from skdcache.loader import StudentInputs
+from skdcache.models import auto_class, load_tokenizer, resolve_model_dir
 
 
 @dataclass(frozen=True)
@@ -78,10 +76,9 @@ def build_student(
     trust_remote_code: bool = False,
 ):
     """The student model and its tokenizer, with the label mapping of the data."""
-    import transformers
     from transformers import AutoConfig
 
-    auto = getattr(transformers, AUTO_CLASSES[head])
+    auto = auto_class(head)
     path = Path(spec.source)
     kwargs = {}
     if head == "sequence":
@@ -126,3 +123,33 @@ def build_student(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_student_matches_teachers(
+    caches: list[TeacherCache], tokenizer, max_length: int, beta: float, num_labels: int | None
+) -> None:
+    """Refuse, before step 1, targets the student cannot use: other tokens, another length, another label set."""
+    for c in caches:
+        t = c.targets
+        needs_same_tokens = t.token_level or (beta > 0 and t.hidden_layers and t.hidden_tokens == "all")
+        if needs_same_tokens and c.manifest.tokenizer_hash != tokenizer_hash(tokenizer):
+            raise SkdError(
+                f"teacher {c.name}'s token-level/hidden targets use another tokenizer than the student; "
+                f"use a student with the teacher's tokenizer or sequence-level targets"
+            )
+        if needs_same_tokens and t.max_length != max_length:
+            raise SkdError(f"teacher {c.name} was cached with --max-length {t.max_length}; use the same here")
+        if t.head == "sequence" and c.manifest.teacher["num_labels"] != num_labels:
+            raise SkdError(f"teacher {c.name} has {c.manifest.teacher['num_labels']} labels, the data {num_labels}")
+
+
+def student_inputs(tokenizer, rows: TextRows, head: str, max_length: int, caches: list[TeacherCache]) -> StudentInputs:
+    """The student's tokenization of `rows`; MLM students mask the positions the teachers were cached with."""
+    enc = tokenize(tokenizer, rows, max_length)
+    special = None
+    prob, seed = 0.15, 0
+    if head == "mlm":
+        special = [tokenizer.get_special_tokens_mask(x, already_has_special_tokens=True) for x in enc.ids]
+        if caches:
+            prob, seed = caches[0].targets.mlm_probability, caches[0].targets.mask_seed
+    return StudentInputs(enc, rows.labels, head, tokenizer.pad_token_id, tokenizer.mask_token_id, special, prob, seed)

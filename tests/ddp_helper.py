@@ -9,8 +9,9 @@ import json
 import sys
 from pathlib import Path
 
+import skdcache.train as train_module
 from skdcache.data import DataSpec
-from skdcache.train import TrainConfig, Trainer, train
+from skdcache.train import TrainConfig, evaluate_and_checkpoint, train
 
 
 def main() -> None:
@@ -18,14 +19,13 @@ def main() -> None:
     fields["data"] = DataSpec(**fields["data"])
     crash_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
     if crash_at is not None:
-        original = Trainer._evaluate_and_save
 
-        def evaluate_and_save(self, step, *args, **kwargs):
-            original(self, step, *args, **kwargs)  # ends with a barrier: every rank's checkpoint part is on disk
-            if step == crash_at:
+        def evaluate_and_save(run, state, *args, **kwargs):
+            evaluate_and_checkpoint(run, state, *args, **kwargs)  # ends with a barrier: every rank's part is on disk
+            if state.step == crash_at:
                 sys.exit(3)
 
-        Trainer._evaluate_and_save = evaluate_and_save
+        train_module.evaluate_and_checkpoint = evaluate_and_save
     train(TrainConfig(**fields))
 
 

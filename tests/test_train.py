@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from conftest import LABELS, make_model, no_dropout, spread, write_split
 
-import skdcache.online
+import skdcache.live
+import skdcache.reduce
 import skdcache.teachers
 from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
-from skdcache.distill import step_loss
 from skdcache.loader import StepBatches, student_batch
-from skdcache.train import TrainConfig, Trainer, train
+from skdcache.objective import step_loss
+from skdcache.sources import CachedTargets, TeacherChoice
+from skdcache.train import Run, TrainConfig, evaluate_and_checkpoint, fit, prepare, train
 
 MAX_LENGTH = 32
 TOP_K = 8
@@ -74,7 +76,7 @@ def model_inputs(batch: dict) -> dict:
 
 
 @torch.no_grad()
-def fixed_batch_loss(trainer: Trainer, rows: np.ndarray) -> dict[str, float]:
+def fixed_batch_loss(trainer: Run, rows: np.ndarray) -> dict[str, float]:
     """The objective (and its parts) on fixed rows, averaged over the team, dropout off: comparable across training."""
     model = trainer.model
     was_training = model.training
@@ -83,17 +85,17 @@ def fixed_batch_loss(trainer: Trainer, rows: np.ndarray) -> dict[str, float]:
     outputs = model(**model_inputs(batch), output_hidden_states=trainer.cfg.beta > 0)
     results = []
     for i, cache in enumerate(trainer.caches):
-        loss, parts = step_loss(trainer.objective, outputs, batch, cache.read(rows), trainer.projector, i)
+        loss, parts = step_loss(trainer.objective, outputs, batch, [cache.read(rows)], trainer.projector, i)
         results.append({"loss": float(loss), **parts})
     model.train(was_training)
     return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
 
-def train_on_fixed_batch(cfg: TrainConfig, rows: np.ndarray = np.arange(16)) -> tuple[dict, dict, Trainer, dict]:
+def train_on_fixed_batch(cfg: TrainConfig, rows: np.ndarray = np.arange(16)) -> tuple[dict, dict, Run, dict]:
     """Objective on fixed training rows before and after a short, seeded run with a high learning rate."""
-    trainer = Trainer(cfg)
+    trainer = prepare(cfg)
     before = fixed_batch_loss(trainer, rows)
-    run = trainer.train()
+    run = fit(trainer)
     after = fixed_batch_loss(trainer, rows)
     return before, after, trainer, run
 
@@ -223,13 +225,13 @@ def test_skd_from_cache_equals_online_token_level_at_t2(team: str, request, tmp_
 
 def test_online_targets_equal_cached_targets_mlm(mlm: Team, tmp_path: Path):
     """What `online` computes for a batch (masked positions, top-k ids, fp16 log-probs, tail) is the cached data."""
-    from skdcache.online import OnlineTeachers
+    from skdcache.live import LiveTargets
 
-    trainer = Trainer(mlm.cfg(tmp_path / "r"))
-    online = OnlineTeachers(trainer.caches, trainer.rows, trainer.cfg, trainer.device)
+    trainer = prepare(mlm.cfg(tmp_path / "r"))
+    online = LiveTargets(trainer.caches, trainer.plan.rows, trainer.device)
     rows = np.array([7, 3, 120, 41, 0, 99, 64, 65])
     for i, cache in enumerate(trainer.caches):
-        live, cached = online.targets(i, rows), cache.read(rows)
+        (live,), cached = online.targets(rows, TeacherChoice((i,))), cache.read(rows)
         assert torch.equal(live.token_counts, cached.token_counts) and int(live.token_counts.sum()) >= len(rows)
         assert torch.equal(live.positions, cached.positions)
         assert torch.equal(live.topk_ids.long(), cached.topk_ids)
@@ -257,7 +259,7 @@ def test_full_logits_online_equals_cache_with_the_whole_vocabulary(causal: Team,
     assert [x["kd"] for x in full] == pytest.approx([x["kd"] for x in kv], rel=2e-3)
     assert full[0]["kd"] > k8[0]["kd"] + 1e-3  # the 8-bucket KL really is smaller: the test can tell them apart
     with pytest.raises(SkdError, match="--full-logits"):
-        Trainer(causal.cfg(tmp_path / "bad", full_logits=True))
+        prepare(causal.cfg(tmp_path / "bad", full_logits=True))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
@@ -307,14 +309,14 @@ def test_cache_modes_construct_no_teacher(seq: Team, tmp_path: Path, monkeypatch
         loaded.append(spec.name)
         return original_load(spec, *args, **kwargs)
 
-    original_forward = skdcache.teachers.teacher_forward
+    original_forward = skdcache.reduce.teacher_forward
 
     def teacher_forward(*args, **kwargs):
         forwards.append(1)
         return original_forward(*args, **kwargs)
 
     precompute_module = importlib.import_module("skdcache.precompute")  # `skdcache.precompute` is the function
-    for module in (skdcache.teachers, skdcache.online, precompute_module):
+    for module in (skdcache.live, precompute_module):
         monkeypatch.setattr(module, "load_teacher", load_teacher)
         monkeypatch.setattr(module, "teacher_forward", teacher_forward)
 
@@ -348,10 +350,9 @@ def test_single_and_average_read_the_expected_teachers(seq: Team, tmp_path: Path
 
 # ---- 3. average = the mean of the teachers' soft targets ---------------------------------------------------------
 def test_average_is_the_mean_of_the_teachers_targets(seq: Team, tmp_path: Path):
-    trainer = Trainer(seq.cfg(tmp_path / "avg", mode="average", temperature=2.0, alpha=0.7))
-    dataset = StepBatches(
-        trainer.inputs, trainer.schedule, [str(c.path) for c in trainer.caches], trainer.teacher_for_step, 0, 1
-    )
+    trainer = prepare(seq.cfg(tmp_path / "avg", mode="average", temperature=2.0, alpha=0.7))
+    source = CachedTargets([str(c.path) for c in trainer.caches])
+    dataset = StepBatches(trainer.inputs, trainer.plan.schedule, 0, 1, read_ahead=(trainer.draws, source))
     batch = dataset[0]
     targets = batch["targets"]
     assert isinstance(targets, list) and len(targets) == 3  # average reads every teacher
@@ -383,14 +384,14 @@ RESUME = dict(max_steps=6, eval_every=3)  # checkpoints at 3 and 6; run B stops 
 
 
 def _crash_after_checkpoint(monkeypatch, at_step: int) -> None:
-    original = Trainer._evaluate_and_save
+    import skdcache.train as train_module
 
-    def evaluate_and_save(self, step, *args, **kwargs):
-        original(self, step, *args, **kwargs)
-        if step == at_step:
+    def evaluate_and_save(run, state, *args, **kwargs):
+        evaluate_and_checkpoint(run, state, *args, **kwargs)
+        if state.step == at_step:
             raise KeyboardInterrupt  # the checkpoint of `at_step` is on disk, nothing later is
 
-    monkeypatch.setattr(Trainer, "_evaluate_and_save", evaluate_and_save)
+    monkeypatch.setattr(train_module, "evaluate_and_checkpoint", evaluate_and_save)
 
 
 def _interrupted_then_resumed(cfg_for, tmp_path: Path, monkeypatch) -> tuple[dict, dict, Path, Path]:
@@ -460,19 +461,19 @@ def test_weights_sampling_frequencies_and_run_record(seq: Team, tmp_path: Path):
     """Fixed seed, n = 4000 draws of the step sequence the loader reads: every frequency within 4 binomial sigmas."""
     weights = [0.2, 0.3, 0.5]
     cfg = seq.cfg(tmp_path / "w", sampling="weights=0.2,0.3,0.5", teachers=["a", "b", "c"], max_steps=12)
-    trainer = Trainer(cfg)
+    trainer = prepare(cfg)
     n = 4000
-    counts = Counter(trainer.teacher_for_step(s) for s in range(n))
+    counts = Counter(trainer.draws(s).single for s in range(n))
     for i, p in enumerate(weights):
         bound = 4 * math.sqrt(p * (1 - p) / n)  # 0.025 for p = 0.5
         assert abs(counts[i] / n - p) <= bound, (i, counts[i] / n, p, bound)
 
-    run = trainer.train()
+    run = fit(trainer)
     assert run["sampler"]["kind"] == "weights"
     assert run["sampler"]["probs"] == pytest.approx(weights)
     assert run["sampler"]["meta"]["weights"] == pytest.approx(weights)
     names = ["a", "b", "c"]
-    expected = [names[trainer.teacher_for_step(s)] for s in range(12)]
+    expected = [names[trainer.draws(s).single] for s in range(12)]
     assert [x["teacher"] for x in step_lines(tmp_path / "w")] == expected
     assert run["teacher_histogram"] == dict(Counter(expected))
     assert json.loads((tmp_path / "w" / "run.json").read_text())["teacher_histogram"] == run["teacher_histogram"]
@@ -553,7 +554,7 @@ def test_hidden_targets_with_another_tokenizer_are_refused_when_used(hidden: Tea
     tok.add_tokens(["zzzz"])
     tok.save_pretrained(other)
     with pytest.raises(SkdError) as info:
-        Trainer(config(hidden.data, other, tmp_path / "r", hidden.cache, teachers=["deep_all"], beta=1.0))
+        prepare(config(hidden.data, other, tmp_path / "r", hidden.cache, teachers=["deep_all"], beta=1.0))
     assert "tokenizer" in one_line(info.value)
 
 
@@ -571,13 +572,13 @@ def test_unlabelled_data_with_sequence_teachers_is_trained_or_refused_cleanly(se
 def test_grad_accum_uses_one_teacher_per_optimizer_step(seq: Team, tmp_path: Path, monkeypatch):
     """Both micro-batches of a step read the same teacher, and the histogram counts optimizer steps."""
     read: list[int] = []
-    original = StepBatches.read_targets
+    original = CachedTargets.targets
 
-    def read_targets(self, teacher, rows):
-        read.append(teacher)
-        return original(self, teacher, rows)
+    def targets(self, rows, choice):
+        read.append(choice.single)
+        return original(self, rows, choice)
 
-    monkeypatch.setattr(StepBatches, "read_targets", read_targets)
+    monkeypatch.setattr(CachedTargets, "targets", targets)
     run = train(seq.cfg(tmp_path / "r", grad_accum=2, max_steps=4, teachers=["a", "b", "c"]))
     assert run["steps"] == 4 and len(read) == 8
     assert read[0::2] == read[1::2]
@@ -617,13 +618,10 @@ def test_student_rank_pilots_run_once_and_are_reused(seq: Team, tmp_path: Path, 
     assert first["sampler"]["kind"] == "student-rank"
     assert first["sampler"]["probs"] == pytest.approx((expected / expected.sum()).tolist(), rel=1e-9)
 
-    import skdcache.train as train_module
-
-    def no_pilot(cfg):  # the pilots call train(); the second run must not
+    def no_pilot(cfg):  # pilots train through the function they are handed; the second run must not
         raise AssertionError(f"pilot retrained: {cfg.output}")
 
-    monkeypatch.setattr(train_module, "train", no_pilot)
-    second = Trainer(config(seq.data, seq.student, tmp_path / "sr2", cache, **kw)).train()
+    second = fit(prepare(config(seq.data, seq.student, tmp_path / "sr2", cache, **kw), run_pilot=no_pilot))
     assert _pilot_records(cache) == records  # same files, untouched
     assert not (tmp_path / "sr2" / "pilots").exists()
     assert second["sampler"] == first["sampler"]
@@ -645,7 +643,7 @@ def test_student_rank_run_is_the_same_whether_pilots_are_trained_or_reused(seq: 
 # ---- 8. bad input --------------------------------------------------------------------------------------------------
 def test_teacher_not_cached(seq: Team, tmp_path: Path):
     with pytest.raises(CacheError) as info:
-        Trainer(seq.cfg(tmp_path / "r", teachers=["a", "nope"]))
+        prepare(seq.cfg(tmp_path / "r", teachers=["a", "nope"]))
     msg = one_line(info.value)
     assert "nope" in msg and "precompute" in msg and "a, b, c" in msg
 
@@ -659,10 +657,10 @@ def test_fingerprint_mismatch_names_precompute(seq: Team, data: Path, tmp_path: 
         csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)
     spec = DataSpec(str(edited))
     with pytest.raises(SkdError) as info:
-        Trainer(config(spec, seq.student, tmp_path / "r", seq.cache))
+        prepare(config(spec, seq.student, tmp_path / "r", seq.cache))
     assert "precompute" in one_line(info.value)
     with pytest.raises(CacheError) as info:
-        Trainer(config(spec, seq.student, tmp_path / "r", seq.cache, teachers=["a"]))
+        prepare(config(spec, seq.student, tmp_path / "r", seq.cache, teachers=["a"]))
     msg = one_line(info.value)
     assert "precompute" in msg and "not cached for dataset" in msg
 
@@ -675,13 +673,13 @@ def test_token_level_targets_need_the_students_tokenizer(mlm: Team, tmp_path: Pa
     tok.add_tokens(["zzzz"])  # same model, another vocabulary
     tok.save_pretrained(other)
     with pytest.raises(SkdError) as info:
-        Trainer(config(mlm.data, other, tmp_path / "r", mlm.cache))
+        prepare(config(mlm.data, other, tmp_path / "r", mlm.cache))
     assert "tokenizer" in one_line(info.value)
 
 
 def test_max_length_must_match_token_level_targets(mlm: Team, tmp_path: Path):
     with pytest.raises(SkdError) as info:
-        Trainer(mlm.cfg(tmp_path / "r", max_length=MAX_LENGTH + 8))
+        prepare(mlm.cfg(tmp_path / "r", max_length=MAX_LENGTH + 8))
     assert "max-length" in one_line(info.value)
 
 
@@ -700,7 +698,7 @@ def test_label_count_mismatch(seq: Team, tmp_path: Path):
     msg = one_line(info.value)
     assert "3 labels" in msg and "2" in msg
     with pytest.raises(CacheError) as info:
-        Trainer(config(spec, seq.student, tmp_path / "r", seq.cache, teachers=["a"]))
+        prepare(config(spec, seq.student, tmp_path / "r", seq.cache, teachers=["a"]))
     assert "precompute" in one_line(info.value)
 
 
@@ -716,13 +714,13 @@ def test_label_count_mismatch(seq: Team, tmp_path: Path):
 )
 def test_bad_sampling(seq: Team, tmp_path: Path, sampling: str, teachers, match: str):
     with pytest.raises(SkdError, match=match) as info:
-        Trainer(seq.cfg(tmp_path / "r", sampling=sampling, teachers=teachers))
+        prepare(seq.cfg(tmp_path / "r", sampling=sampling, teachers=teachers))
     assert sampling in one_line(info.value)
 
 
 def test_non_numeric_weights_are_a_one_line_error(seq: Team, tmp_path: Path):
     with pytest.raises(SkdError) as info:
-        Trainer(seq.cfg(tmp_path / "r", sampling="weights=a,b", teachers=["a", "b"]))
+        prepare(seq.cfg(tmp_path / "r", sampling="weights=a,b", teachers=["a", "b"]))
     assert "weights=a,b" in one_line(info.value)
 
 
@@ -736,7 +734,7 @@ def test_non_numeric_weights_are_a_one_line_error(seq: Team, tmp_path: Path):
 )
 def test_bad_mode_and_options(seq: Team, tmp_path: Path, kw: dict, match: str):
     with pytest.raises(SkdError, match=match) as info:
-        Trainer(seq.cfg(tmp_path / "r", **kw))
+        prepare(seq.cfg(tmp_path / "r", **kw))
     one_line(info.value)
 
 

@@ -31,8 +31,9 @@ from skdcache.cache.reader import TeacherCache
 from skdcache.cache.writer import CacheWriter
 from skdcache.data import DataSpec, load_rows, pad_batch, tokenize
 from skdcache.demo import DEMO_DATA, pretrained_encoder
-from skdcache.loader import StepBatches, StepSchedule, StudentInputs
-from skdcache.precompute import TargetOptions, autocast_dtype, precompute, precompute_teacher
+from skdcache.device import autocast_dtype
+from skdcache.precompute import TargetOptions, precompute, precompute_teacher
+from skdcache.sources import CachedTargets, TeacherChoice
 from skdcache.student import keep_layers
 from skdcache.teachers import TeacherSpec
 
@@ -165,16 +166,14 @@ def p3(work: Path, sizes: list[int], batch: int, steps: int) -> dict:
     out = {"student_examples_per_s": student_rate, "rows": []}
     for n in sizes:
         caches = [str(synthetic_cache(work / f"syn-{n}-{t}", n, 3, 7, 384)) for t in range(2)]
-        # the student inputs cover 2000 real rows; the targets are read at random rows of the n-row cache
-        inputs = StudentInputs(enc, rows.labels, "sequence", tok.pad_token_id)
-        schedule = StepSchedule(len(rows), batch, seed=0)
-        ds = StepBatches(inputs, schedule, caches, lambda s: s % 2, 0, steps)
+        # the targets are read at random rows of the n-row cache, through the loader's own source
+        source = CachedTargets(caches)
         rng = np.random.default_rng(1)
-        ds.read_targets(0, rng.integers(0, n, batch))  # open the arrays outside the timing
-        ds.read_targets(1, rng.integers(0, n, batch))
+        source.targets(rng.integers(0, n, batch), TeacherChoice((0,)))  # open the arrays outside the timing
+        source.targets(rng.integers(0, n, batch), TeacherChoice((1,)))
         t0 = time.perf_counter()
         for s in range(steps):
-            ds.read_targets(s % 2, rng.integers(0, n, batch))
+            source.targets(rng.integers(0, n, batch), TeacherChoice((s % 2,)))
         read_rate = steps * batch / (time.perf_counter() - t0)
         out["rows"].append(
             {

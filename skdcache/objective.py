@@ -16,13 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from skdcache.cache.reader import Targets
+from skdcache.cache.reader import Targets, TeacherCache
+from skdcache.errors import SkdError
 from skdcache.losses import (
     HiddenProjector,
     hidden_state_loss,
     regression_kd_loss,
     sequence_kd_loss,
     topk_kd_loss,
+    uniform_layer_map,
 )
 
 
@@ -47,20 +49,21 @@ def label_loss(obj: Objective, logits: Tensor, batch: dict) -> Tensor:
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-def soft_loss(obj: Objective, logits: Tensor, batch: dict, targets: Targets | list[Targets]) -> Tensor:
-    """KD term for one teacher, or for the mean of all teachers' soft targets (`average` mode)."""
-    if isinstance(targets, list):
+def soft_loss(obj: Objective, logits: Tensor, batch: dict, targets: list[Targets]) -> Tensor:
+    """KD term for one teacher's targets, or for the mean of several teachers' soft targets (`average`)."""
+    if len(targets) > 1:
         if obj.head == "sequence":
             return _average_sequence_loss(obj, logits, targets)
-        return torch.stack([soft_loss(obj, logits, batch, t) for t in targets]).mean()
+        return torch.stack([soft_loss(obj, logits, batch, [t]) for t in targets]).mean()
+    (target,) = targets
     if obj.head == "sequence":
         if obj.task == "regression":
-            return regression_kd_loss(logits, targets.logits)
-        return sequence_kd_loss(logits, targets.logits, obj.temperature)
+            return regression_kd_loss(logits, target.logits)
+        return sequence_kd_loss(logits, target.logits, obj.temperature)
     student = logits[batch["target_mask"]]  # [n_tok, V], row-major like the cached targets
-    if targets.topk_ids is None:  # `online --full-logits`: KL over the whole vocabulary, per token
-        return sequence_kd_loss(student, targets.logits, obj.temperature)
-    return topk_kd_loss(student, targets.topk_ids, targets.topk_logprobs, targets.tail_logmass, obj.temperature)
+    if target.topk_ids is None:  # `online --full-logits`: KL over the whole vocabulary, per token
+        return sequence_kd_loss(student, target.logits, obj.temperature)
+    return topk_kd_loss(student, target.topk_ids, target.topk_logprobs, target.tail_logmass, obj.temperature)
 
 
 def _average_sequence_loss(obj: Objective, logits: Tensor, targets: list[Targets]) -> Tensor:
@@ -96,15 +99,20 @@ def step_loss(
     obj: Objective,
     outputs,
     batch: dict,
-    targets: Targets | list[Targets] | None,
+    targets: list[Targets],
     projectors: list[HiddenProjector] | None = None,
     teacher: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Total loss of a step and its parts (for the metrics log)."""
+    """Total loss of a step and its parts (for the metrics log).
+
+    Args:
+        targets: one `Targets` per teacher of the step (none: labels only; several: their average).
+        teacher: the index of the step's one teacher, for its hidden-state projector.
+    """
     logits = outputs.logits
     parts: dict[str, Tensor] = {}
     has_labels = "labels" in batch or "token_labels" in batch
-    if targets is None:
+    if not targets:
         total = parts["ce"] = label_loss(obj, logits, batch)
     else:
         parts["kd"] = soft_loss(obj, logits, batch, targets)
@@ -112,7 +120,62 @@ def step_loss(
         if has_labels and obj.alpha < 1:
             parts["ce"] = label_loss(obj, logits, batch)
             total = total + (1 - obj.alpha) * parts["ce"]
-        if obj.beta > 0 and not isinstance(targets, list):
-            parts["hidden"] = hidden_loss(obj, outputs.hidden_states, batch, targets, projectors[teacher], teacher)
+        if obj.beta > 0 and len(targets) == 1:
+            parts["hidden"] = hidden_loss(obj, outputs.hidden_states, batch, targets[0], projectors[teacher], teacher)
             total = total + obj.beta * parts["hidden"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# ---- building the objective of a run -----------------------------------------------------------------------------
+def build_objective(
+    head: str,
+    task: str,
+    caches: list[TeacherCache],
+    student_config,
+    temperature: float,
+    alpha: float,
+    beta: float,
+    layer_map: str | None,
+    mode: str,
+) -> Objective:
+    """The run's objective; with `beta > 0`, the student-to-teacher layer map of every teacher (checked)."""
+    layer_maps: tuple = ()
+    hidden_tokens = None
+    if beta > 0:
+        cached = [c.targets for c in caches]
+        if not cached or not all(t.hidden_layers for t in cached):
+            raise SkdError("--beta > 0 needs teachers cached with --hidden-layers; precompute them with it")
+        if mode == "average":
+            raise SkdError("--beta applies to one teacher per step; use --mode skd/single/online with it")
+        hidden_tokens = cached[0].hidden_tokens
+        if any(t.hidden_tokens != hidden_tokens for t in cached):
+            raise SkdError("teachers were cached with different --hidden-tokens; precompute them alike")
+        layer_maps = tuple(tuple(_layer_map(c, student_config.num_hidden_layers, layer_map)) for c in caches)
+    return Objective(head, task, temperature, alpha, beta, layer_maps, hidden_tokens)
+
+
+def _layer_map(cache: TeacherCache, n_s: int, explicit: str | None) -> list[tuple[int, int]]:
+    """(student hidden_states index, position in the teacher's cached layers): explicit, or uniform by depth."""
+    cached_layers = cache.targets.hidden_layers
+    n_t = cache.manifest.teacher["num_hidden_layers"]
+    if explicit:
+        pairs = [tuple(int(x) for x in p.split(":")) for p in explicit.split(",")]
+    else:
+        pairs = [(s, t) for s, t in uniform_layer_map(n_s, n_t) if t in cached_layers]
+        pairs = pairs or [(n_s, cached_layers[-1])]
+    for s, t in pairs:
+        if t not in cached_layers or not 0 <= s <= n_s:
+            raise SkdError(
+                f"--layer-map {s}:{t}: student has 0..{n_s}, {cache.name} cached layers {list(cached_layers)}"
+            )
+    return [(s, cached_layers.index(t)) for s, t in pairs]
+
+
+def build_projectors(obj: Objective, caches: list[TeacherCache], student_width: int) -> torch.nn.ModuleList | None:
+    """One learned projection per teacher and mapped layer (identity when the widths agree)."""
+    if obj.beta <= 0:
+        return None
+    return torch.nn.ModuleList(
+        HiddenProjector(student_width, c.manifest.teacher["hidden_size"], len(m))
+        for c, m in zip(caches, obj.layer_maps, strict=True)
+    )

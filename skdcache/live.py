@@ -1,0 +1,107 @@
+"""Live teachers (`--mode online`): the same targets as the cache, computed every step (the baseline it replaces).
+
+Targets are reduced exactly as precompute reduces them and rounded to the cache's float16, so live and cached
+sources give the same numbers; only the cost differs (teacher forward + teacher memory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skdcache.cache.reader import Targets, TeacherCache
+from skdcache.data import TextRows, tokenize
+from skdcache.device import autocast_dtype
+from skdcache.errors import SkdError
+from skdcache.reduce import label_permutation, target_positions, teacher_batch, teacher_forward
+from skdcache.sources import TeacherChoice
+from skdcache.teachers import TeacherSpec, load_teacher
+
+
+def teacher_location(cache: TeacherCache, moved: dict[str, str] | None = None) -> str:
+    """Where a cached teacher's model is now: the path given for it, the absolute path recorded at precompute,
+    or the source as typed (a hub id, or a path relative to where precompute ran)."""
+    t = cache.manifest.teacher
+    if moved and t["name"] in moved:
+        return moved[t["name"]]
+    location = t.get("location")
+    if location and Path(location).is_dir():
+        return location
+    return t["source"]
+
+
+class LiveTargets:
+    """A `TargetSource` that runs the team's models, loaded from the locations recorded in their manifests.
+
+    Args:
+        caches: the team's caches (what to compute, and the weights each model must still have).
+        rows: the training rows, tokenized once per teacher.
+        full_logits: token heads: return the full-vocabulary float32 logits instead of top-k (the reference
+            the cache approximates).
+        moved: NAME -> PATH for teachers whose model is no longer where precompute found it.
+    """
+
+    def __init__(
+        self,
+        caches: list[TeacherCache],
+        rows: TextRows,
+        device: torch.device,
+        full_logits: bool = False,
+        trust_remote_code: bool = False,
+        moved: dict[str, str] | None = None,
+    ):
+        self.device, self.full_logits = device, full_logits
+        self.specs, self.teachers, self.encoded, self.perms = [], [], [], []
+        for cache in caches:
+            t = cache.manifest.teacher
+            spec = TeacherSpec(t["name"], teacher_location(cache, moved), t["revision"], t["head"])
+            teacher = load_teacher(spec, device, trust_remote_code)
+            if teacher.weights_hash != t["weights_hash"]:
+                raise SkdError(
+                    f"teacher {spec.name} at {spec.source} changed since it was cached; "
+                    f"point at the cached weights with --teacher-path {spec.name}=PATH"
+                )
+            self.teachers.append(teacher)
+            self.specs.append(cache.targets)
+            self.encoded.append(tokenize(teacher.tokenizer, rows, cache.targets.max_length))
+            perm = label_permutation(teacher.config, rows)
+            self.perms.append(perm.to(device) if perm is not None else None)
+
+    def targets(self, rows: np.ndarray, choice: TeacherChoice) -> list[Targets]:
+        return [self._one(t, rows) for t in choice.teachers]
+
+    def _one(self, index: int, rows: np.ndarray) -> Targets:
+        teacher, spec, enc = self.teachers[index], self.specs[index], self.encoded[index]
+        positions, counts = None, None
+        if spec.token_level:
+            positions = [target_positions(teacher.tokenizer, spec, enc.ids[r], int(r)) for r in rows]
+            counts = torch.tensor([len(p) for p in positions])
+        batch, mask = teacher_batch(teacher, enc, rows, positions, spec.head, self.device)
+        out = teacher_forward(
+            teacher,
+            batch,
+            mask,
+            spec.top_k,
+            spec.hidden_layers,
+            spec.hidden_tokens,
+            self.perms[index],
+            autocast_dtype(self.device),
+            full_logits=self.full_logits,
+        )
+
+        def fp16(x):  # the cache's rounding, so both paths see identical numbers
+            return None if x is None else x.half().float()
+
+        if self.full_logits:  # the uncompressed reference: full-vocabulary float32 logits, no cache rounding
+            return Targets(logits=out.logits, token_counts=counts, hidden=fp16(out.hidden))
+        return Targets(
+            logits=fp16(out.logits),
+            topk_logprobs=fp16(out.topk_logprobs),
+            topk_ids=None if out.topk_ids is None else out.topk_ids.clone(),  # leave inference mode
+            tail_logmass=fp16(out.tail_logmass),
+            positions=torch.from_numpy(np.concatenate(positions)) if positions is not None else None,
+            token_counts=counts,
+            hidden=fp16(out.hidden),
+        )

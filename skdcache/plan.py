@@ -1,0 +1,133 @@
+"""Plan a training run before any model exists: its rows, teacher caches, head, task and step budget.
+
+Everything here is checked against everything else (data vs caches, caches vs each other), so a bad
+combination fails in seconds with one line, not after the student is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from skdcache.cache.catalog import find_teacher_caches
+from skdcache.cache.reader import TeacherCache
+from skdcache.cache.remote import RemoteRoot, is_url
+from skdcache.cache.store import default_cache_root
+from skdcache.config import MODES, TrainConfig
+from skdcache.data import TextRows, available_splits, load_rows
+from skdcache.distributed import from_rank0_object
+from skdcache.errors import SkdError
+from skdcache.loader import StepSchedule
+
+
+@dataclass
+class RunPlan:
+    """What a run trains on and against; no weights."""
+
+    rows: TextRows
+    eval_rows: TextRows | None  # the labelled split checkpoints are selected on
+    caches: list[TeacherCache]  # the team, in the order the sampler indexes it
+    head: str  # sequence | mlm | causal
+    task: str  # classification | regression | lm
+    num_labels: int | None
+    schedule: StepSchedule
+    heldout: np.ndarray | None  # `learned` sampling's reward rows (never trained on)
+    total_steps: int
+    eval_every: int
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.caches]
+
+
+def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
+    """Load the rows, open and check the teacher caches, and fix the step budget."""
+    if cfg.mode not in MODES:
+        raise SkdError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
+    if cfg.batch_size % world:
+        raise SkdError(f"--batch-size {cfg.batch_size} is the global batch: use a multiple of {world} ranks")
+    rows = load_rows(cfg.data)
+    eval_rows = None
+    if cfg.eval_split and cfg.eval_split in available_splits(cfg.data):
+        eval_rows = load_rows(replace(cfg.data, split=cfg.eval_split, limit=None))
+    caches = open_team(cfg, rows, rank) if cfg.mode != "none" else []
+    head = _student_head(cfg, rows, caches)
+    if cfg.full_logits and (cfg.mode != "online" or head == "sequence"):
+        raise SkdError("--full-logits is for --mode online with MLM/causal teachers (the cache stores top-k)")
+
+    heldout, train_rows = None, None
+    if cfg.mode in ("skd", "online") and cfg.sampling == "learned":
+        heldout, train_rows = _split_heldout(len(rows), cfg.seed)
+    schedule = StepSchedule(len(rows), cfg.batch_size, cfg.seed, train_rows)
+    if schedule.batch_size % world:
+        raise SkdError(f"{len(rows)} rows give batches of {schedule.batch_size}: too few for {world} ranks")
+    per_epoch = max(1, schedule.steps_per_epoch // cfg.grad_accum)
+    return RunPlan(
+        rows=rows,
+        eval_rows=eval_rows,
+        caches=caches,
+        head=head,
+        task="lm" if head != "sequence" else rows.task,
+        num_labels=_num_labels(rows, head, caches),
+        schedule=schedule,
+        heldout=heldout,
+        total_steps=cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch)),
+        eval_every=cfg.eval_every or per_epoch,
+    )
+
+
+def open_team(cfg: TrainConfig, rows: TextRows, rank: int = 0) -> list[TeacherCache]:
+    """The teacher caches of these rows (mirrored first from a remote root), checked to form one team."""
+    if is_url(cfg.cache):  # rank 0 chooses the groups, so every rank trains from the same ones
+        remote = RemoteRoot(cfg.cache)
+        keys = remote.choose(rows.fingerprint, cfg.teachers) if rank == 0 else None
+        keys = from_rank0_object(keys)
+        paths = {name: remote.fetch(rows.fingerprint, key) for name, key in keys.items()}
+    else:
+        root = Path(cfg.cache).expanduser() if cfg.cache else default_cache_root()
+        paths = find_teacher_caches(root, rows.fingerprint, cfg.teachers)
+    if cfg.mode == "single" and len(paths) != 1:
+        raise SkdError(f"--mode single needs exactly one teacher, got {list(paths)}; pass --teachers NAME")
+    if not paths:
+        raise SkdError(
+            f"no teacher cached for this data in {cfg.cache or default_cache_root()}; run `skdcache precompute` first"
+        )
+    caches = [TeacherCache(p) for p in paths.values()]
+    for c in caches:
+        c.check_dataset(rows.fingerprint, len(rows))
+    heads = {c.targets.head for c in caches}
+    if len(heads) > 1:
+        raise SkdError(f"teachers mix heads {sorted(heads)}; distil from teachers of one kind at a time")
+    for c in caches:
+        if c.targets.head == "sequence" and c.manifest.dataset["label_names"] != rows.label_names:
+            raise SkdError(f"teacher {c.name} was cached with labels {c.manifest.dataset['label_names']}")
+    return caches
+
+
+def _student_head(cfg: TrainConfig, rows: TextRows, caches: list[TeacherCache]) -> str:
+    if cfg.student_head != "auto":
+        return cfg.student_head
+    if caches:
+        return caches[0].targets.head
+    if rows.task == "unlabelled":
+        raise SkdError("unlabelled data and no teacher: pass --student-head mlm|causal")
+    return "sequence"
+
+
+def _num_labels(rows: TextRows, head: str, caches: list[TeacherCache]) -> int | None:
+    """The data's label count, or the teachers' when the data is unlabelled (pure distillation)."""
+    if rows.num_labels is not None or head != "sequence":
+        return rows.num_labels
+    if not caches:
+        raise SkdError("unlabelled data: a sequence student needs --label-column or cached teachers")
+    return caches[0].manifest.teacher["num_labels"]
+
+
+def _split_heldout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`learned` sampling's reward pool: a fixed slice of train rows the student never trains on."""
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    k = int(min(128, max(8, 0.02 * n)))
+    return np.sort(order[:k]), np.sort(order[k:])

@@ -1,0 +1,122 @@
+"""Reduce one teacher forward pass to the targets the cache stores (logits, top-k + tail, hidden states)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from skdcache.cache import format as fmt
+from skdcache.data import Encoded, TextRows, mlm_positions, pad_batch, target_mask
+from skdcache.errors import SkdError
+from skdcache.teachers import LoadedTeacher
+
+
+def label_permutation(config, rows: TextRows) -> torch.Tensor | None:
+    """Teacher column for each dataset label, so cached logits are in the dataset's label order."""
+    if rows.task != "classification":
+        return None
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    if all(n.startswith("LABEL_") for n in names) or names == rows.label_names:
+        return None
+    if sorted(names) != sorted(rows.label_names):
+        raise SkdError(f"teacher labels {names} differ from the data's {rows.label_names}; fix --label-column")
+    return torch.tensor([names.index(n) for n in rows.label_names])
+
+
+def target_positions(tokenizer, spec: fmt.TargetSpec, ids: list[int], row: int) -> np.ndarray:
+    """Positions of one row carrying a token-level loss: all non-pad (causal LM) or the seeded masked ones (MLM)."""
+    if spec.head == "causal":
+        return np.arange(len(ids), dtype=np.int64)
+    special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+    return mlm_positions(ids, special, spec.mlm_probability, spec.mask_seed, row)
+
+
+def teacher_batch(
+    teacher: LoadedTeacher, enc: Encoded, rows, positions: list[np.ndarray] | None, head: str, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The teacher's padded input for `rows` [B, T] on `device`, and the mask of its target positions [B, T]
+    (token heads; MLM inputs are masked there, as the cache saw them). `positions` are the batch's own rows'."""
+    ids = [list(enc.ids[r]) for r in rows]
+    mask = None
+    if positions is not None:
+        mask = target_mask(ids, positions, teacher.tokenizer.mask_token_id if head == "mlm" else None)
+        mask = mask.to(device)
+    types = [enc.type_ids[r] for r in rows] if enc.type_ids is not None else None
+    batch = {k: v.to(device) for k, v in pad_batch(ids, types, teacher.tokenizer.pad_token_id).items()}
+    return batch, mask
+
+
+@dataclass
+class BatchTargets:
+    """Targets of one padded batch, already reduced to what is stored (numpy-ready, on CPU).
+
+    logits [B, C]; per token target (flattened over the batch in row order): topk_logprobs [n, k],
+    topk_ids [n, k], tail_logmass [n]; hidden [B, L, H] (cls) or [n_tok, L, H] (all non-pad tokens).
+    """
+
+    logits: torch.Tensor | None = None
+    topk_logprobs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    tail_logmass: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+def topk_with_tail(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full-vocabulary log-softmax, then top-k and the log of the mass left outside it.
+
+    Args:
+        logits: [n, V] at the positions that carry a loss.
+    Returns:
+        values [n, k] (descending log-probs), ids [n, k], tail [n] = log(1 - sum(exp(values))).
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    values, ids = logp.topk(k, dim=-1)
+    # log(1 - p_topk) computed as logsumexp of the rest: exact even when the top-k holds almost all mass.
+    rest = logp.scatter(-1, ids, float("-inf"))
+    tail = torch.logsumexp(rest, dim=-1)
+    return values, ids, tail
+
+
+@torch.inference_mode()
+def teacher_forward(
+    teacher: LoadedTeacher,
+    batch: dict[str, torch.Tensor],
+    target_mask: torch.Tensor | None,
+    top_k: int | None,
+    hidden_layers: tuple[int, ...],
+    hidden_tokens: str | None,
+    label_permutation: torch.Tensor | None,
+    autocast_dtype: torch.dtype | None,
+    full_logits: bool = False,
+) -> BatchTargets:
+    """Run the teacher on a padded batch and reduce its outputs to cache targets.
+
+    Args:
+        batch: input_ids / attention_mask (/ token_type_ids) [B, T] on the teacher's device.
+        target_mask: [B, T] bool, positions that carry a token-level loss (None for sequence heads).
+        label_permutation: [C] teacher column for each dataset label (None = identity).
+        full_logits: token heads: return the full-vocabulary logits at the target positions, [n, V], instead
+            of top-k (the live reference the cache approximates; never stored).
+    """
+    device_type = batch["input_ids"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        out = teacher.model(**batch, output_hidden_states=bool(hidden_layers))
+    result = BatchTargets()
+    if teacher.head == "sequence":
+        logits = out.logits.float()
+        result.logits = logits[:, label_permutation] if label_permutation is not None else logits
+    elif full_logits:
+        result.logits = out.logits[target_mask].float()
+    else:
+        values, ids, tail = topk_with_tail(out.logits[target_mask], top_k)
+        result.topk_logprobs, result.topk_ids, result.tail_logmass = values, ids, tail
+    if hidden_layers:
+        stacked = torch.stack([out.hidden_states[i].float() for i in hidden_layers], dim=2)  # [B, T, L, H]
+        if hidden_tokens == "cls":
+            result.hidden = stacked[:, 0]
+        else:
+            result.hidden = stacked[batch["attention_mask"].bool()]
+    return result
