@@ -80,6 +80,14 @@ def topk_with_tail(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     return values, ids, tail
 
 
+def _float32_projection(module: torch.nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Recompute the vocabulary projection in float32 under autocast: bf16 logits of magnitude ~20 are off by
+    ~0.06, which is most of the information in a tail log-prob. The body stays in the fast dtype."""
+    with torch.autocast(output.device.type, enabled=False):
+        bias = module.bias.float() if module.bias is not None else None
+        return F.linear(args[0].float(), module.weight.float(), bias)
+
+
 @torch.inference_mode()
 def teacher_forward(
     teacher: LoadedTeacher,
@@ -102,8 +110,16 @@ def teacher_forward(
             of top-k (the live reference the cache approximates; never stored).
     """
     device_type = batch["input_ids"].device.type
-    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = teacher.model(**batch, output_hidden_states=bool(hidden_layers))
+    head = teacher.model.get_output_embeddings() if teacher.head != "sequence" else None
+    fp32_head = None
+    if autocast_dtype is not None and isinstance(head, torch.nn.Linear):
+        fp32_head = head.register_forward_hook(_float32_projection)
+    try:
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = teacher.model(**batch, output_hidden_states=bool(hidden_layers))
+    finally:
+        if fp32_head is not None:
+            fp32_head.remove()
     result = BatchTargets()
     if teacher.head == "sequence":
         logits = out.logits.float()
