@@ -1,0 +1,118 @@
+"""The training recipe's parts on their own: teacher draws, pilots' keys and reuse, the step loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_model
+
+from skdcache.cache.reader import Targets
+from skdcache.config import TrainConfig
+from skdcache.data import DataSpec
+from skdcache.objective import Objective, step_loss
+from skdcache.pilots import pilot_key, pilot_metrics
+from skdcache.sampling import LearnedSampler, from_weights
+from skdcache.sources import TeacherChoice, TeacherDraws
+
+
+# ---- teacher draws --------------------------------------------------------------------------------------------
+def test_draws_per_mode():
+    sampler = from_weights([0.5, 0.5], 2, seed=3)
+    assert TeacherDraws("none", None, 2)(5) == TeacherChoice()
+    assert TeacherDraws("average", None, 3)(5) == TeacherChoice((0, 1, 2))
+    assert TeacherDraws("single", None, 1)(5) == TeacherChoice((0,))
+    skd = TeacherDraws("skd", sampler, 2)
+    assert [skd(s).single for s in range(50)] == [sampler.sample(s) for s in range(50)]
+    assert len({skd(s).single for s in range(50)}) == 2
+    assert skd.fixed and not TeacherDraws("skd", LearnedSampler(2, seed=0), 2).fixed
+
+
+def test_draws_share_the_teacher_across_accumulated_micro_batches():
+    draws = TeacherDraws("skd", from_weights([0.5, 0.5], 2, seed=1), 2, grad_accum=3)
+    choices = [draws(m).single for m in range(60)]
+    assert all(choices[i] == choices[i - i % 3] for i in range(60))
+    assert len(set(choices)) == 2
+
+
+# ---- pilots ---------------------------------------------------------------------------------------------------
+def _cfg(tmp_path: Path, student: Path, **kw) -> TrainConfig:
+    return TrainConfig(**{"data": DataSpec("d"), "student": str(student), "output": str(tmp_path / "out"), **kw})
+
+
+def _pilot_world(tmp_path: Path):
+    rows, eval_rows = SimpleNamespace(fingerprint="rows"), SimpleNamespace(fingerprint="eval")
+    caches = [
+        SimpleNamespace(name=n, path=tmp_path / "root" / "fp" / n, manifest=SimpleNamespace(cache_key=f"key-{n}"))
+        for n in ("a", "b")
+    ]
+    return rows, eval_rows, caches
+
+
+@pytest.mark.parametrize(
+    "change", [dict(grad_accum=2), dict(grad_clip=0.5), dict(freeze_embeddings=True), dict(lr=1e-3), dict(seed=1)]
+)
+def test_pilot_key_covers_the_whole_config(tmp_path: Path, change: dict):
+    student = make_model(tmp_path / "s")
+    rows, eval_rows, (cache, _) = _pilot_world(tmp_path)
+    base = pilot_key(_cfg(tmp_path, student), rows, eval_rows, cache, 4)
+    assert pilot_key(_cfg(tmp_path, student, **change), rows, eval_rows, cache, 4) != base
+    ignored = dict(output=str(tmp_path / "elsewhere"), progress=False, num_workers=3, max_steps=99, mode="online")
+    assert pilot_key(_cfg(tmp_path, student, **ignored), rows, eval_rows, cache, 4) == base
+
+
+def test_pilot_key_changes_when_the_student_is_retrained_in_place(tmp_path: Path):
+    student = make_model(tmp_path / "s", seed=1)
+    rows, eval_rows, (cache, _) = _pilot_world(tmp_path)
+    before = pilot_key(_cfg(tmp_path, student), rows, eval_rows, cache, 4)
+    make_model(tmp_path / "s", seed=2)  # same path, new weights
+    assert pilot_key(_cfg(tmp_path, student), rows, eval_rows, cache, 4) != before
+
+
+def test_pilot_metrics_run_once_per_teacher_then_reuse(tmp_path: Path):
+    student = make_model(tmp_path / "s")
+    rows, eval_rows, caches = _pilot_world(tmp_path)
+    calls = []
+
+    def run(cfg: TrainConfig) -> dict:
+        calls.append((cfg.mode, tuple(cfg.teachers), cfg.max_steps))
+        return {"final": {"primary": "accuracy", "accuracy": 0.5 + 0.1 * len(calls)}}
+
+    cfg = _cfg(tmp_path, student, sampling="student-rank")
+    assert pilot_metrics(cfg, rows, eval_rows, caches, 3, run) == pytest.approx([0.6, 0.7])
+    assert calls == [("single", ("a",), 3), ("single", ("b",), 3)]
+    records = sorted((tmp_path / "root" / "fp" / "pilots").glob("*.json"))
+    assert len(records) == 2 and json.loads(records[0].read_text())["steps"] == 3
+    assert pilot_metrics(cfg, rows, eval_rows, caches, 3, run) == pytest.approx([0.6, 0.7])
+    assert len(calls) == 2  # reused
+    pilot_metrics(cfg, rows, eval_rows, caches, 5, run)  # another budget is another pilot
+    assert len(calls) == 4
+
+
+# ---- the step loss --------------------------------------------------------------------------------------------
+def test_step_loss_labels_only_mix_and_average():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, generator=gen)
+    labels = torch.tensor([0, 2, 1, 1])
+    teachers = [Targets(logits=torch.randn(4, 3, generator=gen)) for _ in range(2)]
+    obj = Objective("sequence", "classification", temperature=2.0, alpha=0.7)
+    outputs, batch = SimpleNamespace(logits=logits), {"labels": labels}
+    ce = F.cross_entropy(logits.double(), labels)
+
+    loss, parts = step_loss(obj, outputs, batch, [])
+    assert float(loss) == pytest.approx(float(ce)) and set(parts) == {"ce"}
+
+    loss, parts = step_loss(obj, outputs, batch, teachers[:1])
+    p = F.softmax(teachers[0].logits.double() / 2, -1)
+    kd = (p * (p.log() - F.log_softmax(logits.double() / 2, -1))).sum(-1).mean() * 4
+    assert parts["kd"] == pytest.approx(float(kd), rel=1e-5)
+    assert float(loss) == pytest.approx(float(0.7 * kd + 0.3 * ce), rel=1e-5)
+
+    _, parts = step_loss(obj, outputs, batch, teachers)
+    mix = torch.stack([F.softmax(t.logits.double() / 2, -1) for t in teachers]).mean(0)
+    kd_mix = (mix * (mix.log() - F.log_softmax(logits.double() / 2, -1))).sum(-1).mean() * 4
+    assert parts["kd"] == pytest.approx(float(kd_mix), rel=1e-5)
