@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 
 from skdcache.cache.catalog import find_teacher_caches
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.cache.remote import RemoteRoot, is_url
-from skdcache.cache.store import default_cache_root
+from skdcache.cache.roots import open_root
 from skdcache.data import DataSpec, available_splits, load_rows, tokenize
 from skdcache.distill import Objective, step_loss
 from skdcache.distributed import (
@@ -105,7 +104,7 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise SkdError(f"--batch-size {cfg.batch_size} is the global batch: use a multiple of {self.world} ranks")
         self.device = pick_device(cfg.device)
-        self.root = Path(cfg.cache).expanduser() if cfg.cache and not is_url(cfg.cache) else default_cache_root()
+        self.root = open_root(cfg.cache).path
         torch.manual_seed(cfg.seed)
 
         # data: the same rows, checked against every teacher cache before step 1
@@ -165,8 +164,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.mode == "none":
             return []
-        if is_url(cfg.cache):  # rank 0 chooses the groups, so every rank trains from the same ones
-            remote = RemoteRoot(cfg.cache)
+        if open_root(cfg.cache).is_remote:  # rank 0 chooses the groups, so every rank trains from the same ones
+            remote = open_root(cfg.cache).remote()
             keys = remote.choose(self.rows.fingerprint, cfg.teachers) if self.rank == 0 else None
             keys = from_rank0_object(keys)
             paths = {name: remote.fetch(self.rows.fingerprint, key) for name, key in keys.items()}
