@@ -381,7 +381,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except BaseException as exc:
         status = next(((code, message) for kind, code, message in ERRORS if isinstance(exc, kind)), None)
-        if status is None or os.environ.get("SKDCACHE_DEBUG") == "1":
+        if status is None or (isinstance(exc, SkdError) and os.environ.get("SKDCACHE_DEBUG") == "1"):
             raise
         click.echo(status[1](exc), err=True)
         sys.exit(status[0])
