@@ -1,7 +1,7 @@
-"""The `skdcache` command line: parse flags, make one library call, print a table.
+"""The `skdcache` command line: parse flags, make one library call, render the result.
 
-Installed as `skdcache.cli`. Library errors (SkdError) are printed as one line without a traceback;
-set SKDCACHE_DEBUG=1 to see the traceback.
+Installed as `skdcache.cli`. Flag defaults come from the library's dataclasses (cli/options.py); the library
+validates; known errors print as one line (ERRORS, exit 2). Set SKDCACHE_DEBUG=1 to see the traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +10,28 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import tomllib
 
+from skdcache.data import DataSpec
 from skdcache.errors import SkdError
+from skdcache.precompute import TargetOptions
+from skdcache.teachers import ARCH_SUFFIX_TO_HEAD
+from skdcache.train import MODES, TrainConfig
+
+from .options import dataclass_options, field_option, pick
+
+HEADS = ("auto", *ARCH_SUFFIX_TO_HEAD.values())
+
+# known exceptions -> (exit status, one-line message); the first matching type wins
+ERRORS: list[tuple[type[BaseException], int, Callable[[BaseException], str]]] = [
+    (SkdError, 2, lambda exc: f"error: {exc}"),  # CacheError included: the message names the fix
+    (click.exceptions.Abort, 130, lambda exc: "aborted"),
+    (KeyboardInterrupt, 130, lambda exc: "interrupted; rerun the same command to resume"),
+]
 
 
 def _load_config(ctx: click.Context, _param, value: str | None):
@@ -45,41 +61,44 @@ config_option = click.option(
     expose_value=False,
     help="TOML file whose keys mirror these flags.",
 )
+cache_option = click.option(
+    "--cache",
+    "cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Cache root: a path, file:// or fsspec URL (s3://, https://) [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
+)
 
 
-def data_options(f):
-    """The flags that say which rows to use; identical for precompute and train."""
-    options = [
-        click.option("--data", "data", required=True, help="Hub dataset name, a directory of split files, or a file."),
-        click.option("--data-config", default=None, help="Hub dataset configuration name."),
-        click.option("--split", default="train", show_default=True),
-        click.option("--text-column", default="text", show_default=True),
-        click.option("--text-pair-column", default=None, help="Second text column for sentence-pair tasks."),
-        click.option(
-            "--label-column", default="label", show_default=True, help="Class names, ints, or floats (regression)."
-        ),
-        click.option("--no-labels", is_flag=True, help="The data has no labels (token-level targets only)."),
-        click.option("--limit", type=int, default=None, help="Use only the first N rows of the split."),
-        click.option("--max-length", type=int, default=128, show_default=True),
-        click.option(
-            "--cache",
-            "cache",
-            type=click.Path(file_okay=False),
-            default=None,
-            help="Cache root [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def data_options(options_cls: type) -> Callable:
+    """The flags that say which rows to use (DataSpec), identical for precompute and train, plus --cache."""
+
+    def decorate(f: Callable) -> Callable:
+        options = [
+            field_option(
+                DataSpec, "source", "--data", "data", help="Hub dataset name, a directory of splits, or a file."
+            ),
+            field_option(DataSpec, "config_name", "--data-config", "data_config", help="Hub dataset configuration."),
+            field_option(DataSpec, "split"),
+            field_option(DataSpec, "text_column"),
+            field_option(DataSpec, "text_pair_column", help="Second text column for sentence-pair tasks."),
+            field_option(DataSpec, "label_column", help="Class names, ints, or floats (regression)."),
+            click.option("--no-labels", is_flag=True, help="The data has no labels (token-level targets only)."),
+            field_option(DataSpec, "limit", help="Use only the first N rows of the split."),
+            field_option(options_cls, "max_length"),
+            cache_option,
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
-def data_spec(kw: dict, split: str | None = None):
-    from skdcache.data import DataSpec
-
+def data_spec(kw: dict) -> DataSpec:
     return DataSpec(
         source=kw["data"],
-        split=split or kw["split"],
+        split=kw["split"],
         text_column=kw["text_column"],
         text_pair_column=kw["text_pair_column"],
         label_column=None if kw["no_labels"] else kw["label_column"],
@@ -88,29 +107,10 @@ def data_spec(kw: dict, split: str | None = None):
     )
 
 
-def cache_root(value: str | None) -> Path | str:
-    """A local cache root, or a URL (s3://, gs://, http(s)://, memory://) kept as text for fsspec."""
-    from skdcache.cache.remote import is_url
-    from skdcache.cache.store import default_cache_root
+def echo_table(rows: list[dict]) -> None:
+    from skdcache.report import text_table
 
-    if is_url(value):
-        return value
-    if value and value.startswith("file://"):
-        value = value[len("file://") :]
-    return Path(value).expanduser() if value else default_cache_root()
-
-
-def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
-    if not rows:
-        click.echo("(nothing)")
-        return
-    columns = columns or list(rows[0])
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    click.echo("  ".join("-" * w for w in widths))
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    click.echo(text_table(rows), nl=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -130,20 +130,25 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 
 @cli.command()
 @config_option
-@data_options
+@data_options(TargetOptions)
 @click.option("--teacher", "teacher", multiple=True, help="NAME=PATH_OR_HUB_ID[@REVISION] (repeat for a team).")
-@click.option("--head", type=click.Choice(["auto", "sequence", "mlm", "causal"]), default="auto", show_default=True)
-@click.option("--top-k", type=int, default=32, show_default=True, help="Token-level heads: top-k log-probs kept.")
-@click.option("--hidden-layers", default=None, help="Also store hidden states: last, all, or a list like 2,4,6.")
-@click.option("--hidden-tokens", type=click.Choice(["cls", "all"]), default="cls", show_default=True)
-@click.option("--mlm-probability", type=float, default=0.15, show_default=True)
-@click.option("--mask-seed", type=int, default=0, show_default=True)
-@click.option("--eval-split", default="validation", show_default=True, help="Labelled split for the teacher metric.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--rows-per-block", type=int, default=1024, show_default=True, help="Rows per shard (power of two).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model repository.")
-@click.option("--repair", is_flag=True, help="Verify complete caches and recompute only their damaged blocks.")
+@click.option("--head", type=click.Choice(HEADS), default="auto", show_default=True)
+@dataclass_options(
+    TargetOptions,
+    {
+        "top_k": {"help": "Token-level heads: top-k log-probs kept."},
+        "hidden_layers": {"help": "Also store hidden states: last, all, or a list like 2,4,6."},
+        "hidden_tokens": {"type": click.Choice(["cls", "all"])},
+        "mlm_probability": {},
+        "mask_seed": {},
+        "eval_split": {"help": "Labelled split for the teacher metric."},
+        "batch_size": {},
+        "device": {"help": "auto, cpu, cuda or cuda:N."},
+        "rows_per_block": {"help": "Rows per shard (power of two)."},
+        "trust_remote_code": {"help": "Allow model code from the model repository."},
+        "repair": {"help": "Verify complete caches and recompute only their damaged blocks."},
+    },
+)
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes (runs this command under torchrun).")
 @click.pass_obj
 def precompute(obj, teacher, head, nproc, **kw) -> None:
@@ -154,55 +159,22 @@ def precompute(obj, teacher, head, nproc, **kw) -> None:
       skdcache precompute --data data/tweets --split train \\
           --teacher big=out/teacher-l6 --teacher small=out/teacher-l3 --cache .skdcache
     """
-    from skdcache.precompute import TargetOptions
+    from dataclasses import replace
+
     from skdcache.precompute import precompute as run
     from skdcache.teachers import TeacherSpec
 
     if nproc > 1:  # the same command, one copy per process, ranks splitting the blocks
         _rerun_under_torchrun(nproc)
-
-    team = []
-    for text in teacher:
-        spec = TeacherSpec.parse(text)
-        team.append(TeacherSpec(spec.name, spec.source, spec.revision, head))
-    rpb = kw["rows_per_block"]
-    if rpb <= 0 or rpb & (rpb - 1):
-        raise SkdError(f"--rows-per-block {rpb} must be a power of two")
-    opts = TargetOptions(
-        max_length=kw["max_length"],
-        top_k=kw["top_k"],
-        hidden_layers=kw["hidden_layers"],
-        hidden_tokens=kw["hidden_tokens"],
-        mlm_probability=kw["mlm_probability"],
-        mask_seed=kw["mask_seed"],
-        batch_size=kw["batch_size"],
-        device=kw["device"],
-        rows_per_block=rpb,
-        eval_split=kw["eval_split"] or None,
-        trust_remote_code=kw["trust_remote_code"],
-        progress=obj["progress"],
-        repair=kw["repair"],
-    )
-    results = run(data_spec(kw), team, cache_root(kw["cache"]), opts)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under torchrun, rank 0 reports
-    rows = []
-    for r in results:
-        metric = r.manifest.metric
-        rows.append(
-            {
-                "teacher": r.name,
-                "status": r.status,
-                "seconds": f"{r.seconds:.1f}",
-                "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
-                "path": str(r.path),
-            }
-        )
-    print_table(rows)
+    team = [replace(TeacherSpec.parse(text), head=head) for text in teacher]
+    opts = TargetOptions(**pick(TargetOptions, kw), progress=obj["progress"])
+    results = run(data_spec(kw), team, kw["cache"], opts)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        echo_table([r.row() for r in results])
 
 
 @cli.command(name="ls")
-@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Cache root.")
+@cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def ls_command(cache, as_json) -> None:
     """List cached datasets and teachers with their state and size on disk.
@@ -211,28 +183,20 @@ def ls_command(cache, as_json) -> None:
     Example:
       skdcache ls --cache .skdcache
     """
-    from skdcache.cache.catalog import CacheEntry, list_caches, summary_row
-    from skdcache.cache.remote import RemoteRoot
+    from skdcache.cache.catalog import list_root, summary_row
+    from skdcache.cache.roots import open_root
 
-    root = cache_root(cache)
-    if isinstance(root, str):  # a URL: published groups only, sizes as stored remotely
-        remote = RemoteRoot(root)
-        entries = [
-            CacheEntry(remote.mirror / fp / m.cache_key, d, m, stored_bytes=remote.stored_bytes(fp, m.cache_key))
-            for fp, d, m in remote.manifests()
-        ]
-    else:
-        entries = list_caches(root)
-    rows = [summary_row(e) for e in entries]
+    root = open_root(cache)
+    rows = [summary_row(e) for e in list_root(root)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
         click.echo(f"cache root: {root}")
-        print_table(rows)
+        echo_table(rows)
 
 
 @cli.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(path, as_json) -> None:
     """Show one teacher cache: manifest, arrays, bytes per example and per token.
@@ -241,39 +205,21 @@ def info(path, as_json) -> None:
     Example:
       skdcache info .skdcache/<dataset>/<key>
     """
-    from skdcache.cache.catalog import array_sizes, human_bytes
-    from skdcache.cache.writer import read_manifest
+    from skdcache.cache.catalog import cache_info
 
-    manifest = read_manifest(Path(path))
-    sizes = array_sizes(Path(path), manifest)
+    described = cache_info(path)
     if as_json:
-        click.echo(json.dumps({"manifest": manifest.to_dict(), "arrays": sizes}, indent=2))
+        click.echo(json.dumps(described.to_dict(), indent=2))
         return
-    m = manifest.to_dict()
-    for key in ("state", "cache_key", "teacher", "tokenizer_hash", "dataset", "targets", "metric", "versions"):
-        value = m[key]
-        click.echo(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    for key, value in described.fields().items():
+        click.echo(f"{key}: {value}")
     click.echo("")
-    table = []
-    for a in sizes:
-        table.append(
-            {
-                "array": a["array"],
-                "shape": "x".join(map(str, a["shape"])),
-                "dtype": a["dtype"],
-                "chunk/shard": f"{a['chunks'][0]}/{a['shards'][0]}",
-                "stored": human_bytes(a["stored"]),
-                "B/example": f"{a['per_example']:.1f}",
-                "B/token": f"{a['per_token']:.1f}" if a["per_token"] else "-",
-            }
-        )
-    print_table(table)
-    total = sum(a["stored"] for a in sizes)
-    click.echo(f"total: {human_bytes(total)}, {total / manifest.dataset['n_rows']:.1f} B/example")
+    echo_table(described.table())
+    click.echo(f"total: {described.total()}")
 
 
 @cli.command()
-@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Cache root.")
+@cache_option
 @click.option("--teacher", "teachers", multiple=True, help="Only these teacher names.")
 def verify(cache, teachers) -> None:
     """Re-read every block of every teacher cache and check counts and checksums.
@@ -284,24 +230,14 @@ def verify(cache, teachers) -> None:
     Example:
       skdcache verify --cache .skdcache
     """
-    from skdcache.cache.catalog import verify_root
+    from skdcache.cache.catalog import verify_any_root
 
-    root = cache_root(cache)
-    if isinstance(root, str):  # a URL: mirror the published groups, then check the local copies
-        from skdcache.cache.remote import RemoteRoot
-
-        remote = RemoteRoot(root)
-        for fp, _, m in remote.manifests():
-            if not teachers or m.teacher["name"] in teachers:
-                remote.fetch(fp, m.cache_key)
-        root = remote.mirror
-    report = verify_root(root, list(teachers) or None)
-    bad = 0
+    report = verify_any_root(cache, list(teachers) or None)
     for path, problems in report.items():
         click.echo(f"{'OK  ' if not problems else 'FAIL'} {path}")
         for p in problems:
             click.echo(f"     {p}")
-        bad += bool(problems)
+    bad = sum(bool(problems) for problems in report.values())
     click.echo(f"{len(report) - bad} of {len(report)} teacher caches healthy")
     if bad:
         sys.exit(1)
@@ -309,59 +245,58 @@ def verify(cache, teachers) -> None:
 
 @cli.command()
 @config_option
-@data_options
-@click.option("--eval-split", default="validation", show_default=True, help="Labelled split for evaluation.")
-@click.option("--test-split", default=None, help="Split evaluated once at the end (reported, never selects).")
+@data_options(TrainConfig)
+@dataclass_options(
+    TrainConfig,
+    {
+        "eval_split": {"help": "Labelled split for evaluation."},
+        "test_split": {"help": "Split evaluated once at the end (reported, never selects)."},
+    },
+)
 @click.option("--teachers", default="all", show_default=True, help="Comma list of cached teacher names, or all.")
-@click.option("--student", required=True, help="Pretrained path/hub id, or a config .json (fresh weights).")
-@click.option("--student-layers", default=None, help="Keep only these layers: N (first N) or a list like 0,2.")
-@click.option("--student-head", type=click.Choice(["auto", "sequence", "mlm", "causal"]), default="auto")
-@click.option("--freeze-embeddings", is_flag=True, help="Keep the word embeddings fixed (much faster on CPU).")
-@click.option(
-    "--mode", type=click.Choice(["skd", "single", "average", "none", "online"]), default="skd", show_default=True
+@dataclass_options(
+    TrainConfig,
+    {
+        "student": {"help": "Pretrained path/hub id, or a config .json (fresh weights)."},
+        "student_layers": {"help": "Keep only these layers: N (first N) or a list like 0,2."},
+        "student_head": {"type": click.Choice(HEADS)},
+        "freeze_embeddings": {"help": "Keep the word embeddings fixed (much faster on CPU)."},
+        "mode": {"type": click.Choice(MODES)},
+        "sampling": {"help": "uniform | teacher-rank | student-rank | learned | weights=0.2,0.3,0.5"},
+        "sampling_temperature": {"help": "Rank samplers: p = softmax(metric / temperature)."},
+        "output": {"type": click.Path(file_okay=False), "help": "Run directory."},
+        "epochs": {},
+        "max_steps": {"help": "Optimizer steps (overrides --epochs)."},
+        "batch_size": {},
+        "lr": {},
+        "weight_decay": {},
+        "warmup_ratio": {},
+        "grad_clip": {},
+        "grad_accum": {},
+        "temperature": {},
+        "alpha": {"help": "Weight of the KD term vs labels."},
+        "beta": {"help": "Weight of the hidden-state loss."},
+        "layer_map": {"help": "Hidden-state map student:teacher, e.g. 2:6,4:12."},
+        "eval_every": {"help": "Steps between evaluations (0: epoch)."},
+        "seed": {},
+        "num_workers": {"help": "Loader processes reading targets."},
+        "device": {},
+        "pilot_steps": {"help": "student-rank: steps per pilot (default: half the run)."},
+        "learned_lr": {"help": "learned: logit step per typical advantage."},
+        "full_logits": {"help": "online + MLM/causal: distil from the full live vocabulary, not top-k."},
+        "resume": {"help": "Continue OUTPUT/checkpoint exactly where it stopped."},
+        "trust_remote_code": {},
+    },
 )
 @click.option(
-    "--sampling",
-    default="uniform",
-    show_default=True,
-    help="uniform | teacher-rank | student-rank | learned | weights=0.2,0.3,0.5",
+    "--teacher-path",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="online: where a teacher's model is now, if it moved since precompute (repeatable).",
 )
-@click.option(
-    "--sampling-temperature",
-    type=float,
-    default=0.05,
-    show_default=True,
-    help="Rank samplers: p = softmax(metric / temperature).",
-)
-@click.option("--output", required=True, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--epochs", type=float, default=3.0, show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
-@click.option("--grad-clip", type=float, default=1.0, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--temperature", type=float, default=2.0, show_default=True)
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the KD term vs labels.")
-@click.option("--beta", type=float, default=0.0, show_default=True, help="Weight of the hidden-state loss.")
-@click.option("--layer-map", default=None, help="Hidden-state map student:teacher, e.g. 2:6,4:12.")
-@click.option("--eval-every", type=int, default=0, show_default=True, help="Steps between evaluations (0: epoch).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--num-workers", type=int, default=1, show_default=True, help="Loader processes reading targets.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--pilot-steps", type=int, default=None, help="student-rank: steps per pilot (default: half the run).")
-@click.option(
-    "--learned-lr", type=float, default=0.1, show_default=True, help="learned: logit step per typical advantage."
-)
-@click.option(
-    "--full-logits", is_flag=True, help="online + MLM/causal: distil from the full live vocabulary, not top-k."
-)
-@click.option("--resume", is_flag=True, help="Continue OUTPUT/checkpoint exactly where it stopped.")
-@click.option("--trust-remote-code", is_flag=True)
 @click.option("--nproc", type=int, default=1, show_default=True, help="DDP processes (reruns under torchrun).")
 @click.pass_obj
-def train(obj, nproc, **kw) -> None:
+def train(obj, nproc, teachers, teacher_path, **kw) -> None:
     """Train a student from cached teachers (one sampled teacher per step).
 
     \b
@@ -369,23 +304,21 @@ def train(obj, nproc, **kw) -> None:
       skdcache train --data data/tweets --cache .skdcache --teachers all \\
           --student out/teacher-l3 --student-layers 1 --mode skd --sampling teacher-rank --output runs/skd
     """
-    from skdcache.train import TrainConfig
     from skdcache.train import train as run
 
     if nproc > 1:  # the same command, one replica per process, each reading its slice of every batch
-        if kw["batch_size"] % nproc:
+        if kw["batch_size"] % nproc:  # before torchrun starts: the library checks it again in every rank
             raise SkdError(f"--batch-size {kw['batch_size']} is the global batch: use a multiple of --nproc {nproc}")
         _rerun_under_torchrun(nproc)
-    names = None if kw["teachers"] in ("all", "", None) else [n.strip() for n in kw["teachers"].split(",")]
-    fields = {k: v for k, v in kw.items() if k in TrainConfig.__dataclass_fields__ and k not in ("data", "teachers")}
-    cfg = TrainConfig(data=data_spec(kw), teachers=names, progress=obj["progress"], **fields)
-    record = run(cfg)
+    names = None if teachers in ("all", "", None) else [n.strip() for n in teachers.split(",")]
+    fields = pick(TrainConfig, {k: v for k, v in kw.items() if k != "data"})
+    moved = list(teacher_path) or None
+    record = run(TrainConfig(data=data_spec(kw), teachers=names, teacher_path=moved, progress=obj["progress"], **fields))
     if record.get("rank", 0) != 0:
         return  # under torchrun, rank 0 reports
-    final = record["final"]
     click.echo(f"student ({record['student_parameters'] / 1e6:.1f}M params) -> {kw['output']}/student")
-    if final:
-        click.echo("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float)))
+    if record["final"]:
+        click.echo("final: " + ", ".join(f"{k}={v:.4f}" for k, v in record["final"].items() if isinstance(v, float)))
     if record["teacher_histogram"]:
         click.echo("teachers sampled: " + json.dumps(record["teacher_histogram"]))
 
@@ -401,21 +334,16 @@ def report(runs, plots, markdown) -> None:
     Example:
       skdcache report runs/* --plots runs/plots
     """
-    from skdcache.report import load_runs, plot_runs, summary_rows
+    from skdcache.report import load_runs, markdown_table, plot_runs, summary_rows
 
     records = load_runs([Path(r) for r in runs])
     rows = summary_rows(records)
     if markdown:
-        cols = list(rows[0])
-        click.echo("| " + " | ".join(cols) + " |")
-        click.echo("|" + "---|" * len(cols))
-        for r in rows:
-            click.echo("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        click.echo(markdown_table(rows), nl=False)
     else:
-        print_table(rows)
-    if plots:
-        for path in plot_runs(records, Path(plots)):
-            click.echo(f"wrote {path}")
+        echo_table(rows)
+    for path in plot_runs(records, Path(plots)) if plots else []:
+        click.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -435,6 +363,7 @@ def demo(obj, output, fresh) -> None:
 
 
 def _rerun_under_torchrun(nproc: int) -> None:
+    """Run this same command line under torchrun with `nproc` processes (without --nproc), then exit."""
     import subprocess
 
     args = []
@@ -442,43 +371,27 @@ def _rerun_under_torchrun(nproc: int) -> None:
     for a in sys.argv[1:]:
         if skip:
             skip = False
-            continue
-        if a == "--nproc":
+        elif a == "--nproc":
             skip = True
-            continue
-        if not a.startswith("--nproc="):
+        elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(nproc),
-        "-m",
-        "skdcache",
-        *args,
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    cmd += ["-m", "skdcache", *args]
     sys.exit(subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}))
 
 
 def main() -> None:
     try:
         cli(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # bad flags: click's own message and status
         exc.show()
         sys.exit(exc.exit_code)
-    except SkdError as exc:
-        if os.environ.get("SKDCACHE_DEBUG") == "1":
+    except BaseException as exc:
+        status = next(((code, message) for kind, code, message in ERRORS if isinstance(exc, kind)), None)
+        if status is None or (isinstance(exc, SkdError) and os.environ.get("SKDCACHE_DEBUG") == "1"):
             raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted; rerun the same command to resume", err=True)
-        sys.exit(130)
+        click.echo(status[1](exc), err=True)
+        sys.exit(status[0])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +33,6 @@ class DataSpec:
     label_column: str | None = "label"
     config_name: str | None = None
     limit: int | None = None
-
-    def with_split(self, split: str) -> DataSpec:
-        return DataSpec(**{**asdict(self), "split": split})
 
 
 @dataclass

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from skdcache.cache.catalog import find_teacher_caches
 from skdcache.cache.reader import TeacherCache
-from skdcache.cache.remote import RemoteRoot, is_url
-from skdcache.cache.store import default_cache_root
+from skdcache.cache.roots import open_root
 from skdcache.config import MODES, TrainConfig
 from skdcache.data import TextRows, available_splits, load_rows
 from skdcache.distributed import from_rank0_object
@@ -81,19 +79,19 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
 
 def open_team(cfg: TrainConfig, rows: TextRows, rank: int = 0) -> list[TeacherCache]:
     """The teacher caches of these rows (mirrored first from a remote root), checked to form one team."""
-    if is_url(cfg.cache):  # rank 0 chooses the groups, so every rank trains from the same ones
-        remote = RemoteRoot(cfg.cache)
+    root = open_root(cfg.cache)
+    if root.is_remote:  # rank 0 chooses the groups, so every rank trains from the same ones
+        remote = root.remote()
         keys = remote.choose(rows.fingerprint, cfg.teachers) if rank == 0 else None
         keys = from_rank0_object(keys)
         paths = {name: remote.fetch(rows.fingerprint, key) for name, key in keys.items()}
     else:
-        root = Path(cfg.cache).expanduser() if cfg.cache else default_cache_root()
-        paths = find_teacher_caches(root, rows.fingerprint, cfg.teachers)
+        paths = find_teacher_caches(root.path, rows.fingerprint, cfg.teachers)
     if cfg.mode == "single" and len(paths) != 1:
         raise SkdError(f"--mode single needs exactly one teacher, got {list(paths)}; pass --teachers NAME")
     if not paths:
         raise SkdError(
-            f"no teacher cached for this data in {cfg.cache or default_cache_root()}; run `skdcache precompute` first"
+            f"no teacher cached for this data in {root}; run `skdcache precompute` first"
         )
     caches = [TeacherCache(p) for p in paths.values()]
     for c in caches:

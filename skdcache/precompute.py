@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
-from skdcache.cache.remote import RemoteRoot, is_url
-from skdcache.cache.store import WriterLock, default_cache_root, ensure_writable_root, write_json
+from skdcache.cache.remote import RemoteRoot
+from skdcache.cache.roots import CacheRoot, open_root
+from skdcache.cache.store import WriterLock, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter, read_manifest
 from skdcache.data import DataSpec, Encoded, TextRows, load_rows, tokenize
 from skdcache.device import autocast_dtype, pick_device
@@ -63,6 +64,17 @@ class PrecomputeResult:
     status: str  # "cached" | "cached (remote)" | "computed" | "resumed" | "repaired" | "verified"
     seconds: float
     manifest: fmt.Manifest
+
+    def row(self) -> dict[str, str]:
+        """One line of the `skdcache precompute` summary table."""
+        metric = self.manifest.metric
+        return {
+            "teacher": self.name,
+            "status": self.status,
+            "seconds": f"{self.seconds:.1f}",
+            "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
+            "path": str(self.path),
+        }
 
 
 def parse_hidden_layers(value: str | None, n_layers: int) -> tuple[int, ...]:
@@ -452,9 +464,15 @@ def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:
 
 
 def precompute(
-    data: DataSpec, team: list[TeacherSpec], cache_root: str | Path | None = None, opts: TargetOptions | None = None
+    data: DataSpec,
+    team: list[TeacherSpec],
+    cache_root: str | Path | CacheRoot | None = None,
+    opts: TargetOptions | None = None,
 ) -> list[PrecomputeResult]:
-    """Python API of `skdcache precompute`: every teacher of `team` over the rows of `data`."""
+    """Python API of `skdcache precompute`: every teacher of `team` over the rows of `data`.
+
+    `cache_root` is anything `open_root` accepts: a path, ``~/x``, ``file:///x`` or a remote URL.
+    """
     opts = opts or TargetOptions()
     rpb = opts.rows_per_block
     if rpb < 1 or rpb & (rpb - 1):
@@ -464,11 +482,11 @@ def precompute(
     names = [t.name for t in team]
     if len(set(names)) != len(names):
         raise SkdError(f"teacher names must be unique, got {names}")
-    remote = RemoteRoot(cache_root) if is_url(cache_root) else None
+    where = open_root(cache_root)
+    remote = where.remote() if where.is_remote else None
     if remote is not None and rank_and_size()[0] == 0:
         remote.check_writable()
-    local = remote.mirror if remote else Path(cache_root) if cache_root else default_cache_root()
-    root = ensure_writable_root(local)
+    root = ensure_writable_root(where.path)
     rows = load_rows(data)
     eval_rows = load_eval_rows(data, opts)
     results = []

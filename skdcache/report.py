@@ -225,6 +225,19 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
+def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain aligned table for the terminal (the CLI's default view); "(nothing)" when there are no rows."""
+    if not rows:
+        return "(nothing)\n"
+    cols = list(columns or rows[0])
+    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines) + "\n"
+
+
 # ---- plots --------------------------------------------------------------------------------------------------
 def moving_average(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean with a shorter window at the start, so the curve keeps one point per step."""

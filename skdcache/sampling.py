@@ -125,7 +125,7 @@ def _check_kind(expected: str, state: Mapping[str, Any]) -> None:
     if state.get("kind") != expected:
         raise ValueError(
             f"state is for sampler kind {state.get('kind')!r} but this sampler is {expected!r}: "
-            "resume with the same --sampler"
+            "resume with the same --sampling"
         )
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import make_model, write_split
-from skdcache.cli.main import cli
+from skdcache.cli.main import cli, main
+
+from skdcache.data import DataSpec
+from skdcache.precompute import TargetOptions
+from skdcache.train import TrainConfig, train
 
 
 @pytest.fixture
@@ -64,3 +72,103 @@ def test_rerun_says_cached(cached, tmp_path):
 def test_every_help_shows_an_example(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "Example:" in result.output and f"skdcache {command}" in result.output
+
+
+# ---- file:// roots: one reading of --cache everywhere ------------------------------------------------------------
+def test_ls_info_verify_on_file_urls(cached):
+    cache, _ = cached
+    runner = CliRunner()
+    ls = runner.invoke(cli, ["ls", "--cache", f"file://{cache}"])
+    assert ls.exit_code == 0 and ls.output.count("complete") == 2, ls.output
+    verify = runner.invoke(cli, ["verify", "--cache", f"file://{cache}"])
+    assert verify.exit_code == 0 and "2 of 2 teacher caches healthy" in verify.output
+    group = next(p for p in cache.glob("*/*") if (p / "zarr.json").exists())
+    info = runner.invoke(cli, ["info", f"file://{group}"])
+    assert info.exit_code == 0 and "state: complete" in info.output, info.output
+
+
+def test_train_finds_teachers_under_a_file_url(cached, tmp_path):
+    cache, _ = cached
+    url = f"file://{cache.resolve()}"
+    args = ["-q", "train", "--data", str(tmp_path / "data"), "--cache", url, "--student", str(tmp_path / "small")]
+    args += ["--output", str(tmp_path / "cli-run"), "--max-steps", "2", "--batch-size", "16", "--num-workers", "0"]
+    args += ["--device", "cpu", "--max-length", "32"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "cli-run" / "run.json").read_text())["teachers"]) == 2
+    cfg = TrainConfig(
+        data=DataSpec(str(tmp_path / "data")),
+        student=str(tmp_path / "small"),
+        output=str(tmp_path / "api-run"),
+        cache=url,
+        max_steps=2,
+        batch_size=16,
+        num_workers=0,
+        device="cpu",
+        max_length=32,
+        progress=False,
+    )
+    assert len(train(cfg)["teachers"]) == 2
+
+
+# ---- flags are generated from the library's dataclasses --------------------------------------------------------
+NOT_FLAGS = {"data", "teachers", "progress", "extra"}  # built from other flags, or not a user choice
+DATA_FLAGS = {"source": "data", "config_name": "data_config"}  # DataSpec field -> flag parameter
+
+
+def default_drift(command: click.Command, cls: type, rename: dict[str, str] | None = None) -> list[str]:
+    """Flags whose default differs from the default of the dataclass field they fill, and fields with no flag."""
+    params = {p.name: p for p in command.params}
+    problems = []
+    for field in dataclasses.fields(cls):
+        name = (rename or {}).get(field.name, field.name)
+        if field.name in NOT_FLAGS:
+            continue
+        if name not in params:
+            problems.append(f"{field.name}: no flag")
+        elif field.default is dataclasses.MISSING:
+            if not params[name].required:
+                problems.append(f"{field.name}: required field, optional flag")
+        elif params[name].default != field.default:
+            problems.append(f"{field.name}: flag default {params[name].default!r} != {field.default!r}")
+    return problems
+
+
+@pytest.mark.parametrize(
+    "command, cls, rename",
+    [
+        (cli.commands["train"], TrainConfig, None),
+        (cli.commands["train"], DataSpec, DATA_FLAGS),
+        (cli.commands["precompute"], TargetOptions, None),
+        (cli.commands["precompute"], DataSpec, DATA_FLAGS),
+    ],
+)
+def test_flag_defaults_are_the_dataclass_defaults(command, cls, rename):
+    assert default_drift(command, cls, rename) == []
+
+
+def test_default_drift_detects_a_copied_default():
+    @click.command()
+    @click.option("--lr", type=float, default=1e-3)
+    def drifted(lr):
+        pass
+
+    problems = default_drift(drifted, TrainConfig)
+    assert "lr: flag default 0.001 != 0.0001" in problems and "seed: no flag" in problems
+
+
+# ---- errors: one line, exit 2 ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "/nonexistent/skd"], "error: /nonexistent/skd is not a directory"),
+        (["precompute", "--data", "x", "--teacher", "bad"], "error: --teacher 'bad': write NAME=PATH_OR_HUB_ID"),
+    ],
+)
+def test_known_errors_are_one_line_with_status_2(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["skdcache", "-q", *argv])
+    monkeypatch.delenv("SKDCACHE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(message), err

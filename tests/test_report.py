@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from skdcache.errors import SkdError
-from skdcache.report import aggregate_rows, load_runs, markdown_table, plot_runs, summary_rows
+from skdcache.report import aggregate_rows, load_runs, markdown_table, plot_runs, summary_rows, text_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEACHERS = ["bert-base", "roberta-base"]
@@ -159,6 +159,18 @@ def test_aggregate_mean_std_over_seeds(tmp_path: Path) -> None:
     assert lines[0] == "| mode | sampling | teachers | metric | n | mean | std | mean ± std |"
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert lines[3].startswith("| skd | uniform | bert-base,roberta-base | accuracy | 2 | 0.7100 | 0.0141 |")
+
+
+def test_text_table_aligns_columns() -> None:
+    rows = [{"run": "skd", "final": "0.7100"}, {"run": "none-long-name", "final": "-"}]
+    assert text_table(rows).splitlines() == [
+        "run             final ",
+        "--------------  ------",
+        "skd             0.7100",
+        "none-long-name  -     ",
+    ]
+    assert text_table(rows, ["final"]).splitlines()[0] == "final "
+    assert text_table([]) == "(nothing)\n"
 
 
 def test_plot_runs_writes_pngs(runs: list[Path], tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ the SHA-256 of the upstream hub revision e8c3b32edf5434bc2275fc9bab85f82640a1913
 License: Apache-2.0, as declared by the model card (README.md front matter, kept in the output directory); the base
 model microsoft/mpnet-base is MIT.
 
-Usage: python benchmarks/quality/get_mpnet.py --out /work/models/mpnet-base [--cache DIR]
+Usage: python benchmarks/quality/get_mpnet.py --out .bench-work/models/mpnet-base [--cache DIR]
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from skdcache.cache import format as fmt
 from skdcache.cache.reader import TOKEN_ARRAYS, TeacherCache
+from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import read_json
 from skdcache.cache.writer import completed_blocks, read_manifest
 from skdcache.errors import CacheError
@@ -149,3 +151,74 @@ def verify_root(root: Path, names: list[str] | None = None) -> dict[Path, list[s
         except Exception as exc:  # a damaged index or metadata file is a finding, not a crash
             report[entry.path] = [f"cannot open: {type(exc).__name__}: {exc}"]
     return report
+
+
+# ---- any root (local folder or URL), for `ls`, `info` and `verify` ---------------------------------------------
+def list_root(root: str | Path | CacheRoot | None) -> list[CacheEntry]:
+    """Teacher caches of any root: a folder's groups, or the groups published at a URL (sizes as stored there)."""
+    root = open_root(root)
+    if not root.is_remote:
+        return list_caches(root.path)
+    remote = root.remote()
+    return [
+        CacheEntry(root.path / fp / m.cache_key, d, m, stored_bytes=remote.stored_bytes(fp, m.cache_key))
+        for fp, d, m in remote.manifests()
+    ]
+
+
+def verify_any_root(root: str | Path | CacheRoot | None, names: list[str] | None = None) -> dict[Path, list[str]]:
+    """`verify_root` for any root: a URL's published groups are mirrored whole first, then their copies checked."""
+    root = open_root(root)
+    if root.is_remote:
+        remote = root.remote()
+        for fp, _, m in remote.manifests():
+            if not names or m.teacher["name"] in names:
+                remote.fetch(fp, m.cache_key)
+    return verify_root(root.path, names)
+
+
+@dataclass
+class CacheInfo:
+    """What `skdcache info` shows of one teacher cache: its manifest and the stored size of each array."""
+
+    path: Path
+    manifest: fmt.Manifest
+    arrays: list[dict]
+
+    FIELDS = ("state", "cache_key", "teacher", "tokenizer_hash", "dataset", "targets", "metric", "versions")
+
+    def to_dict(self) -> dict:
+        return {"manifest": self.manifest.to_dict(), "arrays": self.arrays}
+
+    def fields(self) -> dict[str, str]:
+        m = self.manifest.to_dict()
+        return {k: json.dumps(m[k]) if isinstance(m[k], dict | list) else str(m[k]) for k in self.FIELDS}
+
+    def table(self) -> list[dict]:
+        return [
+            {
+                "array": a["array"],
+                "shape": "x".join(map(str, a["shape"])),
+                "dtype": a["dtype"],
+                "chunk/shard": f"{a['chunks'][0]}/{a['shards'][0]}",
+                "stored": human_bytes(a["stored"]),
+                "B/example": f"{a['per_example']:.1f}",
+                "B/token": f"{a['per_token']:.1f}" if a["per_token"] else "-",
+            }
+            for a in self.arrays
+        ]
+
+    def total(self) -> str:
+        total = sum(a["stored"] for a in self.arrays)
+        return f"{human_bytes(total)}, {total / self.manifest.dataset['n_rows']:.1f} B/example"
+
+
+def cache_info(group: str | Path) -> CacheInfo:
+    """One teacher cache folder (a path, ``~`` or ``file://``), as listed by `skdcache ls`."""
+    root = open_root(group)
+    if root.is_remote:
+        raise CacheError(f"{group}: info reads a local teacher cache; run `skdcache verify --cache URL` to mirror it")
+    if not root.path.is_dir():
+        raise CacheError(f"{root.path} is not a directory; pass a teacher cache folder (ROOT/<dataset>/<key>)")
+    manifest = read_manifest(root.path)
+    return CacheInfo(root.path, manifest, array_sizes(root.path, manifest))
