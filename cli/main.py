@@ -18,8 +18,8 @@ import tomllib
 
 from skdcache.data import DataSpec
 from skdcache.errors import SkdError
+from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.precompute import TargetOptions
-from skdcache.teachers import ARCH_SUFFIX_TO_HEAD
 from skdcache.train import MODES, TrainConfig
 
 from .options import dataclass_options, field_option, pick
@@ -313,7 +313,8 @@ def train(obj, nproc, teachers, teacher_path, **kw) -> None:
     names = None if teachers in ("all", "", None) else [n.strip() for n in teachers.split(",")]
     fields = pick(TrainConfig, {k: v for k, v in kw.items() if k != "data"})
     moved = list(teacher_path) or None
-    record = run(TrainConfig(data=data_spec(kw), teachers=names, teacher_path=moved, progress=obj["progress"], **fields))
+    cfg = TrainConfig(data=data_spec(kw), teachers=names, teacher_path=moved, progress=obj["progress"], **fields)
+    record = run(cfg)
     if record.get("rank", 0) != 0:
         return  # under torchrun, rank 0 reports
     click.echo(f"student ({record['student_parameters'] / 1e6:.1f}M params) -> {kw['output']}/student")
