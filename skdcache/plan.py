@@ -90,9 +90,7 @@ def open_team(cfg: TrainConfig, rows: TextRows, rank: int = 0) -> list[TeacherCa
     if cfg.mode == "single" and len(paths) != 1:
         raise SkdError(f"--mode single needs exactly one teacher, got {list(paths)}; pass --teachers NAME")
     if not paths:
-        raise SkdError(
-            f"no teacher cached for this data in {root}; run `skdcache precompute` first"
-        )
+        raise SkdError(f"no teacher cached for this data in {root}; run `skdcache precompute` first")
     caches = [TeacherCache(p) for p in paths.values()]
     for c in caches:
         c.check_dataset(rows.fingerprint, len(rows))

@@ -112,7 +112,7 @@ def test_train_finds_teachers_under_a_file_url(cached, tmp_path):
 
 
 # ---- flags are generated from the library's dataclasses --------------------------------------------------------
-NOT_FLAGS = {"data", "teachers", "progress", "extra"}  # built from other flags, or not a user choice
+NOT_FLAGS = {"data", "teachers", "teacher_path", "progress", "extra"}  # built from other flags, or not a user choice
 DATA_FLAGS = {"source": "data", "config_name": "data_config"}  # DataSpec field -> flag parameter
 
 
