@@ -194,7 +194,7 @@ def precompute(obj, teacher, head, nproc, **kw) -> None:
                 "teacher": r.name,
                 "status": r.status,
                 "seconds": f"{r.seconds:.1f}",
-                "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
+                "metric": f"{metric.name}={metric.value:.4f}" if metric else "-",
                 "path": str(r.path),
             }
         )
@@ -242,7 +242,7 @@ def info(path, as_json) -> None:
       skdcache info .skdcache/<dataset>/<key>
     """
     from skdcache.cache.catalog import array_sizes, human_bytes
-    from skdcache.cache.writer import read_manifest
+    from skdcache.cache.manifest import read_manifest
 
     manifest = read_manifest(Path(path))
     sizes = array_sizes(Path(path), manifest)
@@ -269,7 +269,7 @@ def info(path, as_json) -> None:
         )
     print_table(table)
     total = sum(a["stored"] for a in sizes)
-    click.echo(f"total: {human_bytes(total)}, {total / manifest.dataset['n_rows']:.1f} B/example")
+    click.echo(f"total: {human_bytes(total)}, {total / manifest.dataset.n_rows:.1f} B/example")
 
 
 @cli.command()
@@ -292,7 +292,7 @@ def verify(cache, teachers) -> None:
 
         remote = RemoteRoot(root)
         for fp, _, m in remote.manifests():
-            if not teachers or m.teacher["name"] in teachers:
+            if not teachers or m.teacher.name in teachers:
                 remote.fetch(fp, m.cache_key)
         root = remote.mirror
     report = verify_root(root, list(teachers) or None)

@@ -23,9 +23,9 @@ class OnlineTeachers:
         self.full_logits = cfg.full_logits
         for cache in caches:
             t = cache.manifest.teacher
-            spec = TeacherSpec(t["name"], t["source"], t["revision"], t["head"])
+            spec = TeacherSpec(t.name, t.source, t.revision, t.head)
             teacher = load_teacher(spec, device, cfg.trust_remote_code)
-            if teacher.weights_hash != t["weights_hash"]:
+            if teacher.weights_hash != t.weights_hash:
                 raise RuntimeError(f"teacher {spec.name} at {spec.source} changed since it was cached")
             self.teachers.append(teacher)
             self.specs.append(cache.targets)

@@ -185,8 +185,8 @@ class Trainer:
         if len(heads) > 1:
             raise SkdError(f"teachers mix heads {sorted(heads)}; distil from teachers of one kind at a time")
         for c in caches:
-            if c.targets.head == "sequence" and c.manifest.dataset["label_names"] != self.rows.label_names:
-                raise SkdError(f"teacher {c.name} was cached with labels {c.manifest.dataset['label_names']}")
+            if c.targets.head == "sequence" and c.manifest.dataset.label_names != self.rows.label_names:
+                raise SkdError(f"teacher {c.name} was cached with labels {c.manifest.dataset.label_names}")
         return caches
 
     def _student_head(self) -> str:
@@ -204,7 +204,7 @@ class Trainer:
             return self.rows.num_labels
         if not self.caches:
             raise SkdError("unlabelled data: a sequence student needs --label-column or cached teachers")
-        return self.caches[0].manifest.teacher["num_labels"]
+        return self.caches[0].manifest.teacher.num_labels
 
     def _check_student_matches_teachers(self) -> None:
         from skdcache.cache.fingerprint import tokenizer_hash
@@ -219,9 +219,9 @@ class Trainer:
                 )
             if needs_same_tokens and t.max_length != self.cfg.max_length:
                 raise SkdError(f"teacher {c.name} was cached with --max-length {t.max_length}; use the same here")
-            if t.head == "sequence" and c.manifest.teacher["num_labels"] != self._num_labels():
+            if t.head == "sequence" and c.manifest.teacher.num_labels != self._num_labels():
                 raise SkdError(
-                    f"teacher {c.name} has {c.manifest.teacher['num_labels']} labels, the data {self.rows.num_labels}"
+                    f"teacher {c.name} has {c.manifest.teacher.num_labels} labels, the data {self.rows.num_labels}"
                 )
 
     def _objective(self) -> Objective:
@@ -245,7 +245,7 @@ class Trainer:
         """(student hidden_states index, position in the teacher's cached layers): explicit, or uniform by depth."""
         cached_layers = cache.targets.hidden_layers
         n_s = self.model.config.num_hidden_layers
-        n_t = cache.manifest.teacher["num_hidden_layers"]
+        n_t = cache.manifest.teacher.num_hidden_layers
         if self.cfg.layer_map:
             pairs = [tuple(int(x) for x in p.split(":")) for p in self.cfg.layer_map.split(",")]
         else:
@@ -264,7 +264,7 @@ class Trainer:
             return None
         width = self.model.config.hidden_size
         projectors = [
-            HiddenProjector(width, c.manifest.teacher["hidden_size"], len(m))
+            HiddenProjector(width, c.manifest.teacher.hidden_size, len(m))
             for c, m in zip(self.caches, self.objective.layer_maps, strict=True)
         ]
         return torch.nn.ModuleList(projectors).to(self.device)
@@ -305,7 +305,7 @@ class Trainer:
             missing = [c.name for c in self.caches if not c.manifest.metric]
             if missing:
                 raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
-            metrics = [c.manifest.metric["value"] for c in self.caches]
+            metrics = [c.manifest.metric.value for c in self.caches]
         if kind == "student-rank":
             from skdcache.pilots import pilot_metrics
 
@@ -568,8 +568,8 @@ class Trainer:
                     "name": c.name,
                     "cache_key": c.manifest.cache_key,
                     "path": str(c.path),
-                    "num_parameters": c.manifest.teacher["num_parameters"],
-                    "metric": c.manifest.metric,
+                    "num_parameters": c.manifest.teacher.num_parameters,
+                    "metric": c.manifest.metric.to_dict() if c.manifest.metric else None,
                 }
                 for c in self.caches
             ],
