@@ -55,9 +55,12 @@ def parse_mapping(data: object, what: str) -> dict:
 
 @dataclass(frozen=True)
 class _Record:
-    """A typed JSON object. Keys this version does not know (written by a newer one) are kept in `extra` and
-    written back, so rewriting a manifest never drops them. `record["key"]` reads a field by its JSON key, for
-    code written against the untyped manifest; new code uses attributes."""
+    """A typed JSON object; fields are keyword-only and in on-disk key order.
+
+    Keys this version does not know (written by a newer one) are kept in `extra` and written back, so
+    rewriting a manifest never drops them. `record["key"]` reads a field by its JSON key, for code written
+    against the untyped manifest (and branches still being migrated); new code uses attributes.
+    """
 
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
 
@@ -82,7 +85,7 @@ class _Record:
         return self.to_dict().get(key, default)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TeacherInfo(_Record):
     """The teacher that produced the targets; `source` is as the user typed it (shown in listings)."""
 
@@ -101,12 +104,12 @@ class TeacherInfo(_Record):
     location: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetInfo(_Record):
     """The rows the targets are for; the same record as the dataset folder's dataset.json."""
 
-    n_rows: int
     fingerprint: str = ""
+    n_rows: int
     split: str | None = None
     source: str | None = None
     text_column: str | None = None
@@ -117,20 +120,16 @@ class DatasetInfo(_Record):
     limit: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MetricInfo(_Record):
     """The teacher's metric on a labelled eval split (teacher-rank sampling ranks teachers by `value`)."""
 
+    split: str | None = None
     name: str
     value: float
-    split: str | None = None
     all: dict | None = None
     n_rows: int | None = None
     dataset_fingerprint: str | None = None
-
-    def to_dict(self) -> dict:  # today's key order on disk: split first
-        d = super().to_dict()
-        return {k: d.pop(k) for k in ("split", "name", "value")} | d
 
 
 @dataclass(frozen=True)

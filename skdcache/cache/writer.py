@@ -54,7 +54,9 @@ class CacheWriter:
             self.group.attrs[fmt.MANIFEST_ATTR] = manifest.to_dict()
             fsync_tree(group_path)
         if not (group_path / fmt.BLOCKS_DIR / "zarr.json").exists():  # also when resuming a cache made before it
-            self.group.create_array(fmt.BLOCKS_DIR, shape=(0,), dtype="uint8", attributes=fmt.MARKER_NODE_ATTRS)
+            self.group.create_array(
+                fmt.BLOCKS_DIR, shape=(0,), dtype="uint8", compressors=None, attributes=fmt.MARKER_NODE_ATTRS
+            )
             fsync_tree(group_path / fmt.BLOCKS_DIR / "zarr.json")
 
     def done(self) -> set[int]:
