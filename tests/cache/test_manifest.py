@@ -153,9 +153,21 @@ def test_cache_written_before_the_marker_node_is_read_and_resumed(tmp_path: Path
 
 
 def test_precompute_records_the_teacher_location(tmp_path: Path, monkeypatch):
+    """A teacher given as a relative path: `source` stays as typed, `location` is absolute; hub ids get None."""
+    from conftest import make_model, write_split
+
+    from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
     from skdcache.precompute import teacher_location
 
-    (tmp_path / "teachers" / "t").mkdir(parents=True)
+    make_model(tmp_path / "teachers" / "t", "sequence")
+    (tmp_path / "data").mkdir()
+    write_split(tmp_path / "data" / "train.csv", 20, seed=1)
     monkeypatch.chdir(tmp_path)
-    assert teacher_location("teachers/t") == str((tmp_path / "teachers" / "t").resolve())
-    assert teacher_location("org/hub-model") is None
+    opts = TargetOptions(max_length=16, batch_size=8, rows_per_block=16, progress=False, eval_split=None)
+    [result] = precompute(DataSpec("data"), [TeacherSpec("t", "teachers/t")], tmp_path / "c", opts)
+    teacher = read_manifest(result.path).teacher
+    assert teacher.source == "teachers/t" and teacher.location == str((tmp_path / "teachers" / "t").resolve())
+    assert result.manifest.teacher == teacher and teacher_location("org/hub-model") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert set(zarr.open_group(str(result.path), mode="r").array_keys()) == {"logits", fmt.BLOCKS_DIR}
