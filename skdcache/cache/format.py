@@ -270,7 +270,7 @@ def shards_of(lo: int, hi: int, shard_rows: int) -> range:
 
 # Completion markers: <group>/_blocks/<b>.json. `_blocks` is also an empty zarr array (its zarr.json), so the
 # group is a valid zarr hierarchy; zarr lists groups, never an array's folder, so it never sees the markers.
-MARKER_NODE_ATTRS = {"skdcache": "completion markers: <block>.json files in this folder, one per finished block"}
+MARKER_NODE_ATTRS = {"description": "skdcache completion markers: one <block>.json per finished block, in this folder"}
 
 
 def block_marker_name(block: int) -> str:
