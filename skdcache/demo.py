@@ -100,15 +100,15 @@ def run_demo(output: str | Path = "demo-out", fresh: bool = False, progress: boo
         rows.append(
             {
                 "model": f"teacher {r.name}",
-                "params": r.manifest.teacher["num_parameters"],
-                "accuracy": r.manifest.metric["value"],
+                "params": r.manifest.teacher.num_parameters,
+                "accuracy": r.manifest.metric.value,
                 "note": r.status,
             }
         )
     stage("precompute", t0)
 
     # 3. students: labels only, the best single teacher, SKD over the whole team
-    best = max(results, key=lambda r: r.manifest.metric["value"]).name
+    best = max(results, key=lambda r: r.manifest.metric.value).name
     t0 = time.perf_counter()
     student_runs = {
         "none": {"mode": "none"},

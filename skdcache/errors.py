@@ -7,3 +7,7 @@ class SkdError(Exception):
 
 class CacheError(SkdError):
     """A cache is missing, incomplete, damaged, or does not match the data it is asked for."""
+
+
+class GroupIncomplete(CacheError):
+    """A teacher cache group exists but has no manifest yet: its creation was cut short, so it can be recreated."""

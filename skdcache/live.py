@@ -24,12 +24,12 @@ def teacher_location(cache: TeacherCache, moved: dict[str, str] | None = None) -
     """Where a cached teacher's model is now: the path given for it, the absolute path recorded at precompute,
     or the source as typed (a hub id, or a path relative to where precompute ran)."""
     t = cache.manifest.teacher
-    if moved and t["name"] in moved:
-        return moved[t["name"]]
-    location = t.get("location")
+    if moved and t.name in moved:
+        return moved[t.name]
+    location = t.location
     if location and Path(location).is_dir():
         return location
-    return t["source"]
+    return t.source
 
 
 class LiveTargets:
@@ -56,9 +56,9 @@ class LiveTargets:
         self.specs, self.teachers, self.encoded, self.perms = [], [], [], []
         for cache in caches:
             t = cache.manifest.teacher
-            spec = TeacherSpec(t["name"], teacher_location(cache, moved), t["revision"], t["head"])
+            spec = TeacherSpec(t.name, teacher_location(cache, moved), t.revision, t.head)
             teacher = load_teacher(spec, device, trust_remote_code)
-            if teacher.weights_hash != t["weights_hash"]:
+            if teacher.weights_hash != t.weights_hash:
                 raise SkdError(
                     f"teacher {spec.name} at {spec.source} changed since it was cached; "
                     f"point at the cached weights with --teacher-path {spec.name}=PATH"

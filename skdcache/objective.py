@@ -157,7 +157,7 @@ def build_objective(
 def _layer_map(cache: TeacherCache, n_s: int, explicit: str | None) -> list[tuple[int, int]]:
     """(student hidden_states index, position in the teacher's cached layers): explicit, or uniform by depth."""
     cached_layers = cache.targets.hidden_layers
-    n_t = cache.manifest.teacher["num_hidden_layers"]
+    n_t = cache.manifest.teacher.num_hidden_layers
     if explicit:
         pairs = [tuple(int(x) for x in p.split(":")) for p in explicit.split(",")]
     else:
@@ -176,6 +176,6 @@ def build_projectors(obj: Objective, caches: list[TeacherCache], student_width: 
     if obj.beta <= 0:
         return None
     return torch.nn.ModuleList(
-        HiddenProjector(student_width, c.manifest.teacher["hidden_size"], len(m))
+        HiddenProjector(student_width, c.manifest.teacher.hidden_size, len(m))
         for c, m in zip(caches, obj.layer_maps, strict=True)
     )

@@ -98,8 +98,8 @@ def open_team(cfg: TrainConfig, rows: TextRows, rank: int = 0) -> list[TeacherCa
     if len(heads) > 1:
         raise SkdError(f"teachers mix heads {sorted(heads)}; distil from teachers of one kind at a time")
     for c in caches:
-        if c.targets.head == "sequence" and c.manifest.dataset["label_names"] != rows.label_names:
-            raise SkdError(f"teacher {c.name} was cached with labels {c.manifest.dataset['label_names']}")
+        if c.targets.head == "sequence" and c.manifest.dataset.label_names != rows.label_names:
+            raise SkdError(f"teacher {c.name} was cached with labels {c.manifest.dataset.label_names}")
     return caches
 
 
@@ -119,7 +119,7 @@ def _num_labels(rows: TextRows, head: str, caches: list[TeacherCache]) -> int | 
         return rows.num_labels
     if not caches:
         raise SkdError("unlabelled data: a sequence student needs --label-column or cached teachers")
-    return caches[0].manifest.teacher["num_labels"]
+    return caches[0].manifest.teacher.num_labels
 
 
 def _split_heldout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

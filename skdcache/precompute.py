@@ -22,14 +22,15 @@ from tqdm.auto import tqdm
 
 from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
+from skdcache.cache.manifest import DatasetInfo, TeacherInfo, read_manifest
 from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import WriterLock, ensure_writable_root, write_json
-from skdcache.cache.writer import CacheWriter, read_manifest
+from skdcache.cache.writer import CacheWriter
 from skdcache.data import DataSpec, Encoded, TextRows, load_rows, tokenize
 from skdcache.device import autocast_dtype, pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
-from skdcache.errors import CacheError, SkdError
+from skdcache.errors import CacheError, GroupIncomplete, SkdError
 from skdcache.metrics import PRIMARY, task_metrics
 from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
 from skdcache.reduce import label_permutation, target_positions, teacher_batch, teacher_forward
@@ -264,6 +265,12 @@ def package_versions() -> dict[str, str]:
     }
 
 
+def teacher_location(source: str) -> str | None:
+    """The absolute path of a local teacher directory (so online mode finds it from any directory), else None."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.is_dir() else None
+
+
 def dataset_record(rows: TextRows) -> dict:
     s = rows.spec
     return {
@@ -359,20 +366,21 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
         )
         manifest = fmt.Manifest(
             format_version=fmt.FORMAT_VERSION,
-            teacher={
-                "name": spec.name,
-                "source": spec.source,
-                "revision": spec.revision,
-                "head": head,
-                "weights_hash": weights_hash,
-                "num_parameters": teacher.num_parameters,
-                "num_labels": config.num_labels,
-                "vocab_size": config.vocab_size,
-                "hidden_size": config.hidden_size,
-                "num_hidden_layers": config.num_hidden_layers,
-            },
+            teacher=TeacherInfo(
+                name=spec.name,
+                source=spec.source,
+                revision=spec.revision,
+                head=head,
+                weights_hash=weights_hash,
+                num_parameters=teacher.num_parameters,
+                num_labels=config.num_labels,
+                vocab_size=config.vocab_size,
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_hidden_layers,
+                location=teacher_location(spec.source),
+            ),
             tokenizer_hash=tok_hash,
-            dataset=dataset_record(rows),
+            dataset=DatasetInfo.from_dict(dataset_record(rows)),
             targets=targets.to_dict(),
             layout=layout.to_dict(),
             versions=package_versions(),
@@ -447,10 +455,8 @@ def _existing_manifest(group_path: Path) -> fmt.Manifest | None:
         return None
     try:
         return read_manifest(group_path)
-    except CacheError as exc:
-        if "no 'skdcache' attribute" in str(exc):
-            return None  # the writer recreates a group whose creation crashed before the manifest
-        raise
+    except GroupIncomplete:
+        return None  # the writer recreates a group whose creation crashed before the manifest
 
 
 def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:

@@ -111,7 +111,7 @@ def sampler_for_run(cfg: TrainConfig, plan: RunPlan, run_pilot: Callable[[TrainC
         missing = [c.name for c in plan.caches if not c.manifest.metric]
         if missing:
             raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
-        metrics = [c.manifest.metric["value"] for c in plan.caches]
+        metrics = [c.manifest.metric.value for c in plan.caches]
     if kind == "student-rank":
         # half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform
         steps = cfg.pilot_steps or max(1, plan.total_steps // 2)

@@ -139,8 +139,8 @@ def check_student_matches_teachers(
             )
         if needs_same_tokens and t.max_length != max_length:
             raise SkdError(f"teacher {c.name} was cached with --max-length {t.max_length}; use the same here")
-        if t.head == "sequence" and c.manifest.teacher["num_labels"] != num_labels:
-            raise SkdError(f"teacher {c.name} has {c.manifest.teacher['num_labels']} labels, the data {num_labels}")
+        if t.head == "sequence" and c.manifest.teacher.num_labels != num_labels:
+            raise SkdError(f"teacher {c.name} has {c.manifest.teacher.num_labels} labels, the data {num_labels}")
 
 
 def student_inputs(tokenizer, rows: TextRows, head: str, max_length: int, caches: list[TeacherCache]) -> StudentInputs:

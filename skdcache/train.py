@@ -292,8 +292,8 @@ def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float)
                 "name": c.name,
                 "cache_key": c.manifest.cache_key,
                 "path": str(c.path),
-                "num_parameters": c.manifest.teacher["num_parameters"],
-                "metric": c.manifest.metric,
+                "num_parameters": c.manifest.teacher.num_parameters,
+                "metric": c.manifest.metric.to_dict() if c.manifest.metric else None,
             }
             for c in run.caches
         ],

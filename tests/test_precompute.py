@@ -322,7 +322,7 @@ def _kill_mid_run(data: Path, teacher: Path, root: Path, log: Path, work) -> Non
             work()
             deadline = time.monotonic() + 60
             while child.poll() is None and time.monotonic() < deadline:
-                if list(root.glob("*/*/token_index/c/1/0")) and list(root.glob("*/*/_blocks/*.json")):
+                if list(root.glob("*/*/token_index/c/1/0")) and list(root.glob("*/*/_blocks/[0-9]*.json")):
                     break
                 time.sleep(0.02)
         finally:
@@ -343,8 +343,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, teachers: di
     reference_run = lambda: fresh.extend(precompute(spec, team, tmp_path / "reference", _opts(**RESUME_OPTS)))  # noqa: E731
     _kill_mid_run(data, teacher, root, tmp_path / "child.log", reference_run)
 
-    [group] = {p.parent.parent for p in root.glob("*/*/_blocks/*.json")}
-    markers = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (group / "_blocks").glob("*.json")}
+    [group] = {p.parent.parent for p in root.glob("*/*/_blocks/[0-9]*.json")}
+    markers = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (group / "_blocks").glob("[0-9]*.json")}
     done = sorted(int(p.stem) for p in markers)
     assert done == [0]
     shards = [group / "token_index" / "c" / str(b) / "0" for b in done]  # one row shard per block
@@ -368,7 +368,16 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, teachers: di
     assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in shards] == shard_state
 
     got, want = _raw_arrays(resumed.path), _raw_arrays(fresh.path)
-    names = ["hidden", "hidden_index", "positions", "tail_logmass", "token_index", "topk_ids", "topk_logprobs"]
+    names = [
+        "_blocks",
+        "hidden",
+        "hidden_index",
+        "positions",
+        "tail_logmass",
+        "token_index",
+        "topk_ids",
+        "topk_logprobs",
+    ]
     assert sorted(got) == sorted(want) == names
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)

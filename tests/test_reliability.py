@@ -57,7 +57,7 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def _marker_mtimes(path: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (path / "_blocks").glob("*.json")}
+    return {p.name: p.stat().st_mtime_ns for p in (path / "_blocks").glob("[0-9]*.json")}
 
 
 def _flip(path: Path, offset: int = 40) -> None:
@@ -219,7 +219,7 @@ def test_real_disk_full_on_a_small_tmpfs_then_resume_after_growing_it(built, tmp
     with pytest.raises(CacheError, match="disk full") as info:
         precompute(DataSpec(str(data)), team, tmpfs / "cache", opts)
     assert "\n" not in str(info.value) and "--cache" in str(info.value)
-    assert list((tmpfs / "cache").glob("*/*/_blocks/*.json"))  # it failed mid-way: some blocks were finished
+    assert list((tmpfs / "cache").glob("*/*/_blocks/[0-9]*.json"))  # it failed mid-way: some blocks were finished
     subprocess.run(["mount", "-o", f"remount,size={4 * needed // 1024 + 64}k", str(tmpfs)], check=True)
     (result,) = precompute(DataSpec(str(data)), team, tmpfs / "cache", opts)
     assert result.status == "resumed" and TeacherCache(result.path).verify() == []
@@ -241,7 +241,7 @@ def test_nan_teacher_outputs_are_refused(tmp_path):
     model.save_pretrained(teacher)
     with pytest.raises(SkdError, match="NaN"):
         precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], tmp_path / "cache", TargetOptions(**OPTS))
-    assert not any((tmp_path / "cache").glob("*/*/_blocks/*.json"))
+    assert not any((tmp_path / "cache").glob("*/*/_blocks/[0-9]*.json"))
 
 
 def test_remote_code_is_refused_without_the_flag(tmp_path):

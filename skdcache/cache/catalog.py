@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skdcache.cache import format as fmt
-from skdcache.cache.reader import TOKEN_ARRAYS, TeacherCache
+from skdcache.cache.manifest import read_manifest
+from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import read_json
-from skdcache.cache.writer import completed_blocks, read_manifest
 from skdcache.errors import CacheError
 
 
@@ -24,7 +24,7 @@ class CacheEntry:
 
     @property
     def name(self) -> str:
-        return self.manifest.teacher["name"] if self.manifest else "?"
+        return self.manifest.teacher.name if self.manifest else "?"
 
 
 def dir_bytes(path: Path) -> int:
@@ -58,7 +58,7 @@ def select_teachers(
     found: dict[str, tuple[str, Path]] = {}
     for entry in entries:
         m = entry.manifest
-        if m is None or m.state != "complete" or m.dataset["fingerprint"] != dataset_fingerprint:
+        if m is None or m.state != "complete" or m.dataset.fingerprint != dataset_fingerprint:
             continue
         if entry.name not in found or (m.completed_at or "") > found[entry.name][0]:
             found[entry.name] = (m.completed_at or "", entry.path)
@@ -79,20 +79,20 @@ def summary_row(entry: CacheEntry) -> dict:
     if m is None:
         return {"dataset": entry.path.parent.name[:12], "teacher": "?", "state": f"unreadable: {entry.error}"}
     n_blocks = m.layout["n_blocks"]
-    done = n_blocks if entry.stored_bytes is not None else len(completed_blocks(entry.path))
+    done = n_blocks if entry.stored_bytes is not None else len(fmt.completed_blocks(entry.path))
     metric = m.metric
     return {
         "dataset": entry.path.parent.name[:12],
         "split": entry.dataset.get("split"),
         "rows": entry.dataset.get("n_rows"),
-        "teacher": m.teacher["name"],
-        "head": m.teacher["head"],
-        "params": f"{m.teacher['num_parameters'] / 1e6:.1f}M",
+        "teacher": m.teacher.name,
+        "head": m.teacher.head,
+        "params": f"{m.teacher.num_parameters / 1e6:.1f}M",
         "key": m.cache_key[:12],
         "targets": describe_targets(m.targets),
         "state": m.state if m.state == "complete" else f"{m.state} {done}/{n_blocks} blocks",
         "size": human_bytes(entry.stored_bytes if entry.stored_bytes is not None else dir_bytes(entry.path)),
-        "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
+        "metric": f"{metric.name}={metric.value:.4f}" if metric else "-",
     }
 
 
@@ -113,15 +113,14 @@ def human_bytes(n: float) -> str:
 
 def array_sizes(path: Path, manifest: fmt.Manifest) -> list[dict]:
     """Shape, dtype and stored bytes of each array, per example and per token target."""
-    n_rows = manifest.dataset["n_rows"]
+    n_rows = manifest.dataset.n_rows
     layout = fmt.layout_from_dict(manifest.layout, n_rows)
     cache = TeacherCache(path, allow_incomplete=True)
-    n_tokens = int(cache.index["token_index"][:, 1].sum()) if "token_index" in cache.index else 0
-    n_hidden_tokens = int(cache.index["hidden_index"][:, 1].sum()) if "hidden_index" in cache.index else 0
     rows = []
     for name, spec in layout.arrays.items():
         stored = dir_bytes(path / name)
-        per_token = n_tokens if name in TOKEN_ARRAYS else n_hidden_tokens if name == "hidden" else 0
+        index = fmt.index_array(name, cache.index)
+        per_token = int(cache.index[index][:, 1].sum()) if index else 0
         rows.append(
             {
                 "array": name,

@@ -17,6 +17,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
+from skdcache.cache.format import shard_file
 from skdcache.errors import CacheError
 
 _EMPTY = np.uint64(2**64 - 1)
@@ -55,9 +56,7 @@ class ShardedRows:
         self._max_open = max_open_files
 
     def _shard_path(self, shard: int) -> Path:
-        return (
-            self.dir / "c" / str(shard) / Path(*(["0"] * len(self.tail))) if self.tail else self.dir / "c" / str(shard)
-        )
+        return shard_file(self.dir, shard, 1 + len(self.tail))
 
     def _fd(self, shard: int) -> int | None:
         if shard in self._fds:

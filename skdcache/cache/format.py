@@ -1,4 +1,5 @@
-"""The cache format: the only module that names arrays, shapes, dtypes, chunking, sharding and attributes.
+"""The cache format: the only module that names arrays, their families, shapes, dtypes, chunking, sharding,
+shard files and completion markers (the manifest, the group's attributes, is typed in `manifest.py`).
 
 A cache root holds one directory per dataset fingerprint and, inside it, one Zarr v3 group per teacher
 cache (content key = teacher weights + tokenizer + target spec + format version):
@@ -13,25 +14,41 @@ cache (content key = teacher weights + tokenizer + target spec + format version)
         token_index        [n_rows, 2]         int64     (start, count) of each row in the token arrays
         hidden             [n_rows, L, H] (cls) or [n_hid_tok, L, H] (all tokens)  float16
         hidden_index       [n_rows, 2]         int64     (start, count) of each row in `hidden` (all tokens)
-        _blocks/<b>.json   completion marker of block b, written after its bytes are durable
+        _blocks/           an empty zarr array node (so plain zarr browses the group without warnings) whose
+                           folder holds <b>.json, the completion marker of block b, written after its bytes
+                           are durable; zarr never lists inside an array, and old skdcache versions read it
 
 Rows are written in blocks of `rows_per_block` examples; block b owns rows [b*R, (b+1)*R) of every row array
 (one shard each) and, in every token array, a range that starts on a shard boundary, so that each shard is
 written whole by exactly one writer in one call. The unused tail of a block's last token shard is never
 written (empty inner chunks are not stored), so the gaps cost no bytes; `token_index` gives the true extents.
+
+Array families: a row array has one entry per example; a token array has one entry per target token (or per
+sequence token for `hidden` with hidden_tokens "all"), and its index array gives each row's (start, count).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
-MANIFEST_ATTR = "skdcache"
+from skdcache.cache.manifest import (  # noqa: F401  (re-exported: the format's version and its manifest)
+    FORMAT_VERSION,
+    MANIFEST_ATTR,
+    DatasetInfo,
+    Manifest,
+    MetricInfo,
+    TeacherInfo,
+    manifest_attrs,
+    read_manifest,
+)
+from skdcache.errors import CacheError
+
 DATASET_FILE = "dataset.json"
 BLOCKS_DIR = "_blocks"
 ROWS_PER_BLOCK = 1024
@@ -87,29 +104,22 @@ class ArraySpec:
         return (self.shard_rows, *self.shape[1:])
 
 
-@dataclass
-class Manifest:
-    """Group attributes of a teacher cache; `state` moves from "writing" to "complete"."""
+# Array families. Token arrays are indexed by `token_index`; `hidden` is a token array (indexed by
+# `hidden_index`) only when every token's hidden state is stored, else a row array.
+TOKEN_ARRAYS = ("topk_logprobs", "topk_ids", "tail_logmass", "positions")
+INDEX_ARRAYS = ("token_index", "hidden_index")
+_INDEX_OF = {**{name: "token_index" for name in TOKEN_ARRAYS}, "hidden": "hidden_index"}
+ARRAY_NAMES = ("logits", *TOKEN_ARRAYS, "token_index", "hidden", "hidden_index")
 
-    format_version: int
-    teacher: dict  # name, source, revision, head, weights_hash, num_parameters
-    tokenizer_hash: str
-    dataset: dict  # fingerprint, n_rows, split, label_names, task
-    targets: dict  # TargetSpec.to_dict()
-    layout: dict  # rows_per_block, n_blocks, arrays {name: {shape, dtype, chunks, shards}}
-    metric: dict | None = None  # teacher's metric on a labelled eval split: {split, name, value, ...}
-    versions: dict = field(default_factory=dict)
-    created_at: str = ""
-    completed_at: str | None = None
-    state: str = "writing"
-    cache_key: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+def index_array(name: str, present) -> str | None:
+    """The index array giving the token range of each row of `name`, or None for a row array.
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Manifest:
-        return cls(**d)
+    Args:
+        present: the names of the arrays this cache has (a layout's or a group's arrays).
+    """
+    index = _INDEX_OF.get(name)
+    return index if index in present else None
 
 
 def token_id_dtype(vocab_size: int) -> str:
@@ -233,24 +243,10 @@ def plan_layout(
     return Layout(R, n_rows, arrays), index
 
 
-ARRAY_NAMES = (
-    "logits",
-    "topk_logprobs",
-    "topk_ids",
-    "tail_logmass",
-    "positions",
-    "token_index",
-    "hidden",
-    "hidden_index",
-)
-
-
 def layout_from_dict(d: dict, n_rows: int) -> Layout:
     """Parse a manifest's layout; array names are checked so an edited manifest cannot point outside the group."""
     unknown = sorted(set(d["arrays"]) - set(ARRAY_NAMES))
     if unknown:
-        from skdcache.errors import CacheError
-
         raise CacheError(f"manifest names unknown arrays {unknown}; the cache was edited or damaged, recompute it")
     arrays = {
         name: ArraySpec(name, tuple(a["shape"]), a["dtype"], a["chunks"][0], a["shards"][0])
@@ -260,12 +256,42 @@ def layout_from_dict(d: dict, n_rows: int) -> Layout:
 
 
 def shard_file(array_dir: Path, shard: int, ndim: int) -> Path:
-    """The file of shard `shard` along axis 0 (zarr v3 default key encoding "c/<i>/0/0...", separator "/")."""
+    """The file of shard `shard` along axis 0 (zarr v3 default key encoding "c/<i>/0/0...", separator "/").
+
+    The one place shard paths are built: the writer (fsync, repair), the direct reader and integrity checks.
+    """
     return array_dir.joinpath("c", str(shard), *(["0"] * (ndim - 1)))
+
+
+def shards_of(lo: int, hi: int, shard_rows: int) -> range:
+    """Shards along axis 0 that hold rows [lo, hi) (the shard of `lo` when the range is empty)."""
+    return range(lo // shard_rows, max(lo, hi - 1) // shard_rows + 1)
+
+
+# Completion markers: <group>/_blocks/<b>.json. `_blocks` is also an empty zarr array (its zarr.json), so the
+# group is a valid zarr hierarchy; zarr lists groups, never an array's folder, so it never sees the markers.
+MARKER_NODE_ATTRS = {"description": "skdcache completion markers: one <block>.json per finished block, in this folder"}
 
 
 def block_marker_name(block: int) -> str:
     return f"{BLOCKS_DIR}/{block:06d}.json"
+
+
+def marker_path(group_path: Path, block: int) -> Path:
+    return group_path / block_marker_name(block)
+
+
+def completed_blocks(group_path: Path) -> set[int]:
+    """Blocks whose completion marker exists (their bytes are durable and their checksums recorded)."""
+    marker_dir = group_path / BLOCKS_DIR
+    if not marker_dir.is_dir():
+        return set()
+    return {int(p.stem) for p in marker_dir.glob("*.json") if p.stem.isdigit()}
+
+
+def checksum(data: np.ndarray) -> str:
+    """What a marker records per array: crc32 of the block's values as written (after the dtype cast)."""
+    return f"{zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1)):08x}"
 
 
 def encode_marker(block: int, rows: tuple[int, int], checksums: dict[str, str]) -> bytes:

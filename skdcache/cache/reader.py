@@ -11,11 +11,10 @@ import zarr
 
 from skdcache.cache import format as fmt
 from skdcache.cache.fastread import ShardedRows
+from skdcache.cache.manifest import read_manifest
 from skdcache.cache.store import read_json
-from skdcache.cache.writer import checksum, completed_blocks, read_manifest
 from skdcache.errors import CacheError
 
-TOKEN_ARRAYS = ("topk_logprobs", "topk_ids", "tail_logmass", "positions")
 IN_MEMORY_BYTES = 32 * 2**20  # arrays this small (logits, indexes) are read whole once per process
 
 
@@ -60,9 +59,9 @@ class TeacherCache:
             raise CacheError(f"no teacher cache at {self.path}; run `skdcache precompute` first")
         self.manifest = read_manifest(self.path)
         self.targets = fmt.TargetSpec.from_dict(self.manifest.targets)
-        self.n_rows = int(self.manifest.dataset["n_rows"])
+        self.n_rows = int(self.manifest.dataset.n_rows)
         self.layout = fmt.layout_from_dict(self.manifest.layout, self.n_rows)
-        done = completed_blocks(self.path)
+        done = fmt.completed_blocks(self.path)
         missing = set(range(self.layout.n_blocks)) - done
         if missing and not allow_incomplete:
             raise CacheError(
@@ -75,7 +74,7 @@ class TeacherCache:
             self._complete_rows[lo:hi] = True
         group = zarr.open_group(str(self.path), mode="r")
         self.arrays = {name: group[name] for name in self.layout.arrays}
-        self.index = {n: self.arrays[n][:] for n in ("token_index", "hidden_index") if n in self.arrays}
+        self.index = {n: self.arrays[n][:] for n in fmt.INDEX_ARRAYS if n in self.arrays}
         self._sources: dict = {}
 
     def _rows(self, name: str):
@@ -95,11 +94,11 @@ class TeacherCache:
 
     @property
     def name(self) -> str:
-        return self.manifest.teacher["name"]
+        return self.manifest.teacher.name
 
     @property
     def dataset_fingerprint(self) -> str:
-        return self.manifest.dataset["fingerprint"]
+        return self.manifest.dataset.fingerprint
 
     def check_dataset(self, fingerprint: str, n_rows: int | None = None) -> None:
         if fingerprint != self.dataset_fingerprint:
@@ -120,18 +119,18 @@ class TeacherCache:
         uniq, inverse = np.unique(rows, return_inverse=True)
         out = Targets()
         if "logits" in self.arrays:
-            out.logits = _tensor(self._rows("logits")(uniq)[inverse], torch.float32)
+            out.logits = _tensor(self._rows("logits")(uniq)[inverse])
         if "token_index" in self.index:
             tok = _expand(self.index["token_index"], rows)
-            for name in TOKEN_ARRAYS:
-                setattr(out, name, _tensor(self._gather(name, tok), _DTYPES[name]))
+            for name in fmt.TOKEN_ARRAYS:
+                setattr(out, name, _tensor(self._gather(name, tok)))
             out.token_counts = torch.from_numpy(self.index["token_index"][rows, 1].copy())
         if "hidden" in self.arrays:
             if "hidden_index" in self.index:
-                out.hidden = _tensor(self._gather("hidden", _expand(self.index["hidden_index"], rows)), torch.float32)
+                out.hidden = _tensor(self._gather("hidden", _expand(self.index["hidden_index"], rows)))
                 out.hidden_counts = torch.from_numpy(self.index["hidden_index"][rows, 1].copy())
             else:
-                out.hidden = _tensor(self._rows("hidden")(uniq)[inverse], torch.float32)
+                out.hidden = _tensor(self._rows("hidden")(uniq)[inverse])
         return out
 
     def _gather(self, name: str, positions: np.ndarray) -> np.ndarray:
@@ -150,7 +149,7 @@ class TeacherCache:
         found: dict[int, list[str]] = {}
         for block in range(self.layout.n_blocks):
             problems = found.setdefault(block, [])
-            marker = self.path / fmt.block_marker_name(block)
+            marker = fmt.marker_path(self.path, block)
             if not marker.exists():
                 problems.append(f"block {block}: not written (no completion marker)")
                 continue
@@ -162,7 +161,7 @@ class TeacherCache:
             lo, hi = self.layout.block_rows(block)
             for name in self.arrays:
                 try:
-                    got = checksum(self._block_values(name, lo, hi))
+                    got = fmt.checksum(self._block_values(name, lo, hi))
                 except Exception as exc:  # any decode failure is damage to report, not to raise
                     problems.append(f"block {block} array {name}: unreadable ({type(exc).__name__}: {exc})")
                     continue
@@ -171,8 +170,8 @@ class TeacherCache:
         return {b: p for b, p in found.items() if p}
 
     def _block_values(self, name: str, lo: int, hi: int) -> np.ndarray:
-        family = "token_index" if name in TOKEN_ARRAYS else "hidden_index" if name == "hidden" else None
-        if family is None or family not in self.index:
+        family = fmt.index_array(name, self.index)
+        if family is None:
             return self.arrays[name][lo:hi]
         idx = self.index[family][lo:hi]
         start, stop = int(idx[0, 0]), int(idx[-1, 0] + idx[-1, 1])
@@ -207,15 +206,9 @@ class _InMemory:
         return self.values[rows]
 
 
-_DTYPES = {
-    "topk_logprobs": torch.float32,
-    "topk_ids": torch.int64,
-    "tail_logmass": torch.float32,
-    "positions": torch.int64,
-}
-
-
-def _tensor(values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+def _tensor(values: np.ndarray) -> torch.Tensor:
+    """Floats as float32, integers (ids, positions, counts) as int64: what losses and embeddings take."""
+    dtype = torch.float32 if np.issubdtype(values.dtype, np.floating) else torch.int64
     if values.dtype == np.uint16 or values.dtype == np.uint32:
         values = values.astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(values)).to(dtype)

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from skdcache.cache import format as fmt
+from skdcache.cache.manifest import read_manifest
 from skdcache.cache.store import WriterLock
 from skdcache.errors import CacheError
 
@@ -101,8 +102,7 @@ class RemoteRoot:
 
     def has_complete(self, fingerprint: str, key: str) -> fmt.Manifest | None:
         """The manifest of a published group this version reads, or None (absent, partial, other format)."""
-        meta = self._json(self._path(fingerprint, key, "zarr.json"))
-        attrs = (meta or {}).get("attributes", {}).get(fmt.MANIFEST_ATTR)
+        attrs = fmt.manifest_attrs(self._json(self._path(fingerprint, key, "zarr.json")) or {})
         if attrs and attrs.get("format_version") == fmt.FORMAT_VERSION and attrs.get("state") == "complete":
             return fmt.Manifest.from_dict(attrs)
         return None
@@ -180,8 +180,6 @@ class RemoteRoot:
 
 
 def _complete_locally(group: Path) -> bool:
-    from skdcache.cache.writer import read_manifest
-
     try:
         return (group / "zarr.json").exists() and read_manifest(group).state == "complete"
     except CacheError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,19 +11,8 @@ import numpy as np
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache.store import atomic_write, fsync_tree, read_json
+from skdcache.cache.store import atomic_write, fsync_path, fsync_tree
 from skdcache.errors import CacheError
-
-
-def checksum(data: np.ndarray) -> str:
-    return f"{zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1)):08x}"
-
-
-def completed_blocks(group_path: Path) -> set[int]:
-    marker_dir = group_path / fmt.BLOCKS_DIR
-    if not marker_dir.is_dir():
-        return set()
-    return {int(p.stem) for p in marker_dir.glob("*.json") if p.stem.isdigit()}
 
 
 class CacheWriter:
@@ -65,9 +53,14 @@ class CacheWriter:
                 )
             self.group.attrs[fmt.MANIFEST_ATTR] = manifest.to_dict()
             fsync_tree(group_path)
+        if not (group_path / fmt.BLOCKS_DIR / "zarr.json").exists():  # also when resuming a cache made before it
+            self.group.create_array(
+                fmt.BLOCKS_DIR, shape=(0,), dtype="uint8", compressors=None, attributes=fmt.MARKER_NODE_ATTRS
+            )
+            fsync_tree(group_path / fmt.BLOCKS_DIR / "zarr.json")
 
     def done(self) -> set[int]:
-        return completed_blocks(self.path)
+        return fmt.completed_blocks(self.path)
 
     def _token_region(self, index_name: str, start: int, stop: int) -> tuple[int, int]:
         idx = self.index[index_name][start:stop]
@@ -92,75 +85,49 @@ class CacheWriter:
             data: row arrays as [rows_in_block, ...]; token arrays as [tokens_in_block, ...] in row order.
         """
         start, stop = self.layout.block_rows(block)
-        for name in ("token_index", "hidden_index"):
+        for name in fmt.INDEX_ARRAYS:
             if name in self.layout.arrays:
                 data[name] = self.index[name][start:stop]
         sums: dict[str, str] = {}
         touched: list[Path] = []
         for name, spec in self.layout.arrays.items():
             values = np.asarray(data[name], dtype=spec.dtype)
-            family = self._family(name)
-            if family is None:
-                lo, hi = start, stop
-            else:
-                lo, hi = self._token_region(family, start, stop)
+            lo, hi = self._region(name, start, stop)
             if values.shape[0] != hi - lo:
                 raise CacheError(f"block {block} of {name}: {values.shape[0]} rows for a region of {hi - lo}")
             if hi > lo:
                 self.group[name][lo:hi] = values
-            sums[name] = checksum(values)
+            sums[name] = fmt.checksum(values)
             touched += self._shard_files(name, spec, lo, hi)
         for path in touched:
             if path.exists():
-                fsync_tree(path)
-        atomic_write(self.path / fmt.block_marker_name(block), fmt.encode_marker(block, (start, stop), sums))
+                fsync_path(path)
+                for parent in path.relative_to(self.path).parents[:-1]:  # new directory entries, up to the array
+                    fsync_path(self.path / parent)
+        atomic_write(fmt.marker_path(self.path, block), fmt.encode_marker(block, (start, stop), sums))
 
     def invalidate(self, block: int) -> None:
         """Forget a damaged block: its marker first (readers stop serving it), then its shard files."""
-        (self.path / fmt.block_marker_name(block)).unlink(missing_ok=True)
+        fmt.marker_path(self.path, block).unlink(missing_ok=True)
         start, stop = self.layout.block_rows(block)
         for name, spec in self.layout.arrays.items():
-            family = self._family(name)
-            lo, hi = (start, stop) if family is None else self._token_region(family, start, stop)
-            for path in self._shard_files(name, spec, lo, hi):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+            for path in self._shard_files(name, spec, *self._region(name, start, stop)):
+                path.unlink(missing_ok=True)
         self.group.attrs[fmt.MANIFEST_ATTR] = {**self.manifest.to_dict(), "state": "writing"}
 
-    def _family(self, name: str) -> str | None:
-        if name in ("topk_logprobs", "topk_ids", "tail_logmass", "positions"):
-            return "token_index"
-        if name == "hidden" and "hidden_index" in self.layout.arrays:
-            return "hidden_index"
-        return None
+    def _region(self, name: str, start: int, stop: int) -> tuple[int, int]:
+        """Rows [lo, hi) of array `name` that block rows [start, stop) own."""
+        index = fmt.index_array(name, self.layout.arrays)
+        return (start, stop) if index is None else self._token_region(index, start, stop)
 
     def _shard_files(self, name: str, spec: fmt.ArraySpec, lo: int, hi: int) -> list[Path]:
-        first, last = lo // spec.shard_rows, max(lo, hi - 1) // spec.shard_rows
-        return [self.path / name / "c" / str(s) for s in range(first, last + 1)]
+        return [fmt.shard_file(self.path / name, s, len(spec.shape)) for s in fmt.shards_of(lo, hi, spec.shard_rows)]
 
-    def finish(self, metric: dict | None) -> fmt.Manifest:
+    def finish(self, metric: fmt.MetricInfo | dict | None) -> fmt.Manifest:
         missing = set(range(self.layout.n_blocks)) - self.done()
         if missing:
             raise CacheError(f"{self.path}: blocks {sorted(missing)[:5]} missing; rerun precompute to finish")
-        m = self.manifest
-        m.metric, m.state = metric, "complete"
-        m.completed_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.group.attrs[fmt.MANIFEST_ATTR] = m.to_dict()
+        self.manifest = self.manifest.completed(metric, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        self.group.attrs[fmt.MANIFEST_ATTR] = self.manifest.to_dict()
         fsync_tree(self.path / "zarr.json")
-        return m
-
-
-def read_manifest(group_path: Path) -> fmt.Manifest:
-    meta = read_json(group_path / "zarr.json")
-    attrs = meta.get("attributes", {}).get(fmt.MANIFEST_ATTR)
-    if attrs is None:
-        raise CacheError(f"{group_path} is not an skdcache teacher cache (no '{fmt.MANIFEST_ATTR}' attribute)")
-    version = attrs.get("format_version")
-    if version != fmt.FORMAT_VERSION:
-        raise CacheError(
-            f"{group_path} was written by cache format v{version}, this skdcache reads v{fmt.FORMAT_VERSION}; "
-            f"recompute it with this version (or install the skdcache that wrote it)"
-        )
-    return fmt.Manifest.from_dict(attrs)
+        return self.manifest
