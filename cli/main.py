@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import tomllib
 
+from skdcache.cache.format import TARGET_KINDS
 from skdcache.data import DataSpec
 from skdcache.errors import SkdError
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
@@ -136,7 +137,14 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 @dataclass_options(
     TargetOptions,
     {
-        "top_k": {"help": "Token-level heads: top-k log-probs kept."},
+        "top_k": {"help": "Token-level heads: top-k log-probs kept (topk, hybrid)."},
+        "targets": {
+            "type": click.Choice(TARGET_KINDS),
+            "help": "Token-level targets: topk (+tail), sampled (unbiased draws), hybrid (top-k + tail draws).",
+        },
+        "samples": {"help": "sampled/hybrid: teacher draws per position."},
+        "sample_temperature": {"help": "sampled/hybrid: T of the draws; train with the same --temperature."},
+        "sample_seed": {},
         "hidden_layers": {"help": "Also store hidden states: last, all, or a list like 2,4,6."},
         "hidden_tokens": {"type": click.Choice(["cls", "all"])},
         "mlm_probability": {},

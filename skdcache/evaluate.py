@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from skdcache.blocks import length_batches
+from skdcache.data import TextRows, tokenize
+from skdcache.device import autocast_dtype
 from skdcache.loader import StudentInputs, student_batch
 from skdcache.metrics import PRIMARY, task_metrics
 from skdcache.objective import label_loss
+from skdcache.reduce import teacher_batch
+from skdcache.teachers import LoadedTeacher
 
 
 @torch.no_grad()
@@ -57,3 +62,28 @@ def heldout_loss(model, inputs: StudentInputs, rows: np.ndarray, objective, devi
     value = float(label_loss(objective, model(**model_inputs).logits, batch))
     model.train()
     return value
+
+
+@torch.inference_mode()
+def evaluate_teacher(
+    teacher: LoadedTeacher, rows: TextRows, max_length: int, batch_size: int, device, perm
+) -> dict | None:
+    """The teacher's metric on a labelled split: teacher-rank sampling ranks teachers by it."""
+    if teacher.head != "sequence" or rows.labels is None:
+        return None
+    enc = tokenize(teacher.tokenizer, rows, max_length)
+    outputs = np.zeros((len(rows), teacher.config.num_labels), dtype=np.float32)
+    for batch_rows in length_batches(enc.lengths, range(len(rows)), batch_size):
+        batch, _ = teacher_batch(teacher, enc, batch_rows, None, teacher.head, device)
+        with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=autocast_dtype(device) is not None):
+            logits = teacher.model(**batch).logits.float()
+        outputs[batch_rows] = (logits[:, perm] if perm is not None else logits).cpu().numpy()
+    values = task_metrics(rows.task, outputs, rows.labels)
+    return {
+        "split": rows.spec.split,
+        "name": PRIMARY[rows.task],
+        "value": values[PRIMARY[rows.task]],
+        "all": values,
+        "n_rows": len(rows),
+        "dataset_fingerprint": rows.fingerprint,
+    }

@@ -15,7 +15,7 @@ from skdcache.cache.reader import Targets, TeacherCache
 from skdcache.data import TextRows, tokenize
 from skdcache.device import autocast_dtype
 from skdcache.errors import SkdError
-from skdcache.reduce import label_permutation, target_positions, teacher_batch, teacher_forward
+from skdcache.reduce import label_permutation, position_uniforms, target_positions, teacher_batch, teacher_forward
 from skdcache.sources import TeacherChoice
 from skdcache.teachers import TeacherSpec, load_teacher
 
@@ -74,22 +74,16 @@ class LiveTargets:
 
     def _one(self, index: int, rows: np.ndarray) -> Targets:
         teacher, spec, enc = self.teachers[index], self.specs[index], self.encoded[index]
-        positions, counts = None, None
+        positions, counts, uniforms = None, None, None
         if spec.token_level:
             positions = [target_positions(teacher.tokenizer, spec, enc.ids[r], int(r)) for r in rows]
             counts = torch.tensor([len(p) for p in positions])
+            if spec.sampled:  # the same draws precompute made: seeded by (sample_seed, row)
+                uniforms = position_uniforms(rows, counts.tolist(), spec.samples, spec.sample_seed)
         batch, mask = teacher_batch(teacher, enc, rows, positions, spec.head, self.device)
-        out = teacher_forward(
-            teacher,
-            batch,
-            mask,
-            spec.top_k,
-            spec.hidden_layers,
-            spec.hidden_tokens,
-            self.perms[index],
-            autocast_dtype(self.device),
-            full_logits=self.full_logits,
-        )
+        amp = autocast_dtype(self.device)
+        perm = self.perms[index]
+        out = teacher_forward(teacher, batch, mask, spec, perm, amp, full_logits=self.full_logits, uniforms=uniforms)
 
         def fp16(x):  # the cache's rounding, so both paths see identical numbers
             return None if x is None else x.half().float()
@@ -101,6 +95,9 @@ class LiveTargets:
             topk_logprobs=fp16(out.topk_logprobs),
             topk_ids=None if out.topk_ids is None else out.topk_ids.clone(),  # leave inference mode
             tail_logmass=fp16(out.tail_logmass),
+            sample_ids=None if out.sample_ids is None else out.sample_ids.clone(),  # leave inference mode
+            sample_counts=None if out.sample_counts is None else out.sample_counts.clone(),
+            sample_logprobs=fp16(out.sample_logprobs),
             positions=torch.from_numpy(np.concatenate(positions)) if positions is not None else None,
             token_counts=counts,
             hidden=fp16(out.hidden),

@@ -126,6 +126,48 @@ def topk_kd_loss(
     return terms.sum(dim=-1).mean() * temperature**2
 
 
+def sampled_kd_loss(
+    student_logits: Tensor,
+    ids: Tensor,
+    weights: Tensor,
+    teacher_logprobs: Tensor,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Token-level KD against a sparse teacher target: ids with the teacher mass each one stands for.
+
+    ``loss = T^2 * sum_j w_j * (lp_j - log q_T(id_j))`` with ``q_T = softmax(student_logits / T)``. The
+    targets come from ``skdcache.reduce.sample_targets``: for ids drawn from the teacher's tempered
+    distribution ``p_T`` with weights ``count / N`` (``sampled``), or exact top-k masses plus tail draws
+    weighted ``tail_mass * count / N`` (``hybrid``), both the loss and its gradient are unbiased estimates of
+    the full-vocabulary ``T^2 * KL(p_T || q_T)`` and its gradient (Sparse Logit Sampling, Anshumann et al.,
+    ACL 2025). The estimate is exact in expectation only: for one draw a student equal to the teacher gets
+    zero loss but a gradient ``T * (q_T - p_hat)`` that averages to zero. See docs/token-targets.md.
+
+    Args:
+        student_logits: ``[n_tok, V]`` at the positions that carry a loss.
+        ids: ``[n_tok, m]`` token ids; padding entries have weight 0.
+        weights: ``[n_tok, m]`` teacher mass per entry, summing to 1 per row (up to float16 rounding).
+        teacher_logprobs: ``[n_tok, m]`` ``log p_T(id)`` of the teacher at the cache's temperature (the
+            loss value needs them; the gradient does not).
+        temperature: must be the temperature the targets were drawn at.
+
+    Returns:
+        Scalar loss, averaged over tokens; a zero that still carries a graph when ``n_tok == 0``.
+    """
+    _check_temperature(temperature)
+    if ids.shape != weights.shape or ids.shape != teacher_logprobs.shape or ids.shape[0] != student_logits.shape[0]:
+        raise ValueError(
+            f"ids {tuple(ids.shape)}, weights {tuple(weights.shape)}, teacher_logprobs "
+            f"{tuple(teacher_logprobs.shape)} and student_logits {tuple(student_logits.shape)} disagree"
+        )
+    if student_logits.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    student_logp = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, ids.long())  # [n, m]
+    w = weights.float()
+    terms = torch.where(w > 0, w * (teacher_logprobs.float() - student_logp), torch.zeros_like(w))
+    return terms.sum(dim=-1).mean() * temperature**2
+
+
 def _student_bucket_logprobs(student_logits: Tensor, topk_ids: Tensor) -> Tensor:
     """Student log-probs (``T = 1``) at the teacher's top-k ids plus the log of the remaining mass.
 

@@ -22,6 +22,7 @@ from skdcache.losses import (
     HiddenProjector,
     hidden_state_loss,
     regression_kd_loss,
+    sampled_kd_loss,
     sequence_kd_loss,
     topk_kd_loss,
     uniform_layer_map,
@@ -61,9 +62,28 @@ def soft_loss(obj: Objective, logits: Tensor, batch: dict, targets: list[Targets
             return regression_kd_loss(logits, target.logits)
         return sequence_kd_loss(logits, target.logits, obj.temperature)
     student = logits[batch["target_mask"]]  # [n_tok, V], row-major like the cached targets
+    if target.sample_ids is not None:  # sampled / hybrid: an unbiased estimate of the full tempered KL
+        return sampled_kd_loss(student, *sparse_entries(target), obj.temperature)
     if target.topk_ids is None:  # `online --full-logits`: KL over the whole vocabulary, per token
         return sequence_kd_loss(student, target.logits, obj.temperature)
     return topk_kd_loss(student, target.topk_ids, target.topk_logprobs, target.tail_logmass, obj.temperature)
+
+
+def sparse_entries(target: Targets) -> tuple[Tensor, Tensor, Tensor]:
+    """Sampled / hybrid targets as (ids, teacher mass, log p_T) per entry, [n_tok, m] each.
+
+    Draws weigh count / N; with a top-k head (hybrid) the exact top-k masses come first and the draws, taken
+    from the tail, share the tail's mass.
+    """
+    counts = target.sample_counts.float()
+    weights = counts / counts.sum(-1, keepdim=True).clamp_min(1)
+    ids, logprobs = target.sample_ids, target.sample_logprobs
+    if target.topk_ids is not None:
+        weights = weights * target.tail_logmass.float().exp().unsqueeze(-1)
+        ids = torch.cat([target.topk_ids, ids], dim=-1)
+        weights = torch.cat([target.topk_logprobs.float().exp(), weights], dim=-1)
+        logprobs = torch.cat([target.topk_logprobs, logprobs], dim=-1)
+    return ids, weights, logprobs
 
 
 def _average_sequence_loss(obj: Objective, logits: Tensor, targets: list[Targets]) -> Tensor:
@@ -139,6 +159,13 @@ def build_objective(
     mode: str,
 ) -> Objective:
     """The run's objective; with `beta > 0`, the student-to-teacher layer map of every teacher (checked)."""
+    for c in caches:
+        t = c.targets
+        if t.sampled and t.sample_temperature != temperature:
+            raise SkdError(
+                f"teacher {c.name}'s targets were sampled at T = {t.sample_temperature:g}; train with --temperature "
+                f"{t.sample_temperature:g} or precompute with --sample-temperature {temperature:g}"
+            )
     layer_maps: tuple = ()
     hidden_tokens = None
     if beta > 0:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from skdcache.blocks import check_finite, run_block, token_positions
 from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
 from skdcache.cache.manifest import DatasetInfo, TeacherInfo, read_manifest
@@ -27,35 +28,17 @@ from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import WriterLock, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter
-from skdcache.data import DataSpec, Encoded, TextRows, load_rows, tokenize
-from skdcache.device import autocast_dtype, pick_device
+from skdcache.data import DataSpec, TextRows, load_rows, tokenize
+from skdcache.device import pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, GroupIncomplete, SkdError
-from skdcache.metrics import PRIMARY, task_metrics
+from skdcache.evaluate import evaluate_teacher
 from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
-from skdcache.reduce import label_permutation, target_positions, teacher_batch, teacher_forward
-from skdcache.teachers import LoadedTeacher, TeacherSpec, load_teacher
+from skdcache.options import TargetOptions, check_teacher, target_spec
+from skdcache.reduce import label_permutation
+from skdcache.teachers import TeacherSpec, load_teacher
 
 log = logging.getLogger("skdcache")
-
-
-@dataclass
-class TargetOptions:
-    """What to store and how to run (the precompute flags that are not data or team)."""
-
-    max_length: int = 128
-    top_k: int = 32
-    hidden_layers: str | None = None  # "last" | "all" | "1,3,6" | None
-    hidden_tokens: str = "cls"
-    mlm_probability: float = 0.15
-    mask_seed: int = 0
-    batch_size: int = 64
-    device: str = "auto"
-    rows_per_block: int = fmt.ROWS_PER_BLOCK
-    eval_split: str | None = "validation"
-    trust_remote_code: bool = False
-    progress: bool = True
-    repair: bool = False  # re-verify complete caches and recompute only their damaged blocks
 
 
 @dataclass
@@ -76,178 +59,6 @@ class PrecomputeResult:
             "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
             "path": str(self.path),
         }
-
-
-def parse_hidden_layers(value: str | None, n_layers: int) -> tuple[int, ...]:
-    """`last` -> (n,), `all` -> (0..n) including embeddings, `1,3,-1` -> explicit hidden_states indices."""
-    if not value:
-        return ()
-    if value == "last":
-        return (n_layers,)
-    if value == "all":
-        return tuple(range(n_layers + 1))
-    try:
-        layers = [int(x) for x in value.split(",")]
-    except ValueError:
-        raise SkdError(f"--hidden-layers {value!r}: use last, all, or a comma list like 2,4,6") from None
-    resolved = tuple(sorted({x % (n_layers + 1) for x in layers}))
-    if any(x > n_layers or x < -(n_layers + 1) for x in layers):
-        raise SkdError(f"--hidden-layers {value!r}: the teacher has hidden states 0..{n_layers}")
-    return resolved
-
-
-def _check_teacher(spec: TeacherSpec, config, head: str, rows: TextRows, opts: TargetOptions) -> None:
-    if head == "sequence" and rows.num_labels is not None and config.num_labels != rows.num_labels:
-        raise SkdError(
-            f"teacher {spec.name} has {config.num_labels} labels, the data has {rows.num_labels} "
-            f"({rows.label_names or 'regression'}); fine-tune a teacher for this label set or fix --label-column"
-        )
-    if head != "sequence" and opts.top_k > config.vocab_size:
-        raise SkdError(f"--top-k {opts.top_k} exceeds teacher {spec.name}'s vocabulary ({config.vocab_size})")
-
-
-def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
-    layers = parse_hidden_layers(opts.hidden_layers, config.num_hidden_layers)
-    return fmt.TargetSpec(
-        head=head,
-        max_length=opts.max_length,
-        top_k=opts.top_k if head != "sequence" else None,
-        hidden_layers=layers,
-        hidden_tokens=opts.hidden_tokens if layers else None,
-        mlm_probability=opts.mlm_probability if head == "mlm" else None,
-        mask_seed=opts.mask_seed if head == "mlm" else None,
-    )
-
-
-def _token_targets(head: str, enc: Encoded, tokenizer, spec: fmt.TargetSpec) -> list[np.ndarray] | None:
-    if head not in ("causal", "mlm"):
-        return None
-    return [target_positions(tokenizer, spec, ids, row) for row, ids in enumerate(enc.ids)]
-
-
-def _batches(lengths: np.ndarray, rows: range, batch_size: int) -> list[np.ndarray]:
-    """Rows of one block grouped by length (longest first) so padding is rarely computed."""
-    idx = np.asarray(rows, dtype=np.int64)
-    idx = idx[np.argsort(-lengths[idx], kind="stable")]
-    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
-
-
-def _run_block(
-    teacher: LoadedTeacher,
-    enc: Encoded,
-    positions: list[np.ndarray] | None,
-    spec: fmt.TargetSpec,
-    rows: range,
-    opts: TargetOptions,
-    device: torch.device,
-    perm: torch.Tensor | None,
-    on_batch,
-) -> dict[str, np.ndarray]:
-    """Every target of one block, assembled in row order (batches run in length order)."""
-    lengths = enc.lengths
-    block = _BlockBuffer(rows, positions, lengths, spec)
-    for batch_rows in _batches(lengths, rows, opts.batch_size):
-        batch_positions = [positions[r] for r in batch_rows] if positions is not None else None
-        batch, mask = teacher_batch(teacher, enc, batch_rows, batch_positions, spec.head, device)
-        out = teacher_forward(
-            teacher,
-            batch,
-            mask,
-            spec.top_k,
-            spec.hidden_layers,
-            spec.hidden_tokens,
-            perm,
-            autocast_dtype(device),
-        )
-        block.put(batch_rows, out)
-        on_batch(len(batch_rows), int(lengths[batch_rows].sum()))
-    if positions is not None:
-        block.arrays["positions"] = np.concatenate([positions[r] for r in rows])
-    return block.arrays
-
-
-class _BlockBuffer:
-    """Preallocated arrays of one block; each batch's outputs are copied to their rows' places."""
-
-    def __init__(self, rows: range, positions, lengths: np.ndarray, spec: fmt.TargetSpec):
-        self.start = rows.start
-        self.spec = spec
-        self.arrays: dict[str, np.ndarray] = {}
-        n = len(rows)
-        self.tok_counts = np.array([len(positions[r]) for r in rows]) if positions is not None else None
-        self.seq_counts = lengths[rows.start : rows.stop]
-        self.tok_offsets = _offsets(self.tok_counts) if self.tok_counts is not None else None
-        self.seq_offsets = _offsets(self.seq_counts)
-        self.n = n
-
-    def _array(self, name: str, shape: tuple, dtype) -> np.ndarray:
-        if name not in self.arrays:
-            self.arrays[name] = np.empty(shape, dtype=dtype)
-        return self.arrays[name]
-
-    def put(self, batch_rows: np.ndarray, out) -> None:
-        local = batch_rows - self.start
-        if out.logits is not None:
-            logits = out.logits.cpu().numpy()
-            self._array("logits", (self.n, logits.shape[1]), logits.dtype)[local] = logits
-        if out.topk_logprobs is not None:
-            parts = {
-                "topk_logprobs": out.topk_logprobs.cpu().numpy(),
-                "topk_ids": out.topk_ids.cpu().numpy(),
-                "tail_logmass": out.tail_logmass.cpu().numpy(),
-            }
-            self._scatter(parts, local, self.tok_counts, self.tok_offsets)
-        if out.hidden is not None:
-            hidden = out.hidden.cpu().numpy()
-            if self.spec.hidden_tokens == "cls":
-                self._array("hidden", (self.n, *hidden.shape[1:]), hidden.dtype)[local] = hidden
-            else:
-                self._scatter({"hidden": hidden}, local, self.seq_counts, self.seq_offsets)
-
-    def _scatter(self, parts: dict[str, np.ndarray], local: np.ndarray, counts, offsets) -> None:
-        """Copy row-major flattened token outputs of a batch to each row's range in the block."""
-        src = 0
-        total = int(counts.sum())
-        for name, values in parts.items():
-            self._array(name, (total, *values.shape[1:]), values.dtype)
-        for r in local:
-            c = int(counts[r])
-            for name, values in parts.items():
-                self.arrays[name][offsets[r] : offsets[r] + c] = values[src : src + c]
-            src += c
-
-
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-
-
-def _check_finite(block: int, data: dict[str, np.ndarray], name: str) -> None:
-    for key in ("logits", "topk_logprobs", "hidden"):
-        if key in data and not np.isfinite(data[key]).all():
-            raise SkdError(f"teacher {name} produced NaN/inf {key} in block {block}; check the model weights/dtype")
-
-
-@torch.inference_mode()
-def evaluate_teacher(teacher: LoadedTeacher, rows: TextRows, opts: TargetOptions, device, perm) -> dict | None:
-    """The teacher's metric on a labelled split: teacher-rank sampling ranks teachers by it."""
-    if teacher.head != "sequence" or rows.labels is None:
-        return None
-    enc = tokenize(teacher.tokenizer, rows, opts.max_length)
-    outputs = np.zeros((len(rows), teacher.config.num_labels), dtype=np.float32)
-    for batch_rows in _batches(enc.lengths, range(len(rows)), opts.batch_size):
-        batch, _ = teacher_batch(teacher, enc, batch_rows, None, teacher.head, device)
-        with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=autocast_dtype(device) is not None):
-            logits = teacher.model(**batch).logits.float()
-        outputs[batch_rows] = (logits[:, perm] if perm is not None else logits).cpu().numpy()
-    values = task_metrics(rows.task, outputs, rows.labels)
-    return {
-        "split": rows.spec.split,
-        "name": PRIMARY[rows.task],
-        "value": values[PRIMARY[rows.task]],
-        "all": values,
-        "n_rows": len(rows),
-        "dataset_fingerprint": rows.fingerprint,
-    }
 
 
 def package_versions() -> dict[str, str]:
@@ -320,7 +131,7 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
     model_dir = resolve_model_dir(spec.source, spec.revision)
     config = load_config(model_dir, spec.name, opts.trust_remote_code)
     head = detect_head(config, spec.head)
-    _check_teacher(spec, config, head, rows, opts)
+    check_teacher(spec, config, head, rows, opts)
     tokenizer = load_tokenizer(model_dir, opts.trust_remote_code)
     targets = target_spec(head, config, opts)
     weights_hash, tok_hash = model_weights_hash(model_dir), tokenizer_hash(tokenizer)
@@ -352,7 +163,7 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
         if perm is not None:
             perm = perm.to(device)
         enc = tokenize(tokenizer, rows, opts.max_length)
-        positions = _token_targets(head, enc, tokenizer, targets)
+        positions = token_positions(head, enc, tokenizer, targets)
         counts = np.array([len(p) for p in positions]) if positions is not None else None
         layout, index = fmt.plan_layout(
             targets,
@@ -418,10 +229,11 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
         pending: list[Future] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdcache-writer") as pool:
             for block in todo:
-                data = _run_block(
-                    teacher, enc, positions, targets, range(*layout.block_rows(block)), opts, device, perm, on_batch
+                rows_of_block = range(*layout.block_rows(block))
+                data = run_block(
+                    teacher, enc, positions, targets, rows_of_block, opts.batch_size, device, perm, on_batch
                 )
-                _check_finite(block, data, spec.name)
+                check_finite(block, data, spec.name)
                 pending.append(pool.submit(writer.write_block, block, data))
                 while len(pending) > 2:  # backpressure: at most two blocks in memory; raises a writer error
                     pending.pop(0).result()
@@ -430,7 +242,11 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
         bar.close()
         barrier()  # every rank's blocks are durable before rank 0 declares the cache complete
         if rank == 0:
-            metric = evaluate_teacher(teacher, eval_rows, opts, device, perm) if eval_rows is not None else None
+            metric = (
+                evaluate_teacher(teacher, eval_rows, opts.max_length, opts.batch_size, device, perm)
+                if eval_rows is not None
+                else None
+            )
             manifest = writer.finish(metric)
         barrier()
         if rank != 0:

@@ -61,6 +61,9 @@ class BatchTargets:
     topk_logprobs: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     tail_logmass: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None
+    sample_counts: torch.Tensor | None = None
+    sample_logprobs: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
 
 
@@ -93,12 +96,11 @@ def teacher_forward(
     teacher: LoadedTeacher,
     batch: dict[str, torch.Tensor],
     target_mask: torch.Tensor | None,
-    top_k: int | None,
-    hidden_layers: tuple[int, ...],
-    hidden_tokens: str | None,
+    spec: fmt.TargetSpec,
     label_permutation: torch.Tensor | None,
     autocast_dtype: torch.dtype | None,
     full_logits: bool = False,
+    uniforms: torch.Tensor | None = None,
 ) -> BatchTargets:
     """Run the teacher on a padded batch and reduce its outputs to cache targets.
 
@@ -108,7 +110,9 @@ def teacher_forward(
         label_permutation: [C] teacher column for each dataset label (None = identity).
         full_logits: token heads: return the full-vocabulary logits at the target positions, [n, V], instead
             of top-k (the live reference the cache approximates; never stored).
+        uniforms: sampled / hybrid targets: [n, N] float64 (`position_uniforms`) driving the draws.
     """
+    hidden_layers, hidden_tokens = spec.hidden_layers, spec.hidden_tokens
     device_type = batch["input_ids"].device.type
     head = teacher.model.get_output_embeddings() if teacher.head != "sequence" else None
     fp32_head = None
@@ -126,8 +130,11 @@ def teacher_forward(
         result.logits = logits[:, label_permutation] if label_permutation is not None else logits
     elif full_logits:
         result.logits = out.logits[target_mask].float()
+    elif spec.sampled:
+        for name, values in sample_targets(out.logits[target_mask], spec, uniforms).items():
+            setattr(result, name, values)
     else:
-        values, ids, tail = topk_with_tail(out.logits[target_mask], top_k)
+        values, ids, tail = topk_with_tail(out.logits[target_mask], spec.top_k)
         result.topk_logprobs, result.topk_ids, result.tail_logmass = values, ids, tail
     if hidden_layers:
         stacked = torch.stack([out.hidden_states[i].float() for i in hidden_layers], dim=2)  # [B, T, L, H]
@@ -136,3 +143,54 @@ def teacher_forward(
         else:
             result.hidden = stacked[batch["attention_mask"].bool()]
     return result
+
+
+def position_uniforms(rows: np.ndarray, counts: list[int], n_samples: int, seed: int) -> torch.Tensor:
+    """Uniforms [sum(counts), n_samples] float64 for the draws at each target position, seeded by (seed, row)
+    alone, so the draws do not depend on batching, block order, process count or live vs cached."""
+    parts = [np.random.default_rng([seed, int(r)]).random((c, n_samples)) for r, c in zip(rows, counts, strict=True)]
+    return torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, n_samples)))
+
+
+def sample_targets(
+    logits: torch.Tensor, spec: fmt.TargetSpec, uniforms: torch.Tensor, chunk: int = 256
+) -> dict[str, torch.Tensor]:
+    """Sparse sampled targets of one batch's target positions (Sparse Logit Sampling, ACL 2025).
+
+    `sampled`: N draws per position from the teacher's tempered distribution p_T (T = spec.sample_temperature).
+    `hybrid`: the exact top-k of p_T plus N draws from p_T restricted to the rest (the tail), whose mass is kept.
+    Draws are by inverse CDF in float64 at the given uniforms, then de-duplicated into (id, count) pairs.
+
+    Args:
+        logits: [n, V] teacher logits at the target positions.
+        uniforms: [n, N] float64 in [0, 1) (`position_uniforms`).
+    Returns:
+        sample_ids [n, N] long (unique ids first, then zero padding), sample_counts [n, N] long (0 = padding),
+        sample_logprobs [n, N] float32 (log p_T of each id; 0 for padding); for `hybrid` also topk_logprobs
+        [n, k], topk_ids [n, k] and tail_logmass [n], all at temperature T.
+    """
+    n, n_samples = uniforms.shape
+    out: dict[str, list[torch.Tensor]] = {}
+    for lo in range(0, max(n, 1), chunk):  # an empty batch still returns typed, empty arrays
+        logp = F.log_softmax(logits[lo : lo + chunk].float() / spec.sample_temperature, dim=-1)  # [c, V]
+        probs = logp.double().exp()
+        if spec.targets == "hybrid":
+            values, ids = logp.topk(spec.top_k, dim=-1)
+            out.setdefault("topk_logprobs", []).append(values)
+            out.setdefault("topk_ids", []).append(ids)
+            out.setdefault("tail_logmass", []).append(torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1))
+            probs.scatter_(-1, ids, 0.0)  # draw from the tail only
+        cdf = probs.cumsum(dim=-1)  # [c, V] float64
+        u = uniforms[lo : lo + chunk].to(cdf.device) * cdf[:, -1:]
+        draws = torch.searchsorted(cdf, u.contiguous(), right=True).clamp_max(cdf.shape[-1] - 1)  # [c, N]
+        ordered, _ = draws.sort(dim=-1)
+        first = torch.ones_like(ordered, dtype=torch.bool)
+        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        slot = first.long().cumsum(dim=-1) - 1  # the unique id's place in its row
+        counts = torch.zeros_like(ordered).scatter_add_(1, slot, torch.ones_like(ordered))
+        unique = torch.zeros_like(ordered).scatter_(1, slot, ordered)
+        lp = torch.where(counts > 0, logp.gather(-1, unique), torch.zeros_like(unique, dtype=logp.dtype))
+        out.setdefault("sample_ids", []).append(unique)
+        out.setdefault("sample_counts", []).append(counts)
+        out.setdefault("sample_logprobs", []).append(lp)
+    return {name: torch.cat(parts) for name, parts in out.items()}

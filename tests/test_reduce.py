@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import make_model, spread
 
+from skdcache.cache.format import TargetSpec
 from skdcache.reduce import teacher_forward
 from skdcache.teachers import TeacherSpec, load_teacher
 
@@ -21,7 +22,8 @@ def test_token_logits_are_float32_under_bf16_autocast(tmp_path: Path, head: str)
     mask = torch.ones(2, 12, dtype=torch.bool)
     seen = []
     hook = teacher.model.get_output_embeddings().register_forward_hook(lambda m, a, o: seen.append(a[0]))
-    out = teacher_forward(teacher, batch, mask, 4, (), None, None, torch.bfloat16, full_logits=True)
+    spec = TargetSpec(head, 32, top_k=4)
+    out = teacher_forward(teacher, batch, mask, spec, None, torch.bfloat16, full_logits=True)
     hook.remove()
     head_module = teacher.model.get_output_embeddings()
     bias = head_module.bias.double() if head_module.bias is not None else None

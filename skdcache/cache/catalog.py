@@ -97,7 +97,14 @@ def summary_row(entry: CacheEntry) -> dict:
 
 
 def describe_targets(targets: dict) -> str:
-    parts = ["logits" if targets["head"] == "sequence" else f"top{targets['top_k']}+tail"]
+    kind = targets.get("targets", "topk")
+    if targets["head"] == "sequence":
+        parts = ["logits"]
+    elif kind == "topk":
+        parts = [f"top{targets['top_k']}+tail"]
+    else:
+        drawn = f"sampled{targets['samples']}@T{targets['sample_temperature']:g}"
+        parts = [drawn if kind == "sampled" else f"top{targets['top_k']}+{drawn}"]
     if targets.get("hidden_layers"):
         parts.append(f"hidden{targets['hidden_layers']}/{targets['hidden_tokens']}")
     return ",".join(parts)

@@ -56,6 +56,8 @@ CHUNKS_PER_TOKEN_SHARD = 64
 TARGET_CHUNK_BYTES = 32 * 1024
 
 HEAD_KINDS = ("sequence", "mlm", "causal")
+TARGET_KINDS = ("topk", "sampled", "hybrid")  # token-level targets (docs/token-targets.md)
+SAMPLE_FIELDS = ("targets", "samples", "sample_temperature", "sample_seed")
 HIDDEN_TOKENS = ("cls", "all")
 
 
@@ -70,11 +72,24 @@ class TargetSpec:
     hidden_tokens: str | None = None  # cls | all, when hidden_layers is not empty
     mlm_probability: float | None = None  # mlm only: share of tokens masked
     mask_seed: int | None = None  # mlm only: seed of the deterministic masking
+    targets: str = "topk"  # token-level heads: topk | sampled | hybrid
+    samples: int | None = None  # sampled / hybrid: teacher draws per position
+    sample_temperature: float | None = None  # sampled / hybrid: T of the draws and of the stored log-probs
+    sample_seed: int | None = None  # sampled / hybrid: draws are seeded by (sample_seed, row)
 
     def to_dict(self) -> dict:
+        """The spec as hashed into the content key; top-k specs omit the sampling fields, so their keys are
+        the ones computed before sampled targets existed."""
         d = asdict(self)
         d["hidden_layers"] = list(self.hidden_layers)
+        if self.targets == "topk":
+            for name in SAMPLE_FIELDS:
+                d.pop(name)
         return d
+
+    @property
+    def sampled(self) -> bool:
+        return self.targets in ("sampled", "hybrid")
 
     @classmethod
     def from_dict(cls, d: dict) -> TargetSpec:
@@ -106,7 +121,15 @@ class ArraySpec:
 
 # Array families. Token arrays are indexed by `token_index`; `hidden` is a token array (indexed by
 # `hidden_index`) only when every token's hidden state is stored, else a row array.
-TOKEN_ARRAYS = ("topk_logprobs", "topk_ids", "tail_logmass", "positions")
+TOKEN_ARRAYS = (
+    "topk_logprobs",
+    "topk_ids",
+    "tail_logmass",
+    "sample_ids",
+    "sample_counts",
+    "sample_logprobs",
+    "positions",
+)
 INDEX_ARRAYS = ("token_index", "hidden_index")
 _INDEX_OF = {**{name: "token_index" for name in TOKEN_ARRAYS}, "hidden": "hidden_index"}
 ARRAY_NAMES = ("logits", *TOKEN_ARRAYS, "token_index", "hidden", "hidden_index")
@@ -223,17 +246,22 @@ def plan_layout(
     if spec.head == "sequence":
         rows_array("logits", (n_labels,), "float16")
     else:
-        k = spec.top_k
-        token_arrays(
-            "token_index",
-            target_counts,
-            [
+        members = []
+        if spec.targets in ("topk", "hybrid"):
+            k = spec.top_k
+            members += [
                 ("topk_logprobs", (k,), "float16"),
                 ("topk_ids", (k,), token_id_dtype(vocab_size)),
                 ("tail_logmass", (), "float16"),
-                ("positions", (), "uint16"),
-            ],
-        )
+            ]
+        if spec.sampled:
+            n = spec.samples
+            members += [
+                ("sample_ids", (n,), token_id_dtype(vocab_size)),
+                ("sample_counts", (n,), "uint8" if n <= 255 else "uint16"),
+                ("sample_logprobs", (n,), "float16"),
+            ]
+        token_arrays("token_index", target_counts, [*members, ("positions", (), "uint16")])
     if spec.hidden_layers:
         tail = (len(spec.hidden_layers), hidden_size)
         if spec.hidden_tokens == "cls":

@@ -31,6 +31,9 @@ class Targets:
     topk_logprobs: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     tail_logmass: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None  # sampled / hybrid: [n, N] int64, distinct ids then padding
+    sample_counts: torch.Tensor | None = None  # [n, N] int64 draws per id (0 = padding)
+    sample_logprobs: torch.Tensor | None = None  # [n, N] float32 log p_T of each id
     positions: torch.Tensor | None = None
     token_counts: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
@@ -123,7 +126,8 @@ class TeacherCache:
         if "token_index" in self.index:
             tok = _expand(self.index["token_index"], rows)
             for name in fmt.TOKEN_ARRAYS:
-                setattr(out, name, _tensor(self._gather(name, tok)))
+                if name in self.arrays:
+                    setattr(out, name, _tensor(self._gather(name, tok)))
             out.token_counts = torch.from_numpy(self.index["token_index"][rows, 1].copy())
         if "hidden" in self.arrays:
             if "hidden_index" in self.index:

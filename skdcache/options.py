@@ -1,0 +1,88 @@
+"""What precompute stores and how it runs: `TargetOptions` (the flags), turned into a cache's `TargetSpec`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skdcache.cache import format as fmt
+from skdcache.data import TextRows
+from skdcache.errors import SkdError
+from skdcache.teachers import TeacherSpec
+
+
+@dataclass
+class TargetOptions:
+    """What to store and how to run (the precompute flags that are not data or team)."""
+
+    max_length: int = 128
+    top_k: int = 32  # topk / hybrid: exact teacher log-probs kept per position
+    targets: str = "topk"  # token-level heads: topk | sampled | hybrid (docs/token-targets.md)
+    samples: int = 32  # sampled / hybrid: teacher draws per position
+    sample_temperature: float = 2.0  # sampled / hybrid: T of the draws; train must use the same --temperature
+    sample_seed: int = 0
+    hidden_layers: str | None = None  # "last" | "all" | "1,3,6" | None
+    hidden_tokens: str = "cls"
+    mlm_probability: float = 0.15
+    mask_seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    rows_per_block: int = fmt.ROWS_PER_BLOCK
+    eval_split: str | None = "validation"
+    trust_remote_code: bool = False
+    progress: bool = True
+    repair: bool = False  # re-verify complete caches and recompute only their damaged blocks
+
+
+def parse_hidden_layers(value: str | None, n_layers: int) -> tuple[int, ...]:
+    """`last` -> (n,), `all` -> (0..n) including embeddings, `1,3,-1` -> explicit hidden_states indices."""
+    if not value:
+        return ()
+    if value == "last":
+        return (n_layers,)
+    if value == "all":
+        return tuple(range(n_layers + 1))
+    try:
+        layers = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise SkdError(f"--hidden-layers {value!r}: use last, all, or a comma list like 2,4,6") from None
+    resolved = tuple(sorted({x % (n_layers + 1) for x in layers}))
+    if any(x > n_layers or x < -(n_layers + 1) for x in layers):
+        raise SkdError(f"--hidden-layers {value!r}: the teacher has hidden states 0..{n_layers}")
+    return resolved
+
+
+def check_teacher(spec: TeacherSpec, config, head: str, rows: TextRows, opts: TargetOptions) -> None:
+    if head == "sequence" and rows.num_labels is not None and config.num_labels != rows.num_labels:
+        raise SkdError(
+            f"teacher {spec.name} has {config.num_labels} labels, the data has {rows.num_labels} "
+            f"({rows.label_names or 'regression'}); fine-tune a teacher for this label set or fix --label-column"
+        )
+    if head != "sequence" and opts.targets != "sampled" and opts.top_k > config.vocab_size:
+        raise SkdError(f"--top-k {opts.top_k} exceeds teacher {spec.name}'s vocabulary ({config.vocab_size})")
+
+
+def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
+    """The cache's TargetSpec (part of its content key): only what this head stores."""
+    layers = parse_hidden_layers(opts.hidden_layers, config.num_hidden_layers)
+    token = head != "sequence"
+    kind = opts.targets if token else "topk"
+    if kind not in fmt.TARGET_KINDS:
+        raise SkdError(f"--targets {opts.targets!r}: choose one of {', '.join(fmt.TARGET_KINDS)}")
+    sampled = kind != "topk"
+    if sampled and not 0 < opts.samples <= 65535:
+        raise SkdError(f"--samples {opts.samples}: draw between 1 and 65535 tokens per position")
+    if sampled and not opts.sample_temperature > 0:
+        raise SkdError(f"--sample-temperature {opts.sample_temperature}: must be > 0")
+    return fmt.TargetSpec(
+        head=head,
+        max_length=opts.max_length,
+        top_k=opts.top_k if token and kind != "sampled" else None,
+        hidden_layers=layers,
+        hidden_tokens=opts.hidden_tokens if layers else None,
+        mlm_probability=opts.mlm_probability if head == "mlm" else None,
+        mask_seed=opts.mask_seed if head == "mlm" else None,
+        targets=kind,
+        samples=opts.samples if sampled else None,
+        sample_temperature=float(opts.sample_temperature) if sampled else None,
+        sample_seed=opts.sample_seed if sampled else None,
+    )
