@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -116,3 +117,66 @@ def test_step_loss_labels_only_mix_and_average():
     mix = torch.stack([F.softmax(t.logits.double() / 2, -1) for t in teachers]).mean(0)
     kd_mix = (mix * (mix.log() - F.log_softmax(logits.double() / 2, -1))).sum(-1).mean() * 4
     assert parts["kd"] == pytest.approx(float(kd_mix), rel=1e-5)
+
+
+# ---- the loader and evaluation ----------------------------------------------------------------------------------
+class _RecordingSource:
+    """A TargetSource that returns marker targets: which rows and which teachers were asked for."""
+
+    def __init__(self):
+        self.calls = []
+
+    def targets(self, rows, choice):
+        self.calls.append((rows.tolist(), choice))
+        return [Targets(logits=torch.tensor(rows, dtype=torch.float32)) for _ in choice.teachers]
+
+
+def _inputs(tmp_path: Path, n: int):
+    from conftest import write_split
+
+    from skdcache.data import load_rows, tokenize
+    from skdcache.loader import StudentInputs
+    from skdcache.models import load_tokenizer
+
+    write_split(tmp_path / "train.csv", n, seed=0)
+    rows = load_rows(DataSpec(str(tmp_path)))
+    tok = load_tokenizer(make_model(tmp_path / "m"))
+    return StudentInputs(tokenize(tok, rows, 32), rows.labels, "sequence", tok.pad_token_id), rows
+
+
+def test_loader_reads_each_steps_rows_and_teacher_ahead(tmp_path: Path):
+    from skdcache.loader import StepBatches, StepSchedule
+
+    inputs, rows = _inputs(tmp_path, 40)
+    schedule = StepSchedule(len(rows), 8, seed=2)
+    draws = TeacherDraws("skd", from_weights([0.5, 0.5], 2, seed=5), 2)
+    source = _RecordingSource()
+    batches = StepBatches(inputs, schedule, 3, 9, read_ahead=(draws, source))
+    assert len(batches) == 6
+    for i in range(len(batches)):
+        item = batches[i]
+        step = 3 + i
+        assert item["step"] == step and item["rows"].tolist() == schedule.rows_for(step).tolist()
+        assert source.calls[-1] == (schedule.rows_for(step).tolist(), draws(step))
+        assert item["targets"][0].logits.tolist() == schedule.rows_for(step).tolist()
+        assert item["labels"].tolist() == rows.labels[schedule.rows_for(step)].tolist()
+    # DDP: each rank gets its contiguous slice of the same global batch
+    halves = [StepBatches(inputs, schedule, 0, 1, part=(r, 2))[0]["rows"].tolist() for r in range(2)]
+    assert halves[0] + halves[1] == schedule.rows_for(0).tolist() and len(halves[0]) == 4
+    # without read-ahead the training process reads: the batch carries no targets
+    assert "targets" not in StepBatches(inputs, schedule, 0, 1)[0]
+
+
+def test_evaluate_is_the_accuracy_of_the_argmax(tmp_path: Path):
+    from skdcache.evaluate import evaluate
+    from skdcache.loader import student_batch
+
+    inputs, rows = _inputs(tmp_path, 30)
+    model = __import__("transformers").AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    obj = Objective("sequence", "classification")
+    result = evaluate(model, inputs, obj, torch.device("cpu"), batch_size=7)
+    batch = student_batch(inputs, np.arange(len(rows)))
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want = float((logits.argmax(-1).numpy() == rows.labels).mean())
+    assert result["primary"] == "accuracy" and result["accuracy"] == pytest.approx(want)

