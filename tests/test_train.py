@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from conftest import LABELS, make_model, no_dropout, spread, write_split
 
+import skdcache.blocks
 import skdcache.live
 import skdcache.reduce
 import skdcache.teachers
@@ -318,6 +319,7 @@ def test_cache_modes_construct_no_teacher(seq: Team, tmp_path: Path, monkeypatch
     precompute_module = importlib.import_module("skdcache.precompute")  # `skdcache.precompute` is the function
     for module in (skdcache.live, precompute_module):
         monkeypatch.setattr(module, "load_teacher", load_teacher)
+    for module in (skdcache.live, skdcache.blocks):
         monkeypatch.setattr(module, "teacher_forward", teacher_forward)
 
     teacher_dirs = {str(p.resolve()) for p in seq.teachers.values()}
