@@ -35,6 +35,7 @@ from skdcache.errors import CacheError, GroupIncomplete, SkdError
 from skdcache.evaluate import evaluate_teacher
 from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
 from skdcache.options import TargetOptions, check_teacher, target_spec
+from skdcache.provenance import dataset_record, package_versions, teacher_location
 from skdcache.reduce import label_permutation
 from skdcache.teachers import TeacherSpec, load_teacher
 
@@ -59,43 +60,6 @@ class PrecomputeResult:
             "metric": f"{metric['name']}={metric['value']:.4f}" if metric else "-",
             "path": str(self.path),
         }
-
-
-def package_versions() -> dict[str, str]:
-    import transformers
-    import zarr
-
-    import skdcache
-
-    return {
-        "skdcache": skdcache.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "zarr": zarr.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def teacher_location(source: str) -> str | None:
-    """The absolute path of a local teacher directory (so online mode finds it from any directory), else None."""
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.is_dir() else None
-
-
-def dataset_record(rows: TextRows) -> dict:
-    s = rows.spec
-    return {
-        "fingerprint": rows.fingerprint,
-        "n_rows": len(rows),
-        "split": s.split,
-        "source": s.source,
-        "text_column": s.text_column,
-        "text_pair_column": s.text_pair_column,
-        "label_column": s.label_column,
-        "label_names": rows.label_names,
-        "task": rows.task,
-        "limit": s.limit,
-    }
 
 
 def precompute_teacher(

@@ -47,7 +47,7 @@ from skdcache.cache import format as fmt
 from skdcache.cache.catalog import array_sizes, dir_bytes
 from skdcache.cache.reader import TeacherCache
 from skdcache.data import load_rows, tokenize
-from skdcache.precompute import package_versions
+from skdcache.provenance import package_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"
