@@ -26,9 +26,13 @@ def teacher_location(cache: TeacherCache, moved: dict[str, str] | None = None) -
     t = cache.manifest.teacher
     if moved and t.name in moved:
         return moved[t.name]
-    location = t.location
-    if location and Path(location).is_dir():
-        return location
+    if t.location and Path(t.location).is_dir():
+        return t.location
+    if t.location and not Path(t.source).expanduser().is_dir():  # a local teacher that is no longer there
+        raise SkdError(
+            f"teacher {t.name} was cached from {t.location}, which no longer exists; "
+            f"pass --teacher-path {t.name}=PATH (its current directory)"
+        )
     return t.source
 
 
