@@ -90,7 +90,9 @@ def hf_dataset(data: Path):
     return datasets.load_dataset("csv", data_files={"train": str(data / "train.csv")}, split="train")
 
 
-def trainer_for(cfg: TrainConfig, head: str, out: Path, dataset=None, model=None, **kw) -> SkdTrainer:
+def trainer_for(
+    cfg: TrainConfig, head: str, out: Path, dataset=None, model=None, gradient_accumulation_steps: int = 1, **kw
+) -> SkdTrainer:
     if model is None:
         model, _ = build_student(
             StudentSpec.parse(cfg.student, None), head, 3, ["negative", "neutral", "positive"], "classification"
@@ -109,6 +111,7 @@ def trainer_for(cfg: TrainConfig, head: str, out: Path, dataset=None, model=None
         max_grad_norm=cfg.grad_clip,
         disable_tqdm=True,
         logging_steps=1,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     return SkdTrainer(
@@ -148,6 +151,23 @@ def test_trainer_loss_equals_skdcache_train_step_for_step(head: str, request, tm
     assert native[-1]["loss"] != pytest.approx(
         native[0]["loss"], abs=1e-4
     )  # weights moved: later steps test the optimizer
+
+
+def test_gradient_accumulation_shares_the_steps_teacher(seq, tmp_path: Path):
+    """grad_accum 2: both micro-batches of a step use its one teacher, and the losses still match."""
+    spec, cache, student = seq
+    cfg = cfg_for(spec, student, cache, tmp_path / "native")
+    cfg.grad_accum, cfg.max_steps = 2, 4
+    train(cfg)
+    native = step_lines(tmp_path / "native")
+    trainer = trainer_for(cfg, "sequence", tmp_path / "hf", gradient_accumulation_steps=2)
+    trainer.train()
+    hf = trainer.skd_history
+    assert len(hf) == 2 * len(native) == 8
+    assert all(a["teacher"] == b["teacher"] for a, b in zip(hf[::2], hf[1::2], strict=True))
+    for x, y in zip(hf[1::2], native, strict=True):  # skdcache logs a step's last micro-batch
+        assert (x["step"], x["teacher"]) == (y["step"], y["teacher"])
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
 
 
 @pytest.mark.parametrize(
