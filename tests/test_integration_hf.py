@@ -1,5 +1,5 @@
 """`SkdTrainer` (transformers.Trainer) against `skdcache train`: same rows, draws and weights give the same loss
-at every step (sequence and causal heads); a shuffled/filtered/edited dataset is refused; LoRA students train
+at every step (sequence, causal and MLM heads); a shuffled/filtered/edited dataset is refused; LoRA students train
 only their adapters; the example runs."""
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def team(root: Path, data: Path, head: str) -> tuple[DataSpec, Path, Path]:
 @pytest.fixture(scope="module")
 def seq(tmp_path_factory, data):
     return team(tmp_path_factory.mktemp("seq"), data, "sequence")
+
+
+@pytest.fixture(scope="module")
+def mlm(tmp_path_factory, data):
+    return team(tmp_path_factory.mktemp("mlm"), data, "mlm")
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +139,10 @@ def step_lines(out: Path) -> list[dict]:
     return [x for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" not in x]
 
 
-@pytest.mark.parametrize("head", ["sequence", "causal"])
+@pytest.mark.parametrize("head", ["sequence", "causal", "mlm"])
 def test_trainer_loss_equals_skdcache_train_step_for_step(head: str, request, tmp_path: Path):
     """Same rows, teacher draws, starting weights and optimizer (skdcache's AdamW + schedule): the same losses."""
-    spec, cache, student = request.getfixturevalue("seq" if head == "sequence" else "causal")
+    spec, cache, student = request.getfixturevalue({"sequence": "seq"}.get(head, head))
     cfg = cfg_for(spec, student, cache, tmp_path / "native")
     train(cfg)
     native = step_lines(tmp_path / "native")
@@ -190,6 +195,17 @@ def test_other_rows_are_refused_with_one_line(edit, seq, tmp_path: Path):
         trainer_for(cfg, "sequence", tmp_path / "hf", dataset=edit(hf_dataset(Path(spec.source))))
     text = str(info.value)
     assert "\n" not in text and "precompute" in text, text
+
+
+def test_retokenised_token_inputs_are_refused_with_one_line(causal, tmp_path: Path):
+    """Token targets sit at cached positions: input_ids from another max_length are refused, not trained on."""
+    spec, cache, student = causal
+    tokenizer = transformers.AutoTokenizer.from_pretrained(student)
+    dataset = hf_dataset(Path(spec.source)).map(lambda x: tokenizer(x["text"], truncation=True, max_length=4))
+    trainer = trainer_for(cfg_for(spec, student, cache, tmp_path / "x"), "causal", tmp_path / "hf", dataset=dataset)
+    with pytest.raises(SkdError, match="input_ids differ") as info:
+        next(iter(trainer.get_train_dataloader()))
+    assert "\n" not in str(info.value)
 
 
 def test_skd_row_survives_the_trainer_column_removal(seq, tmp_path: Path):
