@@ -78,6 +78,10 @@ def open_dataset_team(dataset, cache: str | Path, teachers: list[str] | None, mo
 
     Raises a one-line `CacheError` naming the first teacher when the dataset is not the one it was cached for.
     """
+    if not hasattr(dataset, "column_names"):
+        raise SkdError(
+            f"train_dataset is a {type(dataset).__name__}: pass the datasets.Dataset the caches were built from"
+        )
     root = open_root(str(cache))
     if root.is_remote:
         raise SkdError(f"{cache}: pass a local cache root (mirror a remote one with `skdcache train` first)")
