@@ -1,0 +1,1 @@
+"""Use skdcache's teacher caches from training loops people already run (see `skdcache.integrations.transformers`)."""

@@ -1,0 +1,233 @@
+"""Stochastic KD from the cache inside `transformers.Trainer`: `SkdTrainer` is a drop-in Trainer.
+
+Per optimizer step it draws ONE teacher with `TeacherDraws` (the same seeded draw `skdcache train` makes for
+that step, so every rank of a torchrun / Accelerate launch draws the same teacher), reads only that teacher's
+targets for the batch's rows, and returns `objective.step_loss`. Batches are built by skdcache's own
+`student_batch`, so token-level students are scored at exactly the cached positions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, Trainer
+
+from skdcache.cache.reader import Targets, TeacherCache
+from skdcache.errors import SkdError
+from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
+from skdcache.loader import StepSchedule, StudentInputs, student_batch
+from skdcache.models import ARCH_SUFFIX_TO_HEAD
+from skdcache.objective import build_objective, step_loss
+from skdcache.sampling import Sampler, build_sampler
+from skdcache.sources import CachedTargets, TeacherDraws
+from skdcache.student import check_student_matches_teachers, student_inputs
+
+__all__ = ["SkdCollator", "SkdTrainer", "StepOrderSampler", "with_row_index"]
+
+CACHE_MODES = ("skd", "single", "average")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class SkdCollator:
+    """Collate `skd_row` features into skdcache's student batch (plus the rows); other features (an eval set
+    the user tokenised) go to `fallback` unchanged."""
+
+    def __init__(self, inputs: StudentInputs, fallback: Callable | None):
+        self.inputs, self.fallback = inputs, fallback
+
+    def __call__(self, features: list[dict]) -> dict:
+        if ROW_COLUMN not in features[0]:
+            if self.fallback is None:
+                raise SkdError("features without skd_row and no data_collator for them: pass data_collator=")
+            return self.fallback(features)
+        rows = np.asarray([int(f[ROW_COLUMN]) for f in features], dtype=np.int64)
+        if self.inputs.head != "sequence":
+            self._check_tokens(features, rows)
+        batch = student_batch(self.inputs, rows)
+        batch[ROW_COLUMN] = torch.from_numpy(rows)
+        return batch
+
+    def _check_tokens(self, features: list[dict], rows: np.ndarray) -> None:
+        """Token targets sit at cached positions: refuse input_ids that are not the cached tokenisation."""
+        for f, r in zip(features, rows, strict=True):
+            if "input_ids" not in f:
+                return
+            ids = list(f["input_ids"])
+            while ids and ids[-1] == self.inputs.pad_id and len(ids) > len(self.inputs.enc.ids[r]):
+                ids.pop()
+            if ids != list(self.inputs.enc.ids[r]):
+                raise SkdError(
+                    f"row {r}: input_ids differ from the tokenisation the targets were cached for; drop the "
+                    f"input_ids column (SkdTrainer tokenises the text itself) or re-run precompute"
+                )
+
+
+class StepOrderSampler(torch.utils.data.Sampler):
+    """Rows in `skdcache train`'s order: per epoch a permutation seeded by (seed, epoch), ragged batch dropped.
+
+    Yields the global batches back to back; Accelerate gives rank r the r-th per-device slice of each, the
+    same contiguous slice `skdcache train` gives it.
+    """
+
+    def __init__(self, n_rows: int, global_batch: int, seed: int):
+        self.schedule = StepSchedule(n_rows, global_batch, seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.schedule.steps_per_epoch * self.schedule.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        first = self.epoch * self.schedule.steps_per_epoch
+        for step in range(first, first + self.schedule.steps_per_epoch):
+            yield from (int(r) for r in self.schedule.rows_for(step))
+
+
+class SkdTrainer(Trainer):
+    """A `transformers.Trainer` whose training loss is skdcache's KD objective against cached teachers.
+
+    Args:
+        cache: the cache root `skdcache precompute` wrote to (local).
+        teachers: team by name (default: every teacher cached for exactly these rows).
+        mode: skd (one sampled teacher per step), single, or average (all teachers' mean).
+        sampling: uniform | teacher-rank | weights=a,b,c, as `skdcache train --sampling`.
+        temperature, alpha: the KD temperature and the weight of the KD term (1 - alpha weighs the labels).
+        max_length: the student's truncation; default the cache's (token-level targets require it).
+        sampler: a ready `skdcache.sampling` sampler, instead of `sampling`.
+
+    `train_dataset` is the `datasets.Dataset` the caches were computed from (its text/label columns, in order);
+    the `skd_row` column is added when missing. Eval datasets are used as usual (labels-only loss).
+    """
+
+    loss_is_scaled_for_ga = False  # training_step divides by the accumulation steps, as skdcache train does
+
+    def __init__(
+        self,
+        *args,
+        cache: str | Path,
+        teachers: list[str] | None = None,
+        mode: str = "skd",
+        sampling: str = "uniform",
+        sampling_temperature: float = 0.05,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        max_length: int | None = None,
+        sampler: Sampler | None = None,
+        **kwargs,
+    ):
+        if mode not in CACHE_MODES:
+            raise SkdError(f"mode {mode!r}: SkdTrainer reads caches, choose one of {', '.join(CACHE_MODES)}")
+        dataset = kwargs.pop("train_dataset", None)
+        if dataset is None:
+            raise SkdError("SkdTrainer needs train_dataset= (the datasets.Dataset the caches were computed from)")
+        tokenizer = kwargs.get("processing_class")
+        if tokenizer is None:
+            raise SkdError("SkdTrainer needs processing_class= (the student's tokenizer)")
+        rows, caches = open_dataset_team(dataset, cache, teachers, mode)
+        head = caches[0].targets.head
+        max_length = max_length or caches[0].targets.max_length
+        fallback = kwargs.pop("data_collator", None) or DataCollatorWithPadding(tokenizer)
+        self.skd_inputs = student_inputs(tokenizer, rows, head, max_length, caches)
+        super().__init__(
+            *args, train_dataset=with_row_index(dataset), data_collator=SkdCollator(self.skd_inputs, fallback), **kwargs
+        )
+        self._check_rows(dataset)
+        model_config = _base_model(self.model).config
+        _check_head(self.model, head)
+        check_student_matches_teachers(caches, tokenizer, max_length, 0.0, getattr(model_config, "num_labels", None))
+        task = "lm" if head != "sequence" else rows.task
+        self.objective = build_objective(head, task, caches, model_config, temperature, alpha, 0.0, None, mode)
+        self.teacher_names = [c.name for c in caches]
+        if mode == "skd" and sampler is None:
+            sampler = _build_sampler(sampling, caches, self.args.seed, sampling_temperature)
+        if mode == "single" and len(caches) != 1:
+            raise SkdError(f"mode single needs exactly one teacher, got {self.teacher_names}; pass teachers=[NAME]")
+        self.draws = TeacherDraws(mode, sampler, len(caches), self.args.gradient_accumulation_steps)
+        self.source = CachedTargets([str(c.path) for c in caches])
+        self.teacher_histogram: Counter[str] = Counter()
+        self.skd_history: list[dict] = []  # one record per micro-batch: step, teacher, loss and its parts
+
+    def _check_rows(self, dataset) -> None:
+        if ROW_COLUMN in dataset.column_names and list(dataset[ROW_COLUMN]) != list(range(len(dataset))):
+            raise SkdError(f"{ROW_COLUMN} is not 0..n-1: call with_row_index last, after any filter or shuffle")
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep `skd_row` through the Trainer's removal of unused columns (users need not set anything)."""
+        super()._set_signature_columns_if_needed()
+        if ROW_COLUMN not in self._signature_columns:
+            self._signature_columns.append(ROW_COLUMN)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return StepOrderSampler(
+            len(dataset), self.args.per_device_train_batch_size * self.args.world_size, self.args.seed
+        )
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(data, (str, dict)) and ROW_COLUMN in getattr(data, "column_names", ()):
+            raise SkdError("eval_dataset carries skd_row: pass it without with_row_index (evaluation uses labels)")
+        return super().get_eval_dataloader(eval_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if ROW_COLUMN not in inputs:  # an eval batch: the model's own loss on the labels
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        choice = self.draws(self.state.global_step * self.args.gradient_accumulation_steps)
+        rows = inputs[ROW_COLUMN].cpu().numpy()
+        device = inputs["input_ids"].device
+        targets = [_to(t, device) for t in self.source.targets(rows, choice)]
+        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
+        loss, parts = step_loss(self.objective, outputs, inputs, targets, None, choice.single)
+        if model.training:
+            record = {"step": self.state.global_step + 1, "loss": float(loss.detach()), **parts}
+            if choice.single is not None:
+                record["teacher"] = self.teacher_names[choice.single]
+                self.teacher_histogram[record["teacher"]] += 1
+            self.skd_history.append(record)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _build_sampler(sampling: str, caches: list[TeacherCache], seed: int, temperature: float) -> Sampler:
+    """The sampler `skdcache train --sampling` builds for these teachers (same kinds, seeds and draws)."""
+    kind, weights, metrics = sampling, None, None
+    if kind.startswith("weights="):
+        kind = "weights"
+        try:
+            weights = [float(x) for x in sampling.split("=", 1)[1].split(",")]
+        except ValueError:
+            raise SkdError(f"sampling {sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
+    if kind in ("learned", "student-rank"):
+        raise SkdError(f"sampling {kind} trains pilots / a held-out reward: use `skdcache train` or pass sampler=")
+    if kind == "teacher-rank":
+        missing = [c.name for c in caches if not c.manifest.metric]
+        if missing:
+            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
+        metrics = [c.manifest.metric.value for c in caches]
+    try:
+        return build_sampler(kind, len(caches), seed, metrics=metrics, weights=weights, temperature=temperature)
+    except ValueError as exc:
+        raise SkdError(f"sampling {sampling}: {exc}") from exc
+
+
+def _base_model(model):
+    """The transformers model under a PEFT wrapper (its config and class name say the head)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _check_head(model, head: str) -> None:
+    name = type(_base_model(model)).__name__
+    have = next((h for suffix, h in ARCH_SUFFIX_TO_HEAD.items() if name.endswith(suffix)), None)
+    if have is not None and have != head:
+        raise SkdError(f"the caches hold {head} targets but the model is a {name}: use a {head} student")
+
+
+def _to(targets: Targets, device: torch.device) -> Targets:
+    if device.type == "cpu":
+        return targets
+    return Targets(**{k: v.to(device, non_blocking=True) if v is not None else None for k, v in vars(targets).items()})
