@@ -38,9 +38,9 @@ from skdcache.evaluate import evaluate, heldout_loss
 from skdcache.live import LiveTargets
 from skdcache.loader import StepBatches, StudentInputs, step_loader
 from skdcache.objective import Objective, build_objective, build_projectors, step_loss
-from skdcache.plan import RunPlan, plan_run
+from skdcache.plan import RunPlan, plan_run, sampler_for_run
 from skdcache.sampling import LearnedSampler, Sampler, describe
-from skdcache.sources import CachedTargets, TargetSource, TeacherDraws, sampler_for_run
+from skdcache.sources import CachedTargets, TargetSource, TeacherDraws
 from skdcache.student import (
     StudentSpec,
     build_student,
