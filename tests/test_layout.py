@@ -17,7 +17,6 @@ MAX_LINES = 300
 SIZE_ALLOWED = {
     "skdcache/precompute.py",  # being split on another branch (redesign in progress); not to be edited here
     "skdcache/cache/format.py",  # edited on another branch right now; 307 lines
-    "skdcache/train.py",  # 327 lines; next to split (the run loop vs checkpoint/evaluation glue)
 }
 # Import edges left out of the cycle check, each with the reason; remove an entry once its import is gone.
 CYCLE_ALLOWED = {
