@@ -14,16 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-import tomllib
 
 from skdcache.cache.format import TARGET_KINDS
-from skdcache.data import DataSpec
 from skdcache.errors import SkdError
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.precompute import TargetOptions
 from skdcache.train import MODES, TrainConfig
 
-from .options import dataclass_options, field_option, pick
+from .launch import rerun_under_torchrun
+from .options import cache_option, config_option, data_options, data_spec, dataclass_options, pick
 
 HEADS = ("auto", *ARCH_SUFFIX_TO_HEAD.values())
 
@@ -33,79 +32,6 @@ ERRORS: list[tuple[type[BaseException], int, Callable[[BaseException], str]]] = 
     (click.exceptions.Abort, 130, lambda exc: "aborted"),
     (KeyboardInterrupt, 130, lambda exc: "interrupted; rerun the same command to resume"),
 ]
-
-
-def _load_config(ctx: click.Context, _param, value: str | None):
-    """`--config file.toml`: keys mirror the flags (dashes or underscores), flags given on the line win."""
-    if not value:
-        return value
-    try:
-        with open(value, "rb") as f:
-            raw = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {value}: {exc}") from exc
-    defaults = {k.replace("-", "_"): v for k, v in raw.items()}
-    teachers = defaults.pop("teachers", None)
-    if isinstance(teachers, dict):  # [teachers] table: name = "path"
-        defaults["teacher"] = [f"{k}={v}" for k, v in teachers.items()]
-    elif teachers is not None:
-        defaults["teachers"] = ",".join(teachers) if isinstance(teachers, list) else teachers
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
-
-
-config_option = click.option(
-    "--config",
-    type=click.Path(dir_okay=False),
-    callback=_load_config,
-    is_eager=True,
-    expose_value=False,
-    help="TOML file whose keys mirror these flags.",
-)
-cache_option = click.option(
-    "--cache",
-    "cache",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Cache root: a path, file:// or fsspec URL (s3://, https://) [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
-)
-
-
-def data_options(options_cls: type) -> Callable:
-    """The flags that say which rows to use (DataSpec), identical for precompute and train, plus --cache."""
-
-    def decorate(f: Callable) -> Callable:
-        options = [
-            field_option(
-                DataSpec, "source", "--data", "data", help="Hub dataset name, a directory of splits, or a file."
-            ),
-            field_option(DataSpec, "config_name", "--data-config", "data_config", help="Hub dataset configuration."),
-            field_option(DataSpec, "split"),
-            field_option(DataSpec, "text_column"),
-            field_option(DataSpec, "text_pair_column", help="Second text column for sentence-pair tasks."),
-            field_option(DataSpec, "label_column", help="Class names, ints, or floats (regression)."),
-            click.option("--no-labels", is_flag=True, help="The data has no labels (token-level targets only)."),
-            field_option(DataSpec, "limit", help="Use only the first N rows of the split."),
-            field_option(options_cls, "max_length"),
-            cache_option,
-        ]
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
-
-
-def data_spec(kw: dict) -> DataSpec:
-    return DataSpec(
-        source=kw["data"],
-        split=kw["split"],
-        text_column=kw["text_column"],
-        text_pair_column=kw["text_pair_column"],
-        label_column=None if kw["no_labels"] else kw["label_column"],
-        config_name=kw["data_config"],
-        limit=kw["limit"],
-    )
 
 
 def echo_table(rows: list[dict]) -> None:
@@ -173,7 +99,7 @@ def precompute(obj, teacher, head, nproc, **kw) -> None:
     from skdcache.teachers import TeacherSpec
 
     if nproc > 1:  # the same command, one copy per process, ranks splitting the blocks
-        _rerun_under_torchrun(nproc)
+        rerun_under_torchrun(nproc)
     team = [replace(TeacherSpec.parse(text), head=head) for text in teacher]
     opts = TargetOptions(**pick(TargetOptions, kw), progress=obj["progress"])
     results = run(data_spec(kw), team, kw["cache"], opts)
@@ -254,47 +180,16 @@ def verify(cache, teachers) -> None:
 @cli.command()
 @config_option
 @data_options(TrainConfig)
-@dataclass_options(
-    TrainConfig,
-    {
-        "eval_split": {"help": "Labelled split for evaluation."},
-        "test_split": {"help": "Split evaluated once at the end (reported, never selects)."},
-    },
-)
+@dataclass_options(TrainConfig, "eval_split test_split")  # help texts: the fields of skdcache.config.TrainConfig
 @click.option("--teachers", default="all", show_default=True, help="Comma list of cached teacher names, or all.")
 @dataclass_options(
     TrainConfig,
-    {
-        "student": {"help": "Pretrained path/hub id, or a config .json (fresh weights)."},
-        "student_layers": {"help": "Keep only these layers: N (first N) or a list like 0,2."},
-        "student_head": {"type": click.Choice(HEADS)},
-        "freeze_embeddings": {"help": "Keep the word embeddings fixed (much faster on CPU)."},
-        "mode": {"type": click.Choice(MODES)},
-        "sampling": {"help": "uniform | teacher-rank | student-rank | learned | weights=0.2,0.3,0.5"},
-        "sampling_temperature": {"help": "Rank samplers: p = softmax(metric / temperature)."},
-        "output": {"type": click.Path(file_okay=False), "help": "Run directory."},
-        "epochs": {},
-        "max_steps": {"help": "Optimizer steps (overrides --epochs)."},
-        "batch_size": {},
-        "lr": {},
-        "weight_decay": {},
-        "warmup_ratio": {},
-        "grad_clip": {},
-        "grad_accum": {},
-        "temperature": {},
-        "alpha": {"help": "Weight of the KD term vs labels."},
-        "beta": {"help": "Weight of the hidden-state loss."},
-        "layer_map": {"help": "Hidden-state map student:teacher, e.g. 2:6,4:12."},
-        "eval_every": {"help": "Steps between evaluations (0: epoch)."},
-        "seed": {},
-        "num_workers": {"help": "Loader processes reading targets."},
-        "device": {},
-        "pilot_steps": {"help": "student-rank: steps per pilot (default: half the run)."},
-        "learned_lr": {"help": "learned: logit step per typical advantage."},
-        "full_logits": {"help": "online + MLM/causal: distil from the full live vocabulary, not top-k."},
-        "resume": {"help": "Continue OUTPUT/checkpoint exactly where it stopped."},
-        "trust_remote_code": {},
-    },
+    "student student_layers student_head freeze_embeddings mode sampling sampling_temperature output epochs "
+    "max_steps batch_size lr weight_decay warmup_ratio grad_clip grad_accum temperature alpha beta layer_map "
+    "eval_every seed num_workers device pilot_steps learned_lr full_logits resume trust_remote_code",
+    student_head={"type": click.Choice(HEADS)},
+    mode={"type": click.Choice(MODES)},
+    output={"type": click.Path(file_okay=False)},
 )
 @click.option(
     "--teacher-path",
@@ -317,7 +212,7 @@ def train(obj, nproc, teachers, teacher_path, **kw) -> None:
     if nproc > 1:  # the same command, one replica per process, each reading its slice of every batch
         if kw["batch_size"] % nproc:  # before torchrun starts: the library checks it again in every rank
             raise SkdError(f"--batch-size {kw['batch_size']} is the global batch: use a multiple of --nproc {nproc}")
-        _rerun_under_torchrun(nproc)
+        rerun_under_torchrun(nproc)
     names = None if teachers in ("all", "", None) else [n.strip() for n in teachers.split(",")]
     fields = pick(TrainConfig, {k: v for k, v in kw.items() if k != "data"})
     moved = list(teacher_path) or None
@@ -369,24 +264,6 @@ def demo(obj, output, fresh) -> None:
     from skdcache.demo import run_demo
 
     run_demo(output, fresh=fresh, progress=obj["progress"])
-
-
-def _rerun_under_torchrun(nproc: int) -> None:
-    """Run this same command line under torchrun with `nproc` processes (without --nproc), then exit."""
-    import subprocess
-
-    args = []
-    skip = False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    cmd += ["-m", "skdcache", *args]
-    sys.exit(subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}))
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 `dataclass_options(TrainConfig, {"lr": {}, "mode": {"type": click.Choice(MODES)}})` adds `--lr` and `--mode`
 with the field's default and type; the dict gives the order and anything a field cannot say (help, choices).
+A field's help can live on the field itself, as `metadata["help"]` (`skdcache.config.flag`). The flags that
+several commands share (`--config`, `--cache`, the data flags) are defined here too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import tomllib
+
+from skdcache.data import DataSpec
 
 SCALARS = (bool, int, float, str)
 
@@ -40,12 +45,20 @@ def field_option(cls: type, name: str, flag: str | None = None, dest: str | None
         settings.update(is_flag=True, default=default)
     else:
         settings.update(type=kind, default=default, show_default=default is not None)
+    if "help" in field.metadata:  # the dataclass documents its own fields (e.g. skdcache.config.flag)
+        settings["help"] = field.metadata["help"]
     settings.update(kw)
     return click.option(flag or "--" + name.replace("_", "-"), dest or name, **settings)
 
 
-def dataclass_options(cls: type, spec: dict[str, dict[str, Any]]) -> Callable:
-    """Decorate a command with one `field_option` per entry of `spec`, in its order (help shows that order)."""
+def dataclass_options(cls: type, spec: dict[str, dict[str, Any]] | str, **extra: dict[str, Any]) -> Callable:
+    """Decorate a command with one `field_option` per field named in `spec`, in its order (help shows that order).
+
+    `spec` maps field names to `click.option` settings, or is a space-separated list of field names whose
+    settings (choices, path types) come as keyword arguments: for fields that carry their own help.
+    """
+    if isinstance(spec, str):
+        spec = {name: extra.get(name, {}) for name in spec.split()}
 
     def decorate(f: Callable) -> Callable:
         for name, kw in reversed(spec.items()):
@@ -59,3 +72,77 @@ def pick(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """The entries of `values` that are fields of dataclass `cls` (the parsed flags it takes)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if k in names}
+
+
+# ---- flags shared by several commands ---------------------------------------------------------------------
+def _load_config(ctx: click.Context, _param, value: str | None):
+    """`--config file.toml`: keys mirror the flags (dashes or underscores), flags given on the line win."""
+    if not value:
+        return value
+    try:
+        with open(value, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc}") from exc
+    defaults = {k.replace("-", "_"): v for k, v in raw.items()}
+    teachers = defaults.pop("teachers", None)
+    if isinstance(teachers, dict):  # [teachers] table: name = "path"
+        defaults["teacher"] = [f"{k}={v}" for k, v in teachers.items()]
+    elif teachers is not None:
+        defaults["teachers"] = ",".join(teachers) if isinstance(teachers, list) else teachers
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file whose keys mirror these flags.",
+)
+cache_option = click.option(
+    "--cache",
+    "cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Cache root: a path, file:// or fsspec URL (s3://, https://) [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
+)
+
+
+def data_options(options_cls: type) -> Callable:
+    """The flags that say which rows to use (DataSpec), identical for precompute and train, plus --cache."""
+
+    def decorate(f: Callable) -> Callable:
+        options = [
+            field_option(
+                DataSpec, "source", "--data", "data", help="Hub dataset name, a directory of splits, or a file."
+            ),
+            field_option(DataSpec, "config_name", "--data-config", "data_config", help="Hub dataset configuration."),
+            field_option(DataSpec, "split"),
+            field_option(DataSpec, "text_column"),
+            field_option(DataSpec, "text_pair_column", help="Second text column for sentence-pair tasks."),
+            field_option(DataSpec, "label_column", help="Class names, ints, or floats (regression)."),
+            click.option("--no-labels", is_flag=True, help="The data has no labels (token-level targets only)."),
+            field_option(DataSpec, "limit", help="Use only the first N rows of the split."),
+            field_option(options_cls, "max_length"),
+            cache_option,
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def data_spec(kw: dict) -> DataSpec:
+    return DataSpec(
+        source=kw["data"],
+        split=kw["split"],
+        text_column=kw["text_column"],
+        text_pair_column=kw["text_pair_column"],
+        label_column=None if kw["no_labels"] else kw["label_column"],
+        config_name=kw["data_config"],
+        limit=kw["limit"],
+    )

@@ -1,12 +1,11 @@
 """skdcache: Stochastic Knowledge Distillation from an offline Zarr v3 cache of teacher outputs."""
 
-__version__ = "0.1.0"
-
 from skdcache.cache.reader import Targets, TeacherCache  # noqa: E402
 from skdcache.data import DataSpec, load_rows  # noqa: E402
 from skdcache.errors import CacheError, SkdError  # noqa: E402
 from skdcache.precompute import TargetOptions, precompute  # noqa: E402
 from skdcache.teachers import TeacherSpec  # noqa: E402
+from skdcache.version import __version__  # noqa: E402
 
 __all__ = [
     "CacheError",

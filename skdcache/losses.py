@@ -147,15 +147,14 @@ def sampled_kd_loss(
         student_logits: ``[n_tok, V]`` at the positions that carry a loss.
         ids: ``[n_tok, m]`` token ids; padding entries have weight 0.
         weights: ``[n_tok, m]`` teacher mass per entry, summing to 1 per row (up to float16 rounding).
-        teacher_logprobs: ``[n_tok, m]`` ``log p_T(id)`` of the teacher at the cache's temperature (the
-            loss value needs them; the gradient does not).
+        teacher_logprobs: ``[n_tok, m]`` teacher ``log p_T(id)`` (the loss value needs them, the gradient not).
         temperature: must be the temperature the targets were drawn at.
 
     Returns:
         Scalar loss, averaged over tokens; a zero that still carries a graph when ``n_tok == 0``.
     """
     _check_temperature(temperature)
-    if ids.shape != weights.shape or ids.shape != teacher_logprobs.shape or ids.shape[0] != student_logits.shape[0]:
+    if not ids.shape == weights.shape == teacher_logprobs.shape or ids.shape[0] != student_logits.shape[0]:
         raise ValueError(
             f"ids {tuple(ids.shape)}, weights {tuple(weights.shape)}, teacher_logprobs "
             f"{tuple(teacher_logprobs.shape)} and student_logits {tuple(student_logits.shape)} disagree"

@@ -7,6 +7,7 @@ combination fails in seconds with one line, not after the student is built.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +20,8 @@ from skdcache.data import TextRows, available_splits, load_rows
 from skdcache.distributed import from_rank0_object
 from skdcache.errors import SkdError
 from skdcache.loader import StepSchedule
+from skdcache.pilots import pilot_metrics
+from skdcache.sampling import LearnedSampler, Sampler, build_sampler
 
 
 @dataclass
@@ -127,3 +130,35 @@ def _split_heldout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng([seed, 7]).permutation(n)
     k = int(min(128, max(8, 0.02 * n)))
     return np.sort(order[:k]), np.sort(order[k:])
+
+
+def sampler_for_run(cfg: TrainConfig, plan: RunPlan, run_pilot: Callable[[TrainConfig], dict]) -> Sampler | None:
+    """The teacher distribution of an skd / online run, from `--sampling` (None for the other modes).
+
+    Args:
+        run_pilot: trains one config (`skdcache.train.train`); student-rank runs one pilot per teacher with it.
+    """
+    if cfg.mode not in ("skd", "online"):
+        return None
+    n, kind, weights, metrics = len(plan.caches), cfg.sampling, None, None
+    if kind.startswith("weights="):
+        kind, text = "weights", cfg.sampling.split("=", 1)[1]
+        try:
+            weights = [float(x) for x in text.split(",")]
+        except ValueError:
+            raise SkdError(f"--sampling {cfg.sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
+    if kind == "teacher-rank":
+        missing = [c.name for c in plan.caches if not c.manifest.metric]
+        if missing:
+            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
+        metrics = [c.manifest.metric.value for c in plan.caches]
+    if kind == "student-rank":
+        # half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform
+        steps = cfg.pilot_steps or max(1, plan.total_steps // 2)
+        metrics = pilot_metrics(cfg, plan.rows, plan.eval_rows, plan.caches, steps, run_pilot)
+    if kind == "learned":
+        return LearnedSampler(n, cfg.seed, lr=cfg.learned_lr)
+    try:
+        return build_sampler(kind, n, cfg.seed, metrics=metrics, weights=weights, temperature=cfg.sampling_temperature)
+    except ValueError as exc:
+        raise SkdError(f"--sampling {cfg.sampling}: {exc}") from exc

@@ -9,16 +9,15 @@ import numpy as np
 import torch
 
 from skdcache.data import TextRows
+from skdcache.version import __version__
 
 
 def package_versions() -> dict[str, str]:
     import transformers
     import zarr
 
-    import skdcache
-
     return {
-        "skdcache": skdcache.__version__,
+        "skdcache": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "zarr": zarr.__version__,

@@ -1,66 +1,35 @@
 """Teacher-sampling distributions for stochastic knowledge distillation.
 
-At every training step one teacher index is drawn from a categorical distribution. Draws are keyed on
-``(seed, step)`` instead of a running RNG so that every DDP rank and a resumed run pick the same teacher
-at the same step without saving RNG state.
+At every training step one teacher index is drawn from a categorical distribution. This module holds the
+fixed distributions and `build_sampler`, which turns `--sampling` options into any sampler; the shared
+interface and the ``(seed, step)``-keyed draw are in `sampler_base`, the online distribution in `learned`
+(re-exported here, so callers keep one import).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from skdcache.learned import LearnedSampler
+from skdcache.sampler_base import Sampler, check_kind, check_seed, draw_teacher
+
+__all__ = [
+    "KINDS",
+    "CategoricalSampler",
+    "LearnedSampler",
+    "Sampler",
+    "build_sampler",
+    "describe",
+    "from_metrics",
+    "from_weights",
+    "uniform",
+]
+
 KINDS = ("uniform", "teacher-rank", "student-rank", "weights", "learned")
-
-
-@runtime_checkable
-class Sampler(Protocol):
-    """Shared interface of all teacher samplers."""
-
-    @property
-    def kind(self) -> str:
-        """Name used in run records, e.g. ``"uniform"``."""
-        ...
-
-    def sample(self, step: int) -> int:
-        """Teacher index for a training step (deterministic in ``(seed, step)`` and the current probs)."""
-        ...
-
-    def probs(self) -> np.ndarray:
-        """Current distribution over teachers, ``[n_teachers]``, sums to 1."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state."""
-        ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict`."""
-        ...
-
-
-def _draw(probs: np.ndarray, seed: int, step: int) -> int:
-    """Inverse-CDF draw from a fresh generator keyed on ``(seed, step)``.
-
-    ``side="right"`` skips zero-probability teachers, and normalising the CDF by its last entry keeps the
-    index in range despite float rounding.
-    """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    cdf = np.cumsum(probs)
-    cdf = cdf / cdf[-1]
-    u = np.random.default_rng([seed, step]).random()
-    return int(np.searchsorted(cdf, u, side="right"))
-
-
-def _check_seed(seed: int) -> int:
-    """``default_rng`` rejects negative entropy; fail at construction rather than at the first step."""
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 class CategoricalSampler:
@@ -75,7 +44,7 @@ class CategoricalSampler:
 
     def __init__(self, probs: Sequence[float], seed: int, kind: str, meta: Mapping[str, Any] | None = None) -> None:
         self._probs = _check_probs(probs)
-        self._seed = _check_seed(seed)
+        self._seed = check_seed(seed)
         self._kind = kind
         self._meta = dict(meta or {})
 
@@ -84,7 +53,7 @@ class CategoricalSampler:
         return self._kind
 
     def sample(self, step: int) -> int:
-        return _draw(self._probs, self._seed, step)
+        return draw_teacher(self._probs, self._seed, step)
 
     def probs(self) -> np.ndarray:
         return self._probs.copy()
@@ -98,7 +67,7 @@ class CategoricalSampler:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_kind(self._kind, state)
+        check_kind(self._kind, state)
         probs = _check_probs(state["probs"])
         if probs.shape != self._probs.shape:
             raise ValueError(
@@ -106,7 +75,7 @@ class CategoricalSampler:
                 "resume with the same teacher team"
             )
         self._probs = probs
-        self._seed = _check_seed(state["seed"])
+        self._seed = check_seed(state["seed"])
         self._meta = dict(state.get("meta", {}))
 
 
@@ -118,15 +87,6 @@ def _check_probs(probs: Sequence[float]) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or np.any(arr < 0) or not math.isclose(arr.sum(), 1.0, abs_tol=1e-6):
         raise ValueError(f"probs must be finite, non-negative and sum to 1, got {arr.tolist()}")
     return arr / arr.sum()
-
-
-def _check_kind(expected: str, state: Mapping[str, Any]) -> None:
-    """Catch resuming a run with a different sampler kind, which would silently change the teacher order."""
-    if state.get("kind") != expected:
-        raise ValueError(
-            f"state is for sampler kind {state.get('kind')!r} but this sampler is {expected!r}: "
-            "resume with the same --sampling"
-        )
 
 
 def uniform(n: int, seed: int) -> CategoricalSampler:
@@ -196,130 +156,6 @@ def from_metrics(
     probs = np.exp(logits - logits.max())
     meta = {"metrics": arr.tolist(), "temperature": float(temperature), "higher_is_better": higher_is_better}
     return CategoricalSampler(probs / probs.sum(), seed, kind=kind, meta=meta)
-
-
-class LearnedSampler:
-    """AutoSKD-style online learning of the teacher distribution.
-
-    Keeps logits ``theta`` (0 at start, i.e. uniform). After each step the trainer reports a reward for the
-    teacher it used, e.g. the drop in a held-out batch loss caused by that step (computed by the trainer,
-    and identical on every DDP rank, so all ranks keep the same distribution). Only the sampled teacher's
-    logit moves: ``theta[t] += lr * (reward - baseline) / scale``. ``baseline`` is an EMA of past rewards
-    (initialised at the first reward) that turns raw rewards into advantages; ``scale`` is the EMA root
-    mean square of those advantages, so ``lr`` is in units of "typical advantages" and the same ``lr``
-    works whether a loss drop is 1e-4 or 1 (raw held-out loss drops are ~1e-4, which left an unscaled
-    sampler uniform). Because of the softmax, raising one logit lowers every other teacher's probability.
-
-    ``probs()`` mixes the softmax with uniform, ``(1 - n * min_prob) * softmax(theta) + min_prob``, so every
-    teacher keeps at least ``min_prob`` and can still recover if it becomes useful later.
-
-    Args:
-        n: Team size.
-        seed: Non-negative seed.
-        lr: Step size of the logit update.
-        baseline_momentum: EMA factor of the reward baseline, in ``[0, 1)``.
-        min_prob: Probability floor per teacher, ``0 <= n * min_prob <= 1``.
-    """
-
-    def __init__(
-        self, n: int, seed: int, lr: float = 0.1, baseline_momentum: float = 0.9, min_prob: float = 0.02
-    ) -> None:
-        if n < 1:
-            raise ValueError(f"team size must be >= 1, got {n}")
-        self._seed = _check_seed(seed)
-        self._theta = np.zeros(n, dtype=np.float64)
-        self._baseline: float | None = None
-        self._scale_sq: float | None = None
-        self._steps = 0
-        self._history: list[list[float]] = []
-        self._set_hyper(lr, baseline_momentum, min_prob)
-
-    def _set_hyper(self, lr: float, baseline_momentum: float, min_prob: float) -> None:
-        n = self._theta.size
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be finite and > 0, got {lr}")
-        if not 0 <= baseline_momentum < 1:
-            raise ValueError(f"baseline_momentum must be in [0, 1), got {baseline_momentum}")
-        if not (min_prob >= 0 and n * min_prob <= 1 + 1e-12):
-            raise ValueError(f"min_prob {min_prob} with {n} teachers needs 0 <= n * min_prob <= 1: lower min_prob")
-        self._lr, self._momentum, self._min_prob = float(lr), float(baseline_momentum), float(min_prob)
-
-    @property
-    def kind(self) -> str:
-        return "learned"
-
-    def sample(self, step: int) -> int:
-        return _draw(self.probs(), self._seed, step)
-
-    def probs(self) -> np.ndarray:
-        soft = np.exp(self._theta - self._theta.max())
-        soft /= soft.sum()
-        n = self._theta.size
-        return (1.0 - n * self._min_prob) * soft + self._min_prob
-
-    def update(self, teacher: int, reward: float) -> None:
-        """Move the sampled teacher's logit by its advantage, then update the baseline.
-
-        Args:
-            teacher: Index of the teacher used at this step.
-            reward: Training-loop reward for that step (higher is better), finite.
-        """
-        if not 0 <= teacher < self._theta.size:
-            raise ValueError(f"teacher index {teacher} out of range for {self._theta.size} teachers")
-        if not math.isfinite(reward):
-            raise ValueError(f"reward must be finite, got {reward}: skip the update for a diverged step")
-        reward = float(reward)
-        if self._baseline is None:
-            self._baseline = reward
-        advantage = reward - self._baseline
-        if advantage != 0.0:
-            sq, m = advantage * advantage, self._momentum
-            self._scale_sq = sq if self._scale_sq is None else m * self._scale_sq + (1 - m) * sq
-            self._theta[teacher] += self._lr * advantage / math.sqrt(self._scale_sq)
-        self._baseline = self._momentum * self._baseline + (1.0 - self._momentum) * reward
-        self._steps += 1
-        self._history.append(self.probs().tolist())
-
-    def history(self) -> list[list[float]]:
-        """Probs after each update since construction or the last load (not checkpointed, to stay small)."""
-        return [list(p) for p in self._history]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "learned",
-            "seed": self._seed,
-            "theta": self._theta.tolist(),
-            "baseline": self._baseline,
-            "scale_sq": self._scale_sq,
-            "steps": self._steps,
-            "lr": self._lr,
-            "baseline_momentum": self._momentum,
-            "min_prob": self._min_prob,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore theta, baseline, step count, seed and hyper-parameters; clears the history."""
-        _check_kind("learned", state)
-        theta = np.asarray(state["theta"], dtype=np.float64)
-        if theta.shape != self._theta.shape or not np.all(np.isfinite(theta)):
-            raise ValueError(
-                f"state theta {state['theta']} does not fit {self._theta.size} teachers: "
-                "resume with the same teacher team"
-            )
-        self._theta = theta
-        self._set_hyper(state["lr"], state["baseline_momentum"], state["min_prob"])
-        self._seed = _check_seed(state["seed"])
-        baseline = state["baseline"]
-        self._baseline = None if baseline is None else float(baseline)
-        if "scale_sq" not in state:
-            raise ValueError(
-                "checkpoint is from the first learned sampler (unscaled rewards, another meaning of lr): "
-                "restart this run without --resume"
-            )
-        scale_sq = state["scale_sq"]
-        self._scale_sq = None if scale_sq is None else float(scale_sq)
-        self._steps = int(state["steps"])
-        self._history = []
 
 
 def build_sampler(

@@ -8,20 +8,13 @@ came from and "online equals cache" holds by construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.config import TrainConfig
-from skdcache.errors import SkdError
-from skdcache.pilots import pilot_metrics
-from skdcache.sampling import LearnedSampler, Sampler, build_sampler
-
-if TYPE_CHECKING:
-    from skdcache.plan import RunPlan
+from skdcache.sampling import LearnedSampler, Sampler
 
 
 @dataclass(frozen=True)
@@ -90,35 +83,3 @@ class TeacherDraws:
         if self.sampler is None:  # single, or a one-teacher online run
             return TeacherChoice((0,))
         return TeacherChoice((self.sampler.sample(micro_step // self.grad_accum),))
-
-
-def sampler_for_run(cfg: TrainConfig, plan: RunPlan, run_pilot: Callable[[TrainConfig], dict]) -> Sampler | None:
-    """The teacher distribution of an skd / online run, from `--sampling` (None for the other modes).
-
-    Args:
-        run_pilot: trains one config (`skdcache.train.train`); student-rank runs one pilot per teacher with it.
-    """
-    if cfg.mode not in ("skd", "online"):
-        return None
-    n, kind, weights, metrics = len(plan.caches), cfg.sampling, None, None
-    if kind.startswith("weights="):
-        kind, text = "weights", cfg.sampling.split("=", 1)[1]
-        try:
-            weights = [float(x) for x in text.split(",")]
-        except ValueError:
-            raise SkdError(f"--sampling {cfg.sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
-    if kind == "teacher-rank":
-        missing = [c.name for c in plan.caches if not c.manifest.metric]
-        if missing:
-            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
-        metrics = [c.manifest.metric.value for c in plan.caches]
-    if kind == "student-rank":
-        # half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform
-        steps = cfg.pilot_steps or max(1, plan.total_steps // 2)
-        metrics = pilot_metrics(cfg, plan.rows, plan.eval_rows, plan.caches, steps, run_pilot)
-    if kind == "learned":
-        return LearnedSampler(n, cfg.seed, lr=cfg.learned_lr)
-    try:
-        return build_sampler(kind, n, cfg.seed, metrics=metrics, weights=weights, temperature=cfg.sampling_temperature)
-    except ValueError as exc:
-        raise SkdError(f"--sampling {cfg.sampling}: {exc}") from exc

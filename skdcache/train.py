@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +21,9 @@ from skdcache import checkpoint
 from skdcache.cache.reader import Targets
 from skdcache.checkpoint import TrainState
 from skdcache.config import MODES, TrainConfig
-from skdcache.data import load_rows
 from skdcache.device import autocast_dtype, pick_device
 from skdcache.distributed import (
     average_gradients,
-    barrier,
     broadcast_module,
     from_rank0,
     mean_over_ranks,
@@ -36,48 +32,20 @@ from skdcache.distributed import (
 from skdcache.errors import SkdError
 from skdcache.evaluate import evaluate, heldout_loss
 from skdcache.live import LiveTargets
-from skdcache.loader import StepBatches, StudentInputs, step_loader
-from skdcache.objective import Objective, build_objective, build_projectors, step_loss
-from skdcache.plan import RunPlan, plan_run
-from skdcache.sampling import LearnedSampler, Sampler, describe
-from skdcache.sources import CachedTargets, TargetSource, TeacherDraws, sampler_for_run
+from skdcache.loader import StepBatches, step_loader
+from skdcache.objective import build_objective, build_projectors, step_loss
+from skdcache.plan import plan_run, sampler_for_run
+from skdcache.run_record import Run, record_run, save_student
+from skdcache.sampling import LearnedSampler
+from skdcache.sources import CachedTargets, TargetSource, TeacherDraws
 from skdcache.student import (
     StudentSpec,
     build_student,
     check_student_matches_teachers,
-    count_parameters,
     student_inputs,
 )
 
 __all__ = ["MODES", "Run", "TrainConfig", "fit", "prepare", "train"]
-
-
-@dataclass
-class Run:
-    """Everything a run is made of, built by `prepare` in this order."""
-
-    cfg: TrainConfig
-    plan: RunPlan
-    device: torch.device
-    rank: int
-    world: int
-    sampler: Sampler | None
-    draws: TeacherDraws
-    model: torch.nn.Module
-    tokenizer: object
-    objective: Objective
-    projector: torch.nn.ModuleList | None
-    source: TargetSource
-    inputs: StudentInputs
-    eval_inputs: StudentInputs | None
-
-    @property
-    def caches(self):
-        return self.plan.caches
-
-    @property
-    def out(self) -> Path:
-        return Path(self.cfg.output)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -260,61 +228,10 @@ def evaluate_and_checkpoint(run: Run, state: TrainState, optimizer, scheduler, m
             key = result["primary"]
             if state.best is None or result[key] > state.best[key]:
                 state.best = {**result, "step": state.step}
-                _save_student(run, run.out / "student")
+                save_student(run, run.out / "student")
         elif state.best is None or state.step == run.plan.total_steps:
-            _save_student(run, run.out / "student")
+            save_student(run, run.out / "student")
     checkpoint.save(run.out, state, run.model, run.projector, optimizer, scheduler, run.sampler, run.rank, run.world)
-
-
-def _save_student(run: Run, path: Path) -> None:
-    run.model.save_pretrained(path)
-    run.tokenizer.save_pretrained(path)
-
-
-def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float) -> dict:
-    """run.json: the config, the team, the final and test metrics, the draws and the cost."""
-    if run.rank != 0:  # rank 0 evaluates and writes run.json (to --output, shared by all ranks)
-        barrier()
-        return {**json.loads((run.out / "run.json").read_text()), "rank": run.rank}
-    last_step, final = state.last_eval or (None, {})
-    if last_step != state.step:  # the loop evaluates at its last step; only a finished resume gets here
-        final = evaluate(run.model, run.eval_inputs, run.objective, run.device) if run.eval_inputs else {}
-    test = {}
-    if run.cfg.test_split:
-        test_rows = load_rows(replace(run.cfg.data, split=run.cfg.test_split, limit=None))
-        test_inputs = student_inputs(run.tokenizer, test_rows, run.plan.head, run.cfg.max_length, run.caches)
-        test = evaluate(run.model, test_inputs, run.objective, run.device)
-    record = {
-        "config": run.cfg.to_dict(),
-        "dataset_fingerprint": run.plan.rows.fingerprint,
-        "teachers": [
-            {
-                "name": c.name,
-                "cache_key": c.manifest.cache_key,
-                "path": str(c.path),
-                "num_parameters": c.manifest.teacher.num_parameters,
-                "metric": c.manifest.metric.to_dict() if c.manifest.metric else None,
-            }
-            for c in run.caches
-        ],
-        "student_parameters": count_parameters(run.model),
-        "steps": state.step,
-        "final": final,
-        "test": test,
-        "best": state.best,
-        "teacher_histogram": dict(state.histogram),
-        "sampler": describe(run.sampler) if run.sampler else None,
-        "learned_history": state.history or None,
-        "seconds": seconds,
-        "steps_per_second": state.step / max(loop_seconds, 1e-9),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        "device": str(run.device),
-        "world_size": run.world,
-    }
-    (run.out / "run.json").write_text(json.dumps(record, indent=2, default=str))
-    barrier()
-    return record
 
 
 def _model_inputs(batch: dict) -> dict:

@@ -26,7 +26,7 @@ def write_run(
     learned: bool = False,
     steps: int = 50,
 ) -> Path:
-    """A finished run directory shaped like `train.record_run` and the training loop write it."""
+    """A finished run directory shaped like `run_record.record_run` and the training loop write it."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     teachers = [] if mode == "none" else TEACHERS

@@ -10,21 +10,9 @@ from skdcache.cache import format as fmt
 from skdcache.cache.manifest import read_manifest
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import CacheRoot, open_root
+from skdcache.cache.selection import CacheEntry, select_teachers
 from skdcache.cache.store import read_json
 from skdcache.errors import CacheError
-
-
-@dataclass
-class CacheEntry:
-    path: Path
-    dataset: dict
-    manifest: fmt.Manifest | None
-    error: str | None = None
-    stored_bytes: int | None = None  # known without a local folder (remote listings)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.teacher.name if self.manifest else "?"
 
 
 def dir_bytes(path: Path) -> int:
@@ -49,29 +37,6 @@ def list_caches(root: Path) -> list[CacheEntry]:
 def find_teacher_caches(root: Path, dataset_fingerprint: str, names: list[str] | None) -> dict[str, Path]:
     """Complete caches of this dataset by teacher name (the most recent one when a name has several)."""
     return select_teachers(list_caches(root), dataset_fingerprint, names, str(root))
-
-
-def select_teachers(
-    entries: list[CacheEntry], dataset_fingerprint: str, names: list[str] | None, where: str
-) -> dict[str, Path]:
-    """The rule `find_teacher_caches` applies, shared with remote roots (which list manifests, not folders)."""
-    found: dict[str, tuple[str, Path]] = {}
-    for entry in entries:
-        m = entry.manifest
-        if m is None or m.state != "complete" or m.dataset.fingerprint != dataset_fingerprint:
-            continue
-        if entry.name not in found or (m.completed_at or "") > found[entry.name][0]:
-            found[entry.name] = (m.completed_at or "", entry.path)
-    if names is None:
-        return {n: p for n, (_, p) in sorted(found.items())}
-    missing = [n for n in names if n not in found]
-    if missing:
-        have = ", ".join(sorted(found)) or "none"
-        raise CacheError(
-            f"teacher(s) {', '.join(missing)} not cached for dataset {dataset_fingerprint[:12]} in {where} "
-            f"(cached: {have}); run `skdcache precompute` with the same data flags first"
-        )
-    return {n: found[n][1] for n in names}
 
 
 def summary_row(entry: CacheEntry) -> dict:

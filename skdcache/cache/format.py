@@ -10,6 +10,9 @@ cache (content key = teacher weights + tokenizer + target spec + format version)
         topk_logprobs      [n_tok, k]          float16   log-softmax over the full vocabulary, top-k, descending
         topk_ids           [n_tok, k]          uint16 | uint32 (vocab > 65535)
         tail_logmass       [n_tok]             float16   log(1 - sum(exp(topk_logprobs)))
+        sample_ids         [n_tok, N]          uint16 | uint32   sampled / hybrid: distinct drawn ids, then padding
+        sample_counts      [n_tok, N]          uint8 | uint16    draws per id (0 = padding)
+        sample_logprobs    [n_tok, N]          float16   log p_T of each drawn id (T = sample_temperature)
         positions          [n_tok]             uint16    position in the sequence of each token target
         token_index        [n_rows, 2]         int64     (start, count) of each row in the token arrays
         hidden             [n_rows, L, H] (cls) or [n_hid_tok, L, H] (all tokens)  float16
@@ -29,14 +32,12 @@ sequence token for `hidden` with hidden_tokens "all"), and its index array gives
 
 from __future__ import annotations
 
-import json
-import math
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD, aligned_starts, row_chunk, token_chunk  # noqa: F401
 from skdcache.cache.manifest import (  # noqa: F401  (re-exported: the format's version and its manifest)
     FORMAT_VERSION,
     MANIFEST_ATTR,
@@ -47,13 +48,19 @@ from skdcache.cache.manifest import (  # noqa: F401  (re-exported: the format's 
     manifest_attrs,
     read_manifest,
 )
+from skdcache.cache.markers import (  # noqa: F401  (re-exported: markers are part of the format)
+    BLOCKS_DIR,
+    MARKER_NODE_ATTRS,
+    block_marker_name,
+    checksum,
+    completed_blocks,
+    encode_marker,
+    marker_path,
+)
 from skdcache.errors import CacheError
 
 DATASET_FILE = "dataset.json"
-BLOCKS_DIR = "_blocks"
 ROWS_PER_BLOCK = 1024
-CHUNKS_PER_TOKEN_SHARD = 64
-TARGET_CHUNK_BYTES = 32 * 1024
 
 HEAD_KINDS = ("sequence", "mlm", "causal")
 TARGET_KINDS = ("topk", "sampled", "hybrid")  # token-level targets (docs/token-targets.md)
@@ -147,40 +154,6 @@ def index_array(name: str, present) -> str | None:
 
 def token_id_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
-
-
-def _pow2_floor(x: float) -> int:
-    return 1 << max(0, int(np.floor(np.log2(max(x, 1)))))
-
-
-def row_chunk(row_bytes: int, rows_per_block: int) -> int:
-    """Inner chunk length: about TARGET_CHUNK_BYTES, and always a divisor of the block (shards tile exactly).
-
-    Wide rows (hidden states) get chunks of a few rows: a random read decodes one chunk per row it needs.
-    """
-    return math.gcd(rows_per_block, int(_pow2_floor(TARGET_CHUNK_BYTES / max(row_bytes, 1))))
-
-
-def token_chunk(token_bytes: int) -> int:
-    return int(min(4096, max(16, _pow2_floor(TARGET_CHUNK_BYTES / max(token_bytes, 1)))))
-
-
-def aligned_starts(counts: np.ndarray, rows_per_block: int, shard_len: int) -> tuple[np.ndarray, int]:
-    """Start of each row's tokens when every block begins on a shard boundary.
-
-    Args:
-        counts: [n_rows] number of token targets per row.
-    Returns:
-        starts [n_rows] int64 and the total token-axis length.
-    """
-    starts = np.zeros(len(counts), dtype=np.int64)
-    base = 0
-    for b0 in range(0, len(counts), rows_per_block):
-        block = counts[b0 : b0 + rows_per_block].astype(np.int64)
-        starts[b0 : b0 + len(block)] = base + np.concatenate([[0], np.cumsum(block)[:-1]])
-        used = int(block.sum())
-        base += -(-used // shard_len) * shard_len if b0 + rows_per_block < len(counts) else used
-    return starts, max(base, 1)
 
 
 @dataclass(frozen=True)
@@ -294,36 +267,6 @@ def shard_file(array_dir: Path, shard: int, ndim: int) -> Path:
 def shards_of(lo: int, hi: int, shard_rows: int) -> range:
     """Shards along axis 0 that hold rows [lo, hi) (the shard of `lo` when the range is empty)."""
     return range(lo // shard_rows, max(lo, hi - 1) // shard_rows + 1)
-
-
-# Completion markers: <group>/_blocks/<b>.json. `_blocks` is also an empty zarr array (its zarr.json), so the
-# group is a valid zarr hierarchy; zarr lists groups, never an array's folder, so it never sees the markers.
-MARKER_NODE_ATTRS = {"description": "skdcache completion markers: one <block>.json per finished block, in this folder"}
-
-
-def block_marker_name(block: int) -> str:
-    return f"{BLOCKS_DIR}/{block:06d}.json"
-
-
-def marker_path(group_path: Path, block: int) -> Path:
-    return group_path / block_marker_name(block)
-
-
-def completed_blocks(group_path: Path) -> set[int]:
-    """Blocks whose completion marker exists (their bytes are durable and their checksums recorded)."""
-    marker_dir = group_path / BLOCKS_DIR
-    if not marker_dir.is_dir():
-        return set()
-    return {int(p.stem) for p in marker_dir.glob("*.json") if p.stem.isdigit()}
-
-
-def checksum(data: np.ndarray) -> str:
-    """What a marker records per array: crc32 of the block's values as written (after the dtype cast)."""
-    return f"{zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1)):08x}"
-
-
-def encode_marker(block: int, rows: tuple[int, int], checksums: dict[str, str]) -> bytes:
-    return json.dumps({"block": block, "rows": list(rows), "checksums": checksums}, sort_keys=True).encode()
 
 
 def compressors():

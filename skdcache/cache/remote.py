@@ -24,6 +24,7 @@ from pathlib import Path
 
 from skdcache.cache import format as fmt
 from skdcache.cache.manifest import read_manifest
+from skdcache.cache.selection import CacheEntry, select_teachers
 from skdcache.cache.store import WriterLock
 from skdcache.errors import CacheError
 
@@ -143,8 +144,6 @@ class RemoteRoot:
 
     def choose(self, fingerprint: str, names: list[str] | None) -> dict[str, str]:
         """Teacher name -> cache key among published groups, by the rule `catalog.find_teacher_caches` uses."""
-        from skdcache.cache.catalog import CacheEntry, select_teachers
-
         entries = [
             CacheEntry(self.mirror / fp / m.cache_key, dataset, m) for fp, dataset, m in self.manifests(fingerprint)
         ]

@@ -1,0 +1,45 @@
+"""Completion markers of a teacher cache: `<group>/_blocks/<b>.json`, written after block b's bytes are durable.
+
+Part of the format (see `format.py`, which re-exports these names): a block counts as written only when its
+marker exists, and the marker records the crc32 of every array's values in the block.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+BLOCKS_DIR = "_blocks"
+
+
+# Completion markers: <group>/_blocks/<b>.json. `_blocks` is also an empty zarr array (its zarr.json), so the
+# group is a valid zarr hierarchy; zarr lists groups, never an array's folder, so it never sees the markers.
+MARKER_NODE_ATTRS = {"description": "skdcache completion markers: one <block>.json per finished block, in this folder"}
+
+
+def block_marker_name(block: int) -> str:
+    return f"{BLOCKS_DIR}/{block:06d}.json"
+
+
+def marker_path(group_path: Path, block: int) -> Path:
+    return group_path / block_marker_name(block)
+
+
+def completed_blocks(group_path: Path) -> set[int]:
+    """Blocks whose completion marker exists (their bytes are durable and their checksums recorded)."""
+    marker_dir = group_path / BLOCKS_DIR
+    if not marker_dir.is_dir():
+        return set()
+    return {int(p.stem) for p in marker_dir.glob("*.json") if p.stem.isdigit()}
+
+
+def checksum(data: np.ndarray) -> str:
+    """What a marker records per array: crc32 of the block's values as written (after the dtype cast)."""
+    return f"{zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1)):08x}"
+
+
+def encode_marker(block: int, rows: tuple[int, int], checksums: dict[str, str]) -> bytes:
+    return json.dumps({"block": block, "rows": list(rows), "checksums": checksums}, sort_keys=True).encode()

@@ -1,0 +1,105 @@
+"""A prepared run (`Run`, what `train.prepare` builds) and the run.json it leaves (`record_run`).
+
+Kept apart from the loop in `train` so the record's schema, which `skdcache report` and the benchmarks read,
+is in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from skdcache.checkpoint import TrainState
+from skdcache.config import TrainConfig
+from skdcache.data import load_rows
+from skdcache.distributed import barrier
+from skdcache.evaluate import evaluate
+from skdcache.loader import StudentInputs
+from skdcache.objective import Objective
+from skdcache.plan import RunPlan
+from skdcache.sampling import Sampler, describe
+from skdcache.sources import TargetSource, TeacherDraws
+from skdcache.student import count_parameters, student_inputs
+
+
+@dataclass
+class Run:
+    """Everything a run is made of, built by `prepare` in this order."""
+
+    cfg: TrainConfig
+    plan: RunPlan
+    device: torch.device
+    rank: int
+    world: int
+    sampler: Sampler | None
+    draws: TeacherDraws
+    model: torch.nn.Module
+    tokenizer: object
+    objective: Objective
+    projector: torch.nn.ModuleList | None
+    source: TargetSource
+    inputs: StudentInputs
+    eval_inputs: StudentInputs | None
+
+    @property
+    def caches(self):
+        return self.plan.caches
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output)
+
+
+def save_student(run: Run, path: Path) -> None:
+    run.model.save_pretrained(path)
+    run.tokenizer.save_pretrained(path)
+
+
+def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float) -> dict:
+    """run.json: the config, the team, the final and test metrics, the draws and the cost."""
+    if run.rank != 0:  # rank 0 evaluates and writes run.json (to --output, shared by all ranks)
+        barrier()
+        return {**json.loads((run.out / "run.json").read_text()), "rank": run.rank}
+    last_step, final = state.last_eval or (None, {})
+    if last_step != state.step:  # the loop evaluates at its last step; only a finished resume gets here
+        final = evaluate(run.model, run.eval_inputs, run.objective, run.device) if run.eval_inputs else {}
+    test = {}
+    if run.cfg.test_split:
+        test_rows = load_rows(replace(run.cfg.data, split=run.cfg.test_split, limit=None))
+        test_inputs = student_inputs(run.tokenizer, test_rows, run.plan.head, run.cfg.max_length, run.caches)
+        test = evaluate(run.model, test_inputs, run.objective, run.device)
+    record = {
+        "config": run.cfg.to_dict(),
+        "dataset_fingerprint": run.plan.rows.fingerprint,
+        "teachers": [
+            {
+                "name": c.name,
+                "cache_key": c.manifest.cache_key,
+                "path": str(c.path),
+                "num_parameters": c.manifest.teacher.num_parameters,
+                "metric": c.manifest.metric.to_dict() if c.manifest.metric else None,
+            }
+            for c in run.caches
+        ],
+        "student_parameters": count_parameters(run.model),
+        "steps": state.step,
+        "final": final,
+        "test": test,
+        "best": state.best,
+        "teacher_histogram": dict(state.histogram),
+        "sampler": describe(run.sampler) if run.sampler else None,
+        "learned_history": state.history or None,
+        "seconds": seconds,
+        "steps_per_second": state.step / max(loop_seconds, 1e-9),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "device": str(run.device),
+        "world_size": run.world,
+    }
+    (run.out / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    barrier()
+    return record
