@@ -34,6 +34,7 @@ def test_kill9_fuzz_small(tmp_path):
     outcomes = _fuzz_module().fuzz(trials=2, seed=1, work=tmp_path)
     assert outcomes["failures"] == [], outcomes["failures"]
     assert outcomes["equal"] == outcomes["verify_clean"] == 2
+    assert outcomes["killed_mid_write"] == outcomes["resumed"] == 2  # the kills hit the writing phase
 
 
 @pytest.fixture

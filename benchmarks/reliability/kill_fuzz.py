@@ -3,9 +3,12 @@
     python benchmarks/reliability/kill_fuzz.py --trials 100      # the full run (writes docs/reliability-fuzz.json)
     python benchmarks/reliability/kill_fuzz.py --trials 3        # what CI runs (tests/test_reliability.py)
 
-Each trial: a fresh cache root; 1-3 times, start `skdcache precompute` and SIGKILL it after a random delay
-(seeded); then run it to completion. The final cache must hold exactly the reference arrays (no missing,
-duplicated or corrupt rows), pass `verify`, and say "complete".
+Each trial: a fresh cache root; 1-3 times, start `skdcache precompute` and SIGKILL it in the writing phase:
+once a seeded number of block markers (1 .. n_blocks - 1) is on disk, after a further random delay of up to
+one block's time (so kills land inside block writes too, not only between them); then run it to completion.
+The final cache must hold exactly the reference arrays (no missing, duplicated or corrupt rows), pass
+`verify`, and say "complete". A trial counts as killed mid-write when a kill found some but not all blocks
+written, and as resumed when the final run reported "resumed".
 """
 
 from __future__ import annotations
@@ -85,18 +88,36 @@ def snapshot(cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def run_trial(rng: random.Random, teacher: Path, data: Path, cache: Path, full_seconds: float) -> dict:
+def markers(cache: Path) -> int:
+    """Block markers on disk in the cache's (only) teacher group."""
+    return len(list(cache.glob("*/*/_blocks/[0-9]*.json")))
+
+
+def run_trial(rng: random.Random, teacher: Path, data: Path, cache: Path, n_blocks: int, block_seconds: float) -> dict:
     env = {**os.environ, "SKDCACHE_NO_PROGRESS": "1"}
     kills = rng.randint(1, 3)
+    mid_write = 0
     for _ in range(kills):
+        target = rng.randint(1, n_blocks - 1)
+        extra = rng.uniform(0, block_seconds)
         proc = subprocess.Popen(
             command(teacher, data, cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0, full_seconds))
+        while proc.poll() is None and markers(cache) < target:
+            time.sleep(0.005)
+        time.sleep(extra)
+        at_kill = markers(cache)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        mid_write += 0 < at_kill < n_blocks
     done = subprocess.run(command(teacher, data, cache), env=env, capture_output=True, text=True)
-    return {"kills": kills, "returncode": done.returncode, "stdout": done.stdout[-400:], "stderr": done.stderr[-400:]}
+    return {
+        "kills": kills,
+        "killed_mid_write": mid_write,
+        "returncode": done.returncode,
+        "stdout": done.stdout[-400:],
+        "stderr": done.stderr[-400:],
+    }
 
 
 def fuzz(trials: int, seed: int, work: Path) -> dict:
@@ -111,13 +132,15 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
     )
     full_seconds = time.perf_counter() - t0
     expected = snapshot(reference)
+    n_blocks = markers(reference)
+    block_seconds = full_seconds / n_blocks  # an upper bound: the run's start-up is spread over the blocks
     rng = random.Random(seed)
-    outcomes = {"trials": 0, "equal": 0, "verify_clean": 0, "resumed": 0, "failures": []}
+    outcomes = {"trials": 0, "equal": 0, "verify_clean": 0, "resumed": 0, "killed_mid_write": 0, "failures": []}
     from skdcache.cache.catalog import verify_root
 
     for trial in range(trials):
         cache = work / f"trial-{trial}"
-        result = run_trial(rng, teacher, data, cache, full_seconds)
+        result = run_trial(rng, teacher, data, cache, n_blocks, block_seconds)
         outcomes["trials"] += 1
         got = snapshot(cache) if result["returncode"] == 0 else {}
         equal = bool(got) and all(np.array_equal(got[k], expected[k]) for k in expected)
@@ -125,11 +148,17 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
         outcomes["equal"] += equal
         outcomes["verify_clean"] += clean
         outcomes["resumed"] += "resumed" in result["stdout"]
+        outcomes["killed_mid_write"] += result["killed_mid_write"] > 0
         if not (equal and clean):
             outcomes["failures"].append({"trial": trial, **result})
         shutil.rmtree(cache, ignore_errors=True)
-        print(f"trial {trial}: kills={result['kills']} equal={equal} verify={'ok' if clean else 'FAIL'}", flush=True)
+        print(
+            f"trial {trial}: kills={result['kills']} mid-write={result['killed_mid_write']} "
+            f"resumed={'resumed' in result['stdout']} equal={equal} verify={'ok' if clean else 'FAIL'}",
+            flush=True,
+        )
     outcomes["seconds_per_uninterrupted_run"] = full_seconds
+    outcomes["blocks"] = n_blocks
     return outcomes
 
 
