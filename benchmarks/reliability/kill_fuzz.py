@@ -7,8 +7,8 @@ Each trial: a fresh cache root; 1-3 times, start `skdcache precompute` and SIGKI
 once a seeded number of block markers (1 .. n_blocks - 1) is on disk, after a further random delay of up to
 one block's time (so kills land inside block writes too, not only between them); then run it to completion.
 The final cache must hold exactly the reference arrays (no missing, duplicated or corrupt rows), pass
-`verify`, and say "complete". A trial counts as killed mid-write when a kill found some but not all blocks
-written, and as resumed when the final run reported "resumed".
+`verify`, and say "complete". A trial counts as killed mid-write when a killed process had written some, but not
+all, of the blocks left to it, and as resumed when the final run reported "resumed".
 """
 
 from __future__ import annotations
@@ -98,7 +98,10 @@ def run_trial(rng: random.Random, teacher: Path, data: Path, cache: Path, n_bloc
     kills = rng.randint(1, 3)
     mid_write = 0
     for _ in range(kills):
-        target = rng.randint(1, n_blocks - 1)
+        at_start = markers(cache)
+        if n_blocks - at_start < 2:  # nothing left to interrupt mid-write
+            break
+        target = at_start + rng.randint(1, n_blocks - at_start - 1)  # a block this process writes
         extra = rng.uniform(0, block_seconds)
         proc = subprocess.Popen(
             command(teacher, data, cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -109,7 +112,7 @@ def run_trial(rng: random.Random, teacher: Path, data: Path, cache: Path, n_bloc
         at_kill = markers(cache)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        mid_write += 0 < at_kill < n_blocks
+        mid_write += at_start < at_kill < n_blocks  # this process wrote blocks and was killed before the last
     done = subprocess.run(command(teacher, data, cache), env=env, capture_output=True, text=True)
     return {
         "kills": kills,
@@ -133,7 +136,8 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
     full_seconds = time.perf_counter() - t0
     expected = snapshot(reference)
     n_blocks = markers(reference)
-    block_seconds = full_seconds / n_blocks  # an upper bound: the run's start-up is spread over the blocks
+    times = sorted(p.stat().st_mtime for p in reference.glob("*/*/_blocks/[0-9]*.json"))
+    block_seconds = (times[-1] - times[0]) / max(1, n_blocks - 1)  # the writing phase's time per block
     rng = random.Random(seed)
     outcomes = {"trials": 0, "equal": 0, "verify_clean": 0, "resumed": 0, "killed_mid_write": 0, "failures": []}
     from skdcache.cache.catalog import verify_root
@@ -159,6 +163,7 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
         )
     outcomes["seconds_per_uninterrupted_run"] = full_seconds
     outcomes["blocks"] = n_blocks
+    outcomes["seconds_per_block"] = block_seconds
     return outcomes
 
 
