@@ -8,7 +8,7 @@ import torch
 from skdcache.blocks import length_batches
 from skdcache.data import TextRows, tokenize
 from skdcache.device import autocast_dtype
-from skdcache.loader import StudentInputs, student_batch
+from skdcache.loader import StudentInputs, model_inputs, student_batch
 from skdcache.metrics import PRIMARY, task_metrics
 from skdcache.objective import label_loss
 from skdcache.reduce import teacher_batch
@@ -26,8 +26,7 @@ def evaluate(model, inputs: StudentInputs, objective, device: torch.device, batc
     for start in range(0, n, batch_size):
         rows = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in student_batch(inputs, rows).items()}
-        model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        logits = model(**model_inputs).logits.float()
+        logits = model(**model_inputs(batch)).logits.float()
         if objective.head == "sequence":
             outputs.append((rows, logits.cpu().numpy()))
             continue
@@ -58,8 +57,7 @@ def heldout_loss(model, inputs: StudentInputs, rows: np.ndarray, objective, devi
     """Labels-only loss on fixed rows: the reward signal of `learned` sampling (leaves the model training)."""
     model.eval()
     batch = {k: v.to(device) for k, v in student_batch(inputs, rows).items()}
-    model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-    value = float(label_loss(objective, model(**model_inputs).logits, batch))
+    value = float(label_loss(objective, model(**model_inputs(batch)).logits, batch))
     model.train()
     return value
 

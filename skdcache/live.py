@@ -20,7 +20,7 @@ from skdcache.sources import TeacherChoice
 from skdcache.teachers import TeacherSpec, load_teacher
 
 
-def teacher_location(cache: TeacherCache, moved: dict[str, str] | None = None) -> str:
+def find_teacher(cache: TeacherCache, moved: dict[str, str] | None = None) -> str:
     """Where a cached teacher's model is now: the path given for it, the absolute path recorded at precompute,
     or the source as typed (a hub id, or a path relative to where precompute ran)."""
     t = cache.manifest.teacher
@@ -60,7 +60,7 @@ class LiveTargets:
         self.specs, self.teachers, self.encoded, self.perms = [], [], [], []
         for cache in caches:
             t = cache.manifest.teacher
-            spec = TeacherSpec(t.name, teacher_location(cache, moved), t.revision, t.head)
+            spec = TeacherSpec(t.name, find_teacher(cache, moved), t.revision, t.head)
             teacher = load_teacher(spec, device, trust_remote_code)
             if teacher.weights_hash != t.weights_hash:
                 raise SkdError(

@@ -51,6 +51,14 @@ class StepSchedule:
         return self.rows[order[i * self.batch_size : (i + 1) * self.batch_size]]
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The entries of a student batch the model's forward takes (not labels, masks of targets or row ids)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
 def student_batch(inputs: StudentInputs, rows: np.ndarray) -> dict[str, torch.Tensor]:
     """Padded student inputs for `rows`; token-level heads get `target_mask` [B, T] and token `labels`."""
     ids = [list(inputs.enc.ids[r]) for r in rows]

@@ -18,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 
 from skdcache import checkpoint
-from skdcache.cache.reader import Targets
 from skdcache.checkpoint import TrainState
 from skdcache.config import MODES, TrainConfig
 from skdcache.device import autocast_dtype, pick_device
@@ -32,7 +31,7 @@ from skdcache.distributed import (
 from skdcache.errors import SkdError
 from skdcache.evaluate import evaluate, heldout_loss
 from skdcache.live import LiveTargets
-from skdcache.loader import StepBatches, step_loader
+from skdcache.loader import StepBatches, model_inputs, step_loader
 from skdcache.objective import build_objective, build_projectors, step_loss
 from skdcache.plan import plan_run, sampler_for_run
 from skdcache.run_record import Run, record_run, save_student
@@ -156,8 +155,8 @@ def fit(run: Run) -> dict:
             targets = run.source.targets(batch["rows"].numpy(), choice)
         inputs = {k: v.to(run.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
         with torch.autocast(run.device.type, dtype=amp, enabled=amp is not None):  # 3. run the student
-            outputs = model(**_model_inputs(inputs), output_hidden_states=cfg.beta > 0)
-        targets = [_to(t, run.device) for t in targets]
+            outputs = model(**model_inputs(inputs), output_hidden_states=cfg.beta > 0)
+        targets = [t.to(run.device) for t in targets]
         loss, parts = step_loss(run.objective, outputs, inputs, targets, run.projector, choice.single)  # 4. loss
         (loss / micro).backward()
         if (i + 1) % micro:
@@ -232,13 +231,3 @@ def evaluate_and_checkpoint(run: Run, state: TrainState, optimizer, scheduler, m
         elif state.best is None or state.step == run.plan.total_steps:
             save_student(run, run.out / "student")
     checkpoint.save(run.out, state, run.model, run.projector, optimizer, scheduler, run.sampler, run.rank, run.world)
-
-
-def _model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-
-
-def _to(targets: Targets, device: torch.device) -> Targets:
-    if device.type == "cpu":
-        return targets
-    return Targets(**{k: v.to(device, non_blocking=True) if v is not None else None for k, v in vars(targets).items()})

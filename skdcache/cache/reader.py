@@ -39,6 +39,12 @@ class Targets:
     hidden: torch.Tensor | None = None
     hidden_counts: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> Targets:
+        """The same targets on `device` (no copy on the CPU, where the cache reads them)."""
+        if device.type == "cpu":
+            return self
+        return Targets(**{k: v.to(device, non_blocking=True) if v is not None else None for k, v in vars(self).items()})
+
 
 def _expand(index: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Token positions of `rows` given their (start, count) pairs: [sum(count)] int64."""

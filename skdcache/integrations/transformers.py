@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer
 
-from skdcache.cache.reader import Targets, TeacherCache
+from skdcache.cache.reader import TeacherCache
 from skdcache.errors import SkdError
 from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
-from skdcache.loader import StepSchedule, StudentInputs, student_batch
+from skdcache.loader import StepSchedule, StudentInputs, model_inputs, student_batch
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.objective import build_objective, step_loss
 from skdcache.sampling import Sampler, build_sampler
@@ -29,7 +29,6 @@ from skdcache.student import check_student_matches_teachers, student_inputs
 __all__ = ["SkdCollator", "SkdTrainer", "StepOrderSampler", "with_row_index"]
 
 CACHE_MODES = ("skd", "single", "average")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class SkdCollator:
@@ -181,8 +180,8 @@ class SkdTrainer(Trainer):
         choice = self.draws(self.state.global_step * self.args.gradient_accumulation_steps)
         rows = inputs[ROW_COLUMN].cpu().numpy()
         device = inputs["input_ids"].device
-        targets = [_to(t, device) for t in self.source.targets(rows, choice)]
-        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
+        targets = [t.to(device) for t in self.source.targets(rows, choice)]
+        outputs = model(**model_inputs(inputs))
         loss, parts = step_loss(self.objective, outputs, inputs, targets, None, choice.single)
         if model.training:
             record = {"step": self.state.global_step + 1, "loss": float(loss.detach()), **parts}
@@ -225,9 +224,3 @@ def _check_head(model, head: str) -> None:
     have = next((h for suffix, h in ARCH_SUFFIX_TO_HEAD.items() if name.endswith(suffix)), None)
     if have is not None and have != head:
         raise SkdError(f"the caches hold {head} targets but the model is a {name}: use a {head} student")
-
-
-def _to(targets: Targets, device: torch.device) -> Targets:
-    if device.type == "cpu":
-        return targets
-    return Targets(**{k: v.to(device, non_blocking=True) if v is not None else None for k, v in vars(targets).items()})
