@@ -32,8 +32,8 @@ class TrainConfig:
     # word embeddings are most of a small BERT; freezing them halves CPU step time
     freeze_embeddings: bool = flag(False, "Keep the word embeddings fixed (much faster on CPU).")
     eval_split: str | None = flag("validation", "Labelled split for evaluation.")
-    # evaluated once at the end (report-only: never used to pick checkpoints)
-    test_split: str | None = flag(None, "Split evaluated once at the end (reported, never selects).")
+    # report-only: measured at the checkpoint validation selects (run.json "test") and at the last step
+    test_split: str | None = flag(None, "Split reported at the validation-selected checkpoint (never selects).")
     epochs: float = 3.0
     max_steps: int | None = flag(None, "Optimizer steps (overrides --epochs).")
     batch_size: int = 32

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import resource
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from skdcache.checkpoint import TrainState
 from skdcache.config import TrainConfig
-from skdcache.data import load_rows
 from skdcache.distributed import barrier
 from skdcache.evaluate import evaluate
 from skdcache.loader import StudentInputs
@@ -23,7 +22,7 @@ from skdcache.objective import Objective
 from skdcache.plan import RunPlan
 from skdcache.sampling import Sampler, describe
 from skdcache.sources import TargetSource, TeacherDraws
-from skdcache.student import count_parameters, student_inputs
+from skdcache.student import count_parameters
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Run:
     source: TargetSource
     inputs: StudentInputs
     eval_inputs: StudentInputs | None
+    test_inputs: StudentInputs | None = None  # --test-split: reported at the selected checkpoint, never selects
 
     @property
     def caches(self):
@@ -67,11 +67,9 @@ def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float)
     last_step, final = state.last_eval or (None, {})
     if last_step != state.step:  # the loop evaluates at its last step; only a finished resume gets here
         final = evaluate(run.model, run.eval_inputs, run.objective, run.device) if run.eval_inputs else {}
-    test = {}
-    if run.cfg.test_split:
-        test_rows = load_rows(replace(run.cfg.data, split=run.cfg.test_split, limit=None))
-        test_inputs = student_inputs(run.tokenizer, test_rows, run.plan.head, run.cfg.max_length, run.caches)
-        test = evaluate(run.model, test_inputs, run.objective, run.device)
+    # the test metric of the checkpoint validation selected (what a user ships), and of the last step
+    test_final = evaluate(run.model, run.test_inputs, run.objective, run.device) if run.test_inputs else {}
+    test = (state.best or {}).get("test") or test_final
     record = {
         "config": run.cfg.to_dict(),
         "dataset_fingerprint": run.plan.rows.fingerprint,
@@ -89,6 +87,7 @@ def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float)
         "steps": state.step,
         "final": final,
         "test": test,
+        "test_final": test_final,
         "best": state.best,
         "teacher_histogram": dict(state.histogram),
         "sampler": describe(run.sampler) if run.sampler else None,

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from skdcache import checkpoint
 from skdcache.checkpoint import TrainState
 from skdcache.config import MODES, TrainConfig
+from skdcache.data import load_rows
 from skdcache.device import autocast_dtype, pick_device
 from skdcache.distributed import (
     average_gradients,
@@ -92,6 +94,10 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
     eval_inputs = (
         student_inputs(tokenizer, plan.eval_rows, plan.head, cfg.max_length, plan.caches) if labelled else None
     )
+    test_inputs = None
+    if cfg.test_split and rank == 0:
+        test_rows = load_rows(replace(cfg.data, split=cfg.test_split, limit=None))
+        test_inputs = student_inputs(tokenizer, test_rows, plan.head, cfg.max_length, plan.caches)
     return Run(
         cfg,
         plan,
@@ -107,6 +113,7 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
         source,
         inputs,
         eval_inputs,
+        test_inputs,
     )
 
 
@@ -227,6 +234,8 @@ def evaluate_and_checkpoint(run: Run, state: TrainState, optimizer, scheduler, m
             key = result["primary"]
             if state.best is None or result[key] > state.best[key]:
                 state.best = {**result, "step": state.step}
+                if run.test_inputs is not None:  # measured now, so run.json reports the selected checkpoint
+                    state.best["test"] = evaluate(run.model, run.test_inputs, run.objective, run.device)
                 save_student(run, run.out / "student")
         elif state.best is None or state.step == run.plan.total_steps:
             save_student(run, run.out / "student")

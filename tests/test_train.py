@@ -783,3 +783,19 @@ def test_cli_train_none_and_report(seq: Team, data: Path, skd_run: Path, tmp_pat
     assert {cols[0]: cols[1] for cols in table} == {"none": "none", "skd": "skd"}  # run name -> mode
     assert {p.name for p in plots.glob("*.png")} >= {"loss.png", "metric.png", "teachers.png"}
     assert (plots / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_test_metric_is_taken_at_the_checkpoint_validation_selected(seq: Team, tmp_path: Path):
+    # the test split is the validation split here, so the selected checkpoint's test metrics must equal its
+    # validation metrics, and the last step's test metrics the final validation metrics
+    run = train(
+        seq.cfg(
+            tmp_path / "r", mode="single", teachers=["a"], max_steps=12, eval_every=2, lr=3e-3, test_split="validation"
+        )
+    )
+    evals = eval_lines(tmp_path / "r")
+    best = max(evals, key=lambda e: e["eval"]["accuracy"])  # the first of equals, as the loop keeps it
+    assert run["best"]["step"] == best["step"]
+    assert run["test"]["accuracy"] == pytest.approx(best["eval"]["accuracy"])
+    assert run["test"]["f1_macro"] == pytest.approx(best["eval"]["f1_macro"])
+    assert run["test_final"]["accuracy"] == pytest.approx(evals[-1]["eval"]["accuracy"])
