@@ -25,7 +25,10 @@ class TrainConfig:
     cache: str | None = None
     teachers: list[str] | None = None  # None = every teacher cached for this data
     mode: str = "skd"
-    sampling: str = flag("uniform", "uniform | teacher-rank | student-rank | learned | weights=0.2,0.3,0.5")
+    sampling: str = flag(
+        "uniform",
+        "uniform | teacher-rank | student-rank | student-fit | small-to-large | learned | weights=0.2,0.3,0.5",
+    )
     sampling_temperature: float = flag(0.05, "Rank samplers: p = softmax(metric / temperature).")
     student_layers: str | None = flag(None, "Keep only these layers: N (first N) or a list like 0,2.")
     student_head: str = "auto"

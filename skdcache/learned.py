@@ -38,6 +38,8 @@ class LearnedSampler:
         min_prob: Probability floor per teacher, ``0 <= n * min_prob <= 1``.
     """
 
+    adaptive = True  # the distribution follows the student: draws are taken in the training process
+
     def __init__(
         self, n: int, seed: int, lr: float = 0.1, baseline_momentum: float = 0.9, min_prob: float = 0.02
     ) -> None:

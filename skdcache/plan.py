@@ -22,6 +22,7 @@ from skdcache.errors import SkdError
 from skdcache.loader import StepSchedule
 from skdcache.pilots import pilot_metrics
 from skdcache.sampling import LearnedSampler, Sampler, build_sampler
+from skdcache.student_aware import FitSampler, ScheduleSampler
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RunPlan:
     task: str  # classification | regression | lm
     num_labels: int | None
     schedule: StepSchedule
-    heldout: np.ndarray | None  # `learned` sampling's reward rows (never trained on)
+    heldout: np.ndarray | None  # learned / student-fit sampling's held-out rows (never trained on)
     total_steps: int
     eval_every: int
 
@@ -60,7 +61,7 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
         raise SkdError("--full-logits is for --mode online with MLM/causal teachers (the cache stores top-k)")
 
     heldout, train_rows = None, None
-    if cfg.mode in ("skd", "online") and cfg.sampling == "learned":
+    if cfg.mode in ("skd", "online") and cfg.sampling in ("learned", "student-fit"):
         heldout, train_rows = _split_heldout(len(rows), cfg.seed)
     schedule = StepSchedule(len(rows), cfg.batch_size, cfg.seed, train_rows)
     if schedule.batch_size % world:
@@ -158,6 +159,12 @@ def sampler_for_run(cfg: TrainConfig, plan: RunPlan, run_pilot: Callable[[TrainC
         metrics = pilot_metrics(cfg, plan.rows, plan.eval_rows, plan.caches, steps, run_pilot)
     if kind == "learned":
         return LearnedSampler(n, cfg.seed, lr=cfg.learned_lr)
+    if kind == "small-to-large":
+        return ScheduleSampler(
+            [c.manifest.teacher.num_parameters or 0 for c in plan.caches], plan.total_steps, cfg.seed
+        )
+    if kind == "student-fit":
+        return FitSampler(n, cfg.seed)
     try:
         return build_sampler(kind, n, cfg.seed, metrics=metrics, weights=weights, temperature=cfg.sampling_temperature)
     except ValueError as exc:

@@ -29,7 +29,7 @@ __all__ = [
     "uniform",
 ]
 
-KINDS = ("uniform", "teacher-rank", "student-rank", "weights", "learned")
+KINDS = ("uniform", "teacher-rank", "student-rank", "weights", "learned", "small-to-large", "student-fit")
 
 
 class CategoricalSampler:
@@ -41,6 +41,8 @@ class CategoricalSampler:
         kind: Name for run records.
         meta: JSON-ready provenance (e.g. the metrics and temperature) copied into the state dict.
     """
+
+    adaptive = False  # a pure function of the step: loader workers may draw ahead
 
     def __init__(self, probs: Sequence[float], seed: int, kind: str, meta: Mapping[str, Any] | None = None) -> None:
         self._probs = _check_probs(probs)

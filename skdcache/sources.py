@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.sampling import LearnedSampler, Sampler
+from skdcache.sampling import Sampler
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,9 @@ class CachedTargets:
 class TeacherDraws:
     """The one place that decides which teachers a step uses.
 
-    Every mode but `learned` sampling is a pure function of the step (the sampler seeds each draw with it),
-    so loader workers can hold this object and read targets ahead; `learned` changes its distribution as the
-    student trains, so its draws are taken in the training process (`fixed` is False).
+    Every mode but adaptive sampling is a pure function of the step (the sampler seeds each draw with it), so
+    loader workers can hold this object and read targets ahead; `learned` and `student-fit` change their
+    distribution as the student trains, so their draws are taken in the training process (`fixed` is False).
 
     Args:
         mode: skd | online (one sampled teacher), single (the only teacher), average (all), none.
@@ -73,7 +73,7 @@ class TeacherDraws:
 
     @property
     def fixed(self) -> bool:
-        return not isinstance(self.sampler, LearnedSampler)
+        return not getattr(self.sampler, "adaptive", False)
 
     def __call__(self, micro_step: int) -> TeacherChoice:
         if self.mode == "none" or self.n_teachers == 0:

@@ -33,18 +33,19 @@ from skdcache.distributed import (
 from skdcache.errors import SkdError
 from skdcache.evaluate import evaluate, heldout_loss
 from skdcache.live import LiveTargets
-from skdcache.loader import StepBatches, model_inputs, step_loader
-from skdcache.objective import build_objective, build_projectors, step_loss
+from skdcache.loader import StepBatches, model_inputs, step_loader, student_batch
+from skdcache.objective import build_objective, build_projectors, soft_loss, step_loss
 from skdcache.plan import plan_run, sampler_for_run
 from skdcache.run_record import Run, record_run, save_student
 from skdcache.sampling import LearnedSampler
-from skdcache.sources import CachedTargets, TargetSource, TeacherDraws
+from skdcache.sources import CachedTargets, TargetSource, TeacherChoice, TeacherDraws
 from skdcache.student import (
     StudentSpec,
     build_student,
     check_student_matches_teachers,
     student_inputs,
 )
+from skdcache.student_aware import FitSampler
 
 __all__ = ["MODES", "Run", "TrainConfig", "fit", "prepare", "train"]
 
@@ -154,6 +155,7 @@ def fit(run: Run) -> dict:
     bar = tqdm(total=plan.total_steps, initial=state.step, desc=f"train {cfg.mode}", unit="step", disable=not show)
     t0, loop_t0 = time.perf_counter() - state.elapsed, time.perf_counter()
     reward = _heldout_reward(run)
+    refresh_at = max(1, int(cfg.warmup_ratio * plan.total_steps))  # student-fit: end of warm-up, then each eval
     model.train()
     for i, batch in enumerate(loader):
         choice = run.draws(batch["step"])  # 1. sample a teacher
@@ -183,6 +185,9 @@ def fit(run: Run) -> dict:
         if reward is not None:  # learned sampling: reward the drawn teacher by the held-out loss it removed
             record["probs"] = reward(choice.single)
             state.history.append(record["probs"])
+        if isinstance(run.sampler, FitSampler) and (state.step == refresh_at or state.step % plan.eval_every == 0):
+            run.sampler.refresh(_heldout_kd(run))
+            record["probs"] = [round(float(p), 4) for p in run.sampler.probs()]
         metrics_log.write(json.dumps(record) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", teacher=record.get("teacher", "-"), refresh=False)
@@ -221,6 +226,20 @@ def _heldout_reward(run: Run) -> Callable[[int], list[float]] | None:
         return [round(float(p), 4) for p in run.sampler.probs()]
 
     return reward
+
+
+@torch.no_grad()
+def _heldout_kd(run: Run) -> list[float]:
+    """`student-fit`: the current student's KD loss against each teacher's cached targets on held-out rows."""
+    run.model.eval()
+    batch = {k: v.to(run.device) for k, v in student_batch(run.inputs, run.plan.heldout).items()}
+    logits = run.model(**model_inputs(batch)).logits
+    losses = []
+    for t in range(len(run.caches)):
+        (targets,) = run.source.targets(run.plan.heldout, TeacherChoice((t,)))
+        losses.append(from_rank0(float(soft_loss(run.objective, logits, batch, [targets.to(run.device)])), run.device))
+    run.model.train()
+    return losses
 
 
 def evaluate_and_checkpoint(run: Run, state: TrainState, optimizer, scheduler, metrics_log) -> None:

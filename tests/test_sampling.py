@@ -17,6 +17,7 @@ from skdcache.sampling import (
     from_weights,
     uniform,
 )
+from skdcache.student_aware import FitSampler, ScheduleSampler
 
 N_DRAWS = 20_000
 N_SE = 4.0  # allowed deviation in standard errors sqrt(p (1 - p) / n); a false failure has odds ~1e-4
@@ -240,3 +241,46 @@ def test_learned_refuses_a_checkpoint_of_the_unscaled_sampler() -> None:
     del state["scale_sq"]
     with pytest.raises(ValueError, match="without --resume"):
         LearnedSampler(3, seed=0).load_state_dict(state)
+
+
+# ---- samplers that look at the student or at the step ---------------------------------------------------------
+def test_small_to_large_moves_from_the_smallest_to_the_largest_teacher() -> None:
+    sizes, total = [30, 10, 20], 101  # team order is not size order
+    s = ScheduleSampler(sizes, total, seed=3)
+    np.testing.assert_allclose(s.probs_at(0), [0, 1, 0])
+    np.testing.assert_allclose(s.probs_at(50), [0, 0, 1])  # the middle of the run: the middle-sized teacher
+    np.testing.assert_allclose(s.probs_at(25), [0, 0.5, 0.5])
+    np.testing.assert_allclose(s.probs_at(100), [1, 0, 0])
+    draws = [s.sample(i) for i in range(total)]
+    assert set(draws[:10]) <= {1, 2} and set(draws[-10:]) <= {0, 2}
+    early = np.mean([d == 1 for d in draws[:25]])
+    assert early > 0.5  # mostly the smallest teacher in the first quarter
+    assert s.probs().sum() == pytest.approx(1.0)
+
+
+def test_student_fit_prefers_the_teacher_the_student_follows() -> None:
+    s = FitSampler(3, seed=0, temperature=0.25, min_prob=0.05)
+    np.testing.assert_allclose(s.probs(), [1 / 3] * 3)  # uniform before the first refresh
+    s.refresh([0.2, 0.4, 0.3])
+    p = s.probs()
+    assert p.sum() == pytest.approx(1.0) and p[0] > p[2] > p[1] and p.min() >= 0.05
+    # independent reference: softmax(-(kd - min) / (0.25 * mean)) mixed with the floor
+    kd = np.array([0.2, 0.4, 0.3])
+    ref = np.exp(-(kd - kd.min()) / (0.25 * kd.mean()))
+    np.testing.assert_allclose(p, 0.85 * ref / ref.sum() + 0.05)
+    s.refresh([1.0, 1.0, 1.0])
+    np.testing.assert_allclose(s.probs(), [1 / 3] * 3)
+    with pytest.raises(ValueError, match="one finite KD loss per teacher"):
+        s.refresh([0.1, float("nan"), 0.2])
+
+
+def test_student_aware_state_round_trip_through_json() -> None:
+    a = FitSampler(2, seed=4)
+    a.refresh([0.1, 0.5])
+    b = FitSampler(2, seed=4)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert [a.sample(i) for i in range(50)] == [b.sample(i) for i in range(50)]
+    c = ScheduleSampler([1, 2], 10, seed=1)
+    c.load_state_dict(json.loads(json.dumps(c.state_dict())))
+    with pytest.raises(ValueError, match="same teachers and steps"):
+        ScheduleSampler([1, 2], 11, seed=1).load_state_dict(c.state_dict())

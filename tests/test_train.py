@@ -425,7 +425,7 @@ def _assert_same_run(run_a: dict, run_b: dict, a_out: Path, b_out: Path) -> None
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6, msg=k)
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "learned"])
+@pytest.mark.parametrize("sampling", ["uniform", "learned", "student-fit", "small-to-large"])
 def test_resume_reproduces_an_uninterrupted_run(seq: Team, tmp_path: Path, monkeypatch, sampling: str):
     """Model, optimizer, scheduler, data position and sampler state (learned: theta and baseline) are restored.
 
@@ -442,6 +442,10 @@ def test_resume_reproduces_an_uninterrupted_run(seq: Team, tmp_path: Path, monke
         assert len(run_a["learned_history"]) == 6
         assert run_a["sampler"]["kind"] == "learned" and run_a["sampler"]["steps"] == 6
         assert any(p != run_a["learned_history"][0] for p in run_a["learned_history"])  # it did learn
+    if sampling == "student-fit":  # refreshed at the end of warm-up (step 1) and at each evaluation
+        refreshed = [x for x in step_lines(a_out) if "probs" in x]
+        assert [x["step"] for x in refreshed] == [1, 3, 6]
+        assert run_a["sampler"]["kd_losses"] is not None and run_a["sampler"]["probs"] != [1 / 3] * 3
 
 
 def test_resume_with_dropout_reproduces_an_uninterrupted_run(seq: Team, tmp_path: Path, monkeypatch):

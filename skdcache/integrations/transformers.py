@@ -201,8 +201,11 @@ def _build_sampler(sampling: str, caches: list[TeacherCache], seed: int, tempera
             weights = [float(x) for x in sampling.split("=", 1)[1].split(",")]
         except ValueError:
             raise SkdError(f"sampling {sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
-    if kind in ("learned", "student-rank"):
-        raise SkdError(f"sampling {kind} trains pilots / a held-out reward: use `skdcache train` or pass sampler=")
+    if kind in ("learned", "student-rank", "student-fit", "small-to-large"):
+        raise SkdError(
+            f"sampling {kind} needs the training loop's pilots, held-out rows or step budget: use "
+            "`skdcache train`, or pass sampler="
+        )
     if kind == "teacher-rank":
         missing = [c.name for c in caches if not c.manifest.metric]
         if missing:
