@@ -1,0 +1,172 @@
+"""Tables of the quality study: docs/results/<dataset>.{json,md} and the index docs/results.md.
+
+The index is regenerated from every docs/results/*.json; text below its `<!-- reading -->` marker is written
+by people who read the tables and is kept as is.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.quality.stats import paired
+
+MARKER = "<!-- reading -->"
+COMPARE = ("largest single", "best single", "average", "none")
+
+
+def _load(paths: list[Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        f = p / "run.json"
+        if f.exists():
+            r = json.loads(f.read_text())
+            out.append({"budget": p.parent.name, "name": p.name.rsplit("-s", 1)[0], "seed": r["config"]["seed"], **r})
+    return out
+
+
+def summarise(name: str, args, budget: dict, steps: dict, teachers: list, runs: list[dict]) -> dict:
+    """Per budget and config: test metric per seed (at the validation-selected checkpoint) and comparisons."""
+    teacher_runs = {t.name: json.loads((Path(t.source).parent / "run.json").read_text()) for t in teachers}
+    primary = next(iter(teacher_runs.values()))["final"]["primary"]
+    team = {
+        n: {
+            "params": r["student_parameters"],
+            "train_rows": r["config"]["data"]["limit"],
+            "epochs": r["config"]["epochs"],
+            "validation": (r["best"] or r["final"])[primary],
+            "test": r["test"][primary],
+            "test_at": "selected" if "test_final" in r else "last step",
+        }
+        for n, r in teacher_runs.items()
+    }
+    largest = max(team, key=lambda n: team[n]["params"])
+    by_budget: dict[str, dict] = {}
+    for r in runs:
+        cell = by_budget.setdefault(r["budget"], {}).setdefault(r["name"], {"test": {}, "val": {}, "sec": []})
+        seed = r["seed"]
+        cell["test"][seed] = r["test"][primary] * 100
+        cell["val"][seed] = (r["best"] or r["final"])[primary] * 100
+        cell["sec"].append(r["seconds"])
+    budgets = {}
+    for b, cells in by_budget.items():
+        singles = [c for c in cells if c.startswith("single-")]
+        best = max(singles, key=lambda c: np.mean(list(cells[c]["val"].values()))) if singles else None
+        base = {"largest single": f"single-{largest}", "best single": best, "average": "average", "none": "none"}
+        rows = {}
+        for c, cell in cells.items():
+            v = np.array(list(cell["test"].values()))
+            rows[c] = {
+                "seeds": {str(s): x for s, x in sorted(cell["test"].items())},
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                "val_mean": float(np.mean(list(cell["val"].values()))),
+                "seconds": float(np.mean(cell["sec"])),
+                "vs": {
+                    k: paired(cell["test"], cells[bl]["test"]) if bl in cells and bl != c else None
+                    for k, bl in base.items()
+                },
+            }
+        budgets[b] = {"steps": steps[b], "baselines": base, "rows": rows}
+    return {
+        "dataset": name,
+        "data": args.data,
+        "columns": {"text": args.text_column, "pair": args.text_pair_column, "label": args.label_column},
+        "metric": primary,
+        "budget": budget,
+        "teachers": team,
+        "largest": largest,
+        "budgets": budgets,
+        "machine": f"{platform.machine()}, torch {torch.__version__}",
+    }
+
+
+def _cmp(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    need = (
+        "" if c["verdict"] != "tie" else f", ~{c['seeds_needed']:.0f} seeds" if np.isfinite(c["seeds_needed"]) else ""
+    )
+    return f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] **{c['verdict']}**{need}"
+
+
+def render(s: dict, command: str) -> str:
+    m = s["metric"]
+    lines = [
+        f"# {s['dataset']}: {m} on the test split (x100)",
+        "",
+        f"```bash\n{command}\n```",
+        "",
+        f"Machine: {s['machine']}. Budget: `{json.dumps(s['budget'])}`.",
+        "",
+        "| teacher | params | fine-tuned on (rows, epochs) | validation | test |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for n, t in s["teachers"].items():
+        lines.append(
+            f"| {n} | {t['params'] / 1e6:.1f}M | {t['train_rows']}, {t['epochs']} | {t['validation'] * 100:.2f} | "
+            f"{t['test'] * 100:.2f} ({t['test_at']}) |"
+        )
+    for b, bud in s["budgets"].items():
+        base = bud["baselines"]
+        lines += [
+            "",
+            f"## Budget `{b}`: {bud['steps']} steps",
+            "",
+            f"Baselines: largest single = `{base['largest single']}`, best single (by validation, needs "
+            f"{sum(c.startswith('single-') for c in bud['rows'])} runs to find) = `{base['best single']}`.",
+            "Comparisons: mean paired difference over seeds [95% bootstrap interval]; a tie names the seeds "
+            "a difference of this size would need (80% power).",
+            "",
+            "| student | test mean ± sd | per seed | vs largest single | vs best single | vs average | vs none "
+            "| s/run |",
+            "|---|---:|---|---|---|---|---|---:|",
+        ]
+        for c, r in sorted(bud["rows"].items(), key=lambda kv: -kv[1]["mean"]):
+            per = " / ".join(f"{x:.1f}" for x in r["seeds"].values())
+            vs = " | ".join(_cmp(r["vs"][k]) for k in COMPARE)
+            lines.append(f"| {c} | {r['mean']:.2f} ± {r['std']:.2f} | {per} | {vs} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(name: str, args, budget: dict, steps: dict, teachers: list, paths: list[Path], out: Path) -> None:
+    runs = _load(paths)
+    if not runs:
+        return
+    s = summarise(name, args, budget, steps, teachers, runs)
+    defaults = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+    flags = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in defaults if getattr(args, k) != defaults[k])
+    command = f"python benchmarks/quality/run.py --data {args.data} {flags}".rstrip()
+    s["command"] = command
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / f"{name}.json").write_text(json.dumps(s, indent=1))
+    (out / "results" / f"{name}.md").write_text(render(s, command))
+    write_index(out)
+
+
+def write_index(out: Path) -> None:
+    """docs/results.md: one line per dataset, budget and SKD sampling; the hand-written reading is kept."""
+    index = out / "results.md"
+    reading = index.read_text().split(MARKER, 1)[1] if index.exists() and MARKER in index.read_text() else "\n"
+    lines = [
+        "# Distillation quality (measured)",
+        "",
+        "Regenerated by `benchmarks/quality/run.py`, one command per dataset (in each dataset's page). Test "
+        "metric x100 at the checkpoint validation selected; differences paired by seed with 95% bootstrap "
+        "intervals over seeds.",
+        "",
+        "| dataset | budget | SKD sampling | test | vs largest single | vs best single | vs average | vs none |",
+        "|---|---|---|---:|---|---|---|---|",
+    ]
+    for f in sorted((out / "results").glob("*.json")):
+        s = json.loads(f.read_text())
+        for b, bud in s["budgets"].items():
+            for c, r in bud["rows"].items():
+                if c.startswith("skd-"):
+                    vs = " | ".join(_cmp(r["vs"][k]) for k in COMPARE)
+                    lines.append(f"| [{s['dataset']}](results/{f.stem}.md) | {b} | {c[4:]} | {r['mean']:.2f} | {vs} |")
+    index.write_text("\n".join(lines) + "\n\n" + MARKER + reading)
