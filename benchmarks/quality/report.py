@@ -81,6 +81,7 @@ def summarise(name: str, args, budget: dict, steps: dict, teachers: list, runs: 
         "teachers": team,
         "largest": largest,
         "budgets": budgets,
+        "teacher_rows": args.teacher_rows,
         "machine": f"{platform.machine()}, torch {torch.__version__}",
     }
 
@@ -102,6 +103,14 @@ def render(s: dict, command: str) -> str:
         f"```bash\n{command}\n```",
         "",
         f"Machine: {s['machine']}. Budget: `{json.dumps(s['budget'])}`.",
+        "",
+        "Teachers were fine-tuned on "
+        + (
+            "the same rows the students distil on"
+            if s.get("teacher_rows", "same") == "same"
+            else "the next `train_rows` train rows, disjoint from the students' (`--teacher-rows disjoint`)"
+        )
+        + "; students distil on the first `train_rows` train rows; validation selects checkpoints, test is reported.",
         "",
         "| teacher | params | fine-tuned on (rows, epochs) | validation | test |",
         "|---|---:|---|---:|---:|",

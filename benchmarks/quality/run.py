@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
@@ -84,6 +84,22 @@ def team(args) -> dict[str, tuple[str, str | None]]:
     return {"mpnet-base": (args.mpnet, None), **out} if args.mpnet else out
 
 
+def teacher_data(args, data: DataSpec, work: Path) -> DataSpec:
+    """The next `train_rows` train rows (after the students' ones) and the same eval splits, as parquet files."""
+    from skdcache.data import _load_hf  # the loader every command uses, so formats and columns agree
+
+    folder = work / "teacher-rows"
+    if not (folder / "train.parquet").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        table = _load_hf(data, "train")
+        if len(table) < 2 * data.limit:
+            raise SystemExit(f"--teacher-rows disjoint needs {2 * data.limit} train rows; {args.data} has {len(table)}")
+        for split in ("validation", "test"):
+            _load_hf(data, split).to_parquet(str(folder / f"{split}.parquet"))
+        table.select(range(data.limit, 2 * data.limit)).to_parquet(str(folder / "train.parquet"))
+    return replace(data, source=str(folder), limit=None)
+
+
 def run_once(cfg: TrainConfig) -> dict:
     record = Path(cfg.output) / "run.json"
     if record.exists():
@@ -112,6 +128,12 @@ def main() -> None:
     p.add_argument("--budgets", default="short,long")
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma list from single,{','.join(CONFIGS)}")
     p.add_argument("--team", default=None, help="NAME=SOURCE[:LAYERS],... (SOURCE minilm-l6: the bundled MiniLM)")
+    p.add_argument(
+        "--teacher-rows",
+        choices=("same", "disjoint"),
+        default="same",
+        help="Fine-tune teachers on the students' rows (same) or on the next --train-rows rows (disjoint)",
+    )
     p.add_argument("--set", action="append", default=[], help="Budget override, e.g. --set short_steps=60")
     p.add_argument("--work", default=str(ROOT / ".bench-work" / "quality"))
     p.add_argument("--out", default=str(ROOT / "docs"))
@@ -138,10 +160,12 @@ def main() -> None:
         test_split="test",
     )
 
-    print(f"1. teachers ({name})", flush=True)
+    print(f"1. teachers ({name}, {args.teacher_rows} rows as the students)", flush=True)
     teachers = []
+    disjoint = args.teacher_rows == "disjoint"
+    teacher_common = {**common, "data": teacher_data(args, data, work)} if disjoint else common
     for tname, (source, layers) in team(args).items():
-        out = work / "teachers" / tname
+        out = work / ("teachers-disjoint" if disjoint else "teachers") / tname
         epochs = b.large_teacher_epochs if tname == "mpnet-base" else b.teacher_epochs
         run_once(
             TrainConfig(
@@ -152,7 +176,7 @@ def main() -> None:
                 epochs=epochs,
                 lr=b.teacher_lr,
                 seed=0,
-                **common,
+                **teacher_common,
             )
         )
         teachers.append(TeacherSpec(tname, str(out / "student")))
@@ -167,7 +191,8 @@ def main() -> None:
         return
 
     print("3. students", flush=True)
-    students = work / "students" / "+".join(t.name for t in teachers)  # team-dependent runs: one folder per team
+    # team-dependent runs: one folder per team (and per teacher rows)
+    students = work / "students" / ("+".join(t.name for t in teachers) + ("-disjoint" if disjoint else ""))
     plans: dict[str, dict] = {}
     for c in args.configs.split(","):
         if c == "single":
@@ -199,7 +224,9 @@ def main() -> None:
                 )
                 run_once(cfg)
                 runs.append(Path(cfg.output))
-            write_reports(name, args, asdict(b), budgets, teachers, runs, Path(args.out))  # after every seed
+            write_reports(
+                name + ("-disjoint" if disjoint else ""), args, asdict(b), budgets, teachers, runs, Path(args.out)
+            )  # after every seed
 
 
 if __name__ == "__main__":
