@@ -120,6 +120,15 @@ def render(s: dict, command: str) -> str:
             f"| {n} | {t['params'] / 1e6:.1f}M | {t['train_rows']}, {t['epochs']} | {t['validation'] * 100:.2f} | "
             f"{t['test'] * 100:.2f} ({t['test_at']}) |"
         )
+    n_teach, rows, batch = len(s["teachers"]), s["budget"]["train_rows"], s["budget"]["batch_size"]
+    lines += [
+        "",
+        f"**Cost.** Precompute ran each of the {n_teach} teachers once over the {rows} rows ({n_teach * rows} "
+        "teacher forwards, shared by every run below); a run from the cache then runs no teacher at all. Finding "
+        f"the best single teacher costs {n_teach} student runs; the largest single teacher, averaging and SKD cost "
+        f"one each. The same runs with live teachers would cost steps x {batch} teacher forwards per run "
+        f"(x {n_teach} for averaging).",
+    ]
     for b, bud in s["budgets"].items():
         base = bud["baselines"]
         lines += [
