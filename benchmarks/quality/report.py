@@ -151,6 +151,30 @@ def render(s: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(s: dict, path: Path) -> None:
+    """Forest plot: every student's paired difference to the best single teacher, per budget, with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = list(s["budgets"].items())
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 0.45 * len(budgets[0][1]["rows"]) + 1.5))
+    for ax, (b, bud) in zip(np.atleast_1d(axes), budgets, strict=True):
+        rows = [(c, r["vs"]["best single"]) for c, r in bud["rows"].items() if r["vs"]["best single"]]
+        rows.sort(key=lambda x: x[1]["mean"])
+        for y, (_, d) in enumerate(rows):
+            color = {"win": "tab:green", "loss": "tab:red"}.get(d["verdict"], "tab:gray")
+            ax.errorbar(d["mean"], y, xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", color=color)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(rows)), [c for c, _ in rows])
+        ax.set_title(f"{b} ({bud['steps']} steps): vs {bud['baselines']['best single']}", fontsize=9)
+        ax.set_xlabel(f"paired difference in test {s['metric']} x100 (95% bootstrap)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_reports(name: str, args, budget: dict, steps: dict, teachers: list, paths: list[Path], out: Path) -> None:
     runs = _load(paths)
     if not runs:
@@ -162,7 +186,8 @@ def write_reports(name: str, args, budget: dict, steps: dict, teachers: list, pa
     s["command"] = command
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "results" / f"{name}.json").write_text(json.dumps(s, indent=1))
-    (out / "results" / f"{name}.md").write_text(render(s, command))
+    plot(s, out / "results" / f"{name}.png")
+    (out / "results" / f"{name}.md").write_text(render(s, command) + f"\n![paired differences]({name}.png)\n")
     write_index(out)
 
 
