@@ -141,31 +141,45 @@ def sampler_for_run(cfg: TrainConfig, plan: RunPlan, run_pilot: Callable[[TrainC
     """
     if cfg.mode not in ("skd", "online"):
         return None
-    n, kind, weights, metrics = len(plan.caches), cfg.sampling, None, None
-    if kind.startswith("weights="):
-        kind, text = "weights", cfg.sampling.split("=", 1)[1]
-        try:
-            weights = [float(x) for x in text.split(",")]
-        except ValueError:
-            raise SkdError(f"--sampling {cfg.sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
-    if kind == "teacher-rank":
-        missing = [c.name for c in plan.caches if not c.manifest.metric]
-        if missing:
-            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
-        metrics = [c.manifest.metric.value for c in plan.caches]
+    kind, n = cfg.sampling, len(plan.caches)
+    if kind == "learned":
+        return LearnedSampler(n, cfg.seed, lr=cfg.learned_lr)
+    if kind == "small-to-large":
+        sizes = [c.manifest.teacher.num_parameters or 0 for c in plan.caches]
+        return ScheduleSampler(sizes, plan.total_steps, cfg.seed)
+    if kind == "student-fit":
+        return FitSampler(n, cfg.seed)
+    metrics = None
     if kind == "student-rank":
         # half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform
         steps = cfg.pilot_steps or max(1, plan.total_steps // 2)
         metrics = pilot_metrics(cfg, plan.rows, plan.eval_rows, plan.caches, steps, run_pilot)
-    if kind == "learned":
-        return LearnedSampler(n, cfg.seed, lr=cfg.learned_lr)
-    if kind == "small-to-large":
-        return ScheduleSampler(
-            [c.manifest.teacher.num_parameters or 0 for c in plan.caches], plan.total_steps, cfg.seed
+    return fixed_sampler(kind, plan.caches, cfg.seed, cfg.sampling_temperature, metrics)
+
+
+def fixed_sampler(
+    sampling: str, caches: list[TeacherCache], seed: int, temperature: float, metrics: list[float] | None = None
+) -> Sampler:
+    """The distributions known before training: uniform, weights=..., teacher-rank, and student-rank from
+    pilot `metrics`. `skdcache train` and the Trainer integration build them here, so their draws agree."""
+    kind, weights = sampling, None
+    if kind.startswith("weights="):
+        kind = "weights"
+        try:
+            weights = [float(x) for x in sampling.split("=", 1)[1].split(",")]
+        except ValueError:
+            raise SkdError(f"--sampling {sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
+    if kind == "teacher-rank":
+        missing = [c.name for c in caches if not c.manifest.metric]
+        if missing:
+            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
+        metrics = [c.manifest.metric.value for c in caches]
+    if kind in ("learned", "small-to-large", "student-fit") or (kind == "student-rank" and metrics is None):
+        raise SkdError(
+            f"--sampling {kind} needs the training loop's pilots, held-out rows or step budget: use "
+            "`skdcache train`, or pass a ready sampler"
         )
-    if kind == "student-fit":
-        return FitSampler(n, cfg.seed)
     try:
-        return build_sampler(kind, n, cfg.seed, metrics=metrics, weights=weights, temperature=cfg.sampling_temperature)
+        return build_sampler(kind, len(caches), seed, metrics=metrics, weights=weights, temperature=temperature)
     except ValueError as exc:
-        raise SkdError(f"--sampling {cfg.sampling}: {exc}") from exc
+        raise SkdError(f"--sampling {sampling}: {exc}") from exc

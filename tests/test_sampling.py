@@ -284,3 +284,17 @@ def test_student_aware_state_round_trip_through_json() -> None:
     c.load_state_dict(json.loads(json.dumps(c.state_dict())))
     with pytest.raises(ValueError, match="same teachers and steps"):
         ScheduleSampler([1, 2], 11, seed=1).load_state_dict(c.state_dict())
+
+
+def test_fixed_sampler_builds_known_distributions_and_refuses_loop_bound_ones() -> None:
+    from skdcache.errors import SkdError
+    from skdcache.plan import fixed_sampler
+
+    team = [object(), object()]  # only their number matters for these kinds
+    np.testing.assert_allclose(fixed_sampler("weights=1,3", team, 0, 0.05).probs(), [0.25, 0.75])
+    np.testing.assert_allclose(fixed_sampler("student-rank", team, 0, 0.05, [0.5, 0.5]).probs(), [0.5, 0.5])
+    for kind in ("learned", "student-fit", "small-to-large", "student-rank"):
+        with pytest.raises(SkdError, match="needs the training loop"):
+            fixed_sampler(kind, team, 0, 0.05)
+    with pytest.raises(SkdError, match="weights=0.2,0.3,0.5"):
+        fixed_sampler("weights=a,b", team, 0, 0.05)

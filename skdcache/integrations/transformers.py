@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer
 
-from skdcache.cache.reader import TeacherCache
 from skdcache.errors import SkdError
 from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
 from skdcache.loader import StepSchedule, StudentInputs, model_inputs, student_batch
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.objective import build_objective, step_loss
-from skdcache.sampling import Sampler, build_sampler
+from skdcache.plan import fixed_sampler
+from skdcache.sampling import Sampler
 from skdcache.sources import CachedTargets, TeacherDraws
 from skdcache.student import check_student_matches_teachers, student_inputs
 
@@ -144,7 +144,7 @@ class SkdTrainer(Trainer):
         self.objective = build_objective(head, task, caches, model_config, temperature, alpha, 0.0, None, mode)
         self.teacher_names = [c.name for c in caches]
         if mode == "skd" and sampler is None:
-            sampler = _build_sampler(sampling, caches, self.args.seed, sampling_temperature)
+            sampler = fixed_sampler(sampling, caches, self.args.seed, sampling_temperature)
         if mode == "single" and len(caches) != 1:
             raise SkdError(f"mode single needs exactly one teacher, got {self.teacher_names}; pass teachers=[NAME]")
         self.draws = TeacherDraws(mode, sampler, len(caches), self.args.gradient_accumulation_steps)
@@ -190,31 +190,6 @@ class SkdTrainer(Trainer):
                 self.teacher_histogram[record["teacher"]] += 1
             self.skd_history.append(record)
         return (loss, outputs) if return_outputs else loss
-
-
-def _build_sampler(sampling: str, caches: list[TeacherCache], seed: int, temperature: float) -> Sampler:
-    """The sampler `skdcache train --sampling` builds for these teachers (same kinds, seeds and draws)."""
-    kind, weights, metrics = sampling, None, None
-    if kind.startswith("weights="):
-        kind = "weights"
-        try:
-            weights = [float(x) for x in sampling.split("=", 1)[1].split(",")]
-        except ValueError:
-            raise SkdError(f"sampling {sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
-    if kind in ("learned", "student-rank", "student-fit", "small-to-large"):
-        raise SkdError(
-            f"sampling {kind} needs the training loop's pilots, held-out rows or step budget: use "
-            "`skdcache train`, or pass sampler="
-        )
-    if kind == "teacher-rank":
-        missing = [c.name for c in caches if not c.manifest.metric]
-        if missing:
-            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
-        metrics = [c.manifest.metric.value for c in caches]
-    try:
-        return build_sampler(kind, len(caches), seed, metrics=metrics, weights=weights, temperature=temperature)
-    except ValueError as exc:
-        raise SkdError(f"sampling {sampling}: {exc}") from exc
 
 
 def _base_model(model):
