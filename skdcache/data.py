@@ -29,6 +29,8 @@ class DataSpec:
     label_column: str | None = "label"
     config_name: str | None = None
     limit: int | None = None
+    messages_column: str | None = None  # chat data: a list of {"role", "content"} per row (docs/chat-data.md)
+    chat_template: str | None = None  # a Jinja file overriding the tokenizer's chat template
 
 
 @dataclass
@@ -42,6 +44,10 @@ class TextRows:
     label_names: list[str] | None  # None for regression or no labels
     task: str  # "classification" | "regression" | "unlabelled"
     fingerprint: str = field(default="")
+    messages: list[list[dict]] | None = None  # chat rows: the conversations `texts` are rendered from
+    chat_template: str | None = None  # chat rows: the template they were rendered with (None: not yet)
+    spans: list[list[tuple[int, int]]] | None = None  # chat rows: assistant character spans of each text
+    messages_fingerprint: str | None = None  # chat rows: the fingerprint of the conversations before rendering
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -87,6 +93,8 @@ def load_rows(spec: DataSpec) -> TextRows:
         table = table.select(range(min(spec.limit, len(table))))
     if len(table) == 0:
         raise SkdError(f"split {spec.split!r} of {spec.source} is empty; pick another --split")
+    if spec.messages_column is not None:
+        return chat_rows(spec, table, f"{spec.source} (columns: {table.column_names}); set --messages-column")
     for flag, column in (
         ("--text-column", spec.text_column),
         ("--text-pair-column", spec.text_pair_column),
@@ -121,6 +129,35 @@ def load_rows(spec: DataSpec) -> TextRows:
     return rows
 
 
+def chat_rows(spec: DataSpec, table, missing: str) -> TextRows:
+    """Conversations, not yet rendered: `chat.render_chat` turns them into text with a tokenizer's template.
+    `missing` ends the error for a table without the messages column."""
+    column = spec.messages_column
+    if column not in table.column_names:
+        raise SkdError(f"column {column!r} not in {missing}")
+    if spec.label_column is not None:
+        raise SkdError(f"chat data trains on its assistant turns, not labels: drop --label-column {spec.label_column}")
+    messages = [conversation(v, column, i) for i, v in enumerate(table[column])]
+    texts = [json.dumps(m, ensure_ascii=False, sort_keys=True) for m in messages]
+    rows = TextRows(spec, texts, None, None, None, "unlabelled", messages=messages)
+    rows.fingerprint = fingerprint_rows(rows)
+    return rows
+
+
+def conversation(value, column: str, row: int) -> list[dict]:
+    """One row's messages as plain dicts (keys left empty by Arrow dropped); csv cells may hold them as JSON."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    ok = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
+    ok = ok and all(isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    if not ok:
+        raise SkdError(f'row {row} of {column!r} is not a list of {{"role", "content"}} messages; fix the data')
+    return [{k: v for k, v in m.items() if v is not None} for m in value]
+
+
 def _as_text(value, column: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -133,10 +170,14 @@ def fingerprint_rows(rows: TextRows) -> str:
     """blake2b over the canonical JSON of every (text, pair, label) in order, plus the label names."""
     h = hashlib.blake2b(digest_size=16)
     header = {"task": rows.task, "label_names": rows.label_names, "pair": rows.pairs is not None}
+    if rows.messages is not None:  # chat: the template and, per row, the rendered text and assistant spans
+        header["chat_template"] = rows.chat_template
     h.update(json.dumps(header, sort_keys=True).encode())
     for i, text in enumerate(rows.texts):
         label = None if rows.labels is None else rows.labels[i].item()
         record = [text, rows.pairs[i] if rows.pairs is not None else None, label]
+        if rows.spans is not None:
+            record.append(rows.spans[i])
         h.update(json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         h.update(b"\n")
     return h.hexdigest()
@@ -148,6 +189,7 @@ class Encoded:
 
     ids: list[list[int]]
     type_ids: list[list[int]] | None
+    assistant: list[np.ndarray] | None = None  # chat rows: [len(ids)] bool, the assistant tokens
 
     @property
     def lengths(self) -> np.ndarray:
@@ -156,6 +198,8 @@ class Encoded:
 
 def tokenize(tokenizer, rows: TextRows, max_length: int) -> Encoded:
     """Tokenize every row without padding (each model tokenizes with its own tokenizer)."""
+    if rows.messages is not None:
+        return _tokenize_chat(tokenizer, rows, max_length)
     ids: list[list[int]] = []
     type_ids: list[list[int]] | None = [] if "token_type_ids" in tokenizer.model_input_names else None
     step = 2048
@@ -167,6 +211,33 @@ def tokenize(tokenizer, rows: TextRows, max_length: int) -> Encoded:
         if type_ids is not None:
             type_ids.extend(enc["token_type_ids"])
     return Encoded(ids, type_ids)
+
+
+def _tokenize_chat(tokenizer, rows: TextRows, max_length: int) -> Encoded:
+    """Rendered conversations: no added special tokens (the template writes them), and a token is an assistant
+    token when its characters overlap an assistant span."""
+    if rows.spans is None:
+        raise SkdError("chat rows must be rendered with a chat template first (skdcache.chat.render_chat)")
+    if not getattr(tokenizer, "is_fast", False):
+        raise SkdError(f"chat data needs a fast tokenizer (character offsets); {type(tokenizer).__name__} is not")
+    enc = tokenizer(
+        rows.texts,
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+    )
+    assistant = []
+    for row, (offsets, spans) in enumerate(zip(enc["offset_mapping"], rows.spans, strict=True)):
+        mask = np.zeros(len(offsets), dtype=bool)
+        for lo, hi in spans:
+            mask |= np.array([s < hi and e > lo for s, e in offsets], dtype=bool)
+        if not mask[1:].any():
+            raise SkdError(f"row {row} keeps no assistant token within --max-length {max_length}; raise it")
+        assistant.append(mask)
+    type_ids = [[0] * len(x) for x in enc["input_ids"]] if "token_type_ids" in tokenizer.model_input_names else None
+    return Encoded(enc["input_ids"], type_ids, assistant)
 
 
 def mlm_positions(ids: list[int], special: list[int], probability: float, seed: int, row: int) -> np.ndarray:
