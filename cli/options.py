@@ -125,6 +125,18 @@ def data_options(options_cls: type) -> Callable:
             field_option(DataSpec, "text_pair_column", help="Second text column for sentence-pair tasks."),
             field_option(DataSpec, "label_column", help="Class names, ints, or floats (regression)."),
             click.option("--no-labels", is_flag=True, help="The data has no labels (token-level targets only)."),
+            field_option(
+                DataSpec,
+                "messages_column",
+                help="Chat data for causal LMs: a column of [{role, content}] lists, rendered with the chat "
+                "template; losses only on assistant tokens (implies --no-labels).",
+            ),
+            field_option(
+                DataSpec,
+                "chat_template",
+                type=click.Path(dir_okay=False),
+                help="A Jinja chat template file, instead of the tokenizer's.",
+            ),
             field_option(DataSpec, "limit", help="Use only the first N rows of the split."),
             field_option(options_cls, "max_length"),
             cache_option,
@@ -142,7 +154,9 @@ def data_spec(kw: dict) -> DataSpec:
         split=kw["split"],
         text_column=kw["text_column"],
         text_pair_column=kw["text_pair_column"],
-        label_column=None if kw["no_labels"] else kw["label_column"],
+        label_column=None if kw["no_labels"] or kw["messages_column"] else kw["label_column"],
         config_name=kw["data_config"],
         limit=kw["limit"],
+        messages_column=kw["messages_column"],
+        chat_template=kw["chat_template"],
     )

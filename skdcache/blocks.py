@@ -17,7 +17,8 @@ from skdcache.teachers import LoadedTeacher
 def token_positions(head: str, enc: Encoded, tokenizer, spec: fmt.TargetSpec) -> list[np.ndarray] | None:
     if head not in ("causal", "mlm"):
         return None
-    return [target_positions(tokenizer, spec, ids, row) for row, ids in enumerate(enc.ids)]
+    chat = enc.assistant or [None] * len(enc.ids)
+    return [target_positions(tokenizer, spec, ids, row, chat[row]) for row, ids in enumerate(enc.ids)]
 
 
 def length_batches(lengths: np.ndarray, rows: range, batch_size: int) -> list[np.ndarray]:

@@ -10,16 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from skdcache.errors import SkdError
-
-SPLIT_FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-SPLIT_NAMES = ("train", "validation", "test")
+from skdcache.tables import available_splits, load_split
 
 
 @dataclass(frozen=True)
@@ -33,6 +29,8 @@ class DataSpec:
     label_column: str | None = "label"
     config_name: str | None = None
     limit: int | None = None
+    messages_column: str | None = None  # chat data: a list of {"role", "content"} per row (docs/chat-data.md)
+    chat_template: str | None = None  # a Jinja file overriding the tokenizer's chat template
 
 
 @dataclass
@@ -46,6 +44,10 @@ class TextRows:
     label_names: list[str] | None  # None for regression or no labels
     task: str  # "classification" | "regression" | "unlabelled"
     fingerprint: str = field(default="")
+    messages: list[list[dict]] | None = None  # chat rows: the conversations `texts` are rendered from
+    chat_template: str | None = None  # chat rows: the template they were rendered with (None: not yet)
+    spans: list[list[tuple[int, int]]] | None = None  # chat rows: assistant character spans of each text
+    messages_fingerprint: str | None = None  # chat rows: the fingerprint of the conversations before rendering
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -55,74 +57,6 @@ class TextRows:
         if self.task == "regression":
             return 1
         return len(self.label_names) if self.label_names else None
-
-
-def _split_files(directory: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in sorted(directory.iterdir()):
-        stem, suffix = path.name.split(".", 1)[0], "." + path.name.split(".", 1)[-1]
-        if stem in SPLIT_NAMES and suffix in SPLIT_FILE_FORMATS:
-            found[stem] = path
-    return found
-
-
-def available_splits(spec: DataSpec) -> list[str]:
-    """Split names a local source offers (a hub dataset is asked only for the requested split)."""
-    path = Path(spec.source)
-    if path.is_dir():
-        return list(_split_files(path))
-    if path.is_file():
-        return ["train"]
-    return [spec.split]
-
-
-def _load_hf(spec: DataSpec, split: str):
-    import datasets
-
-    datasets.disable_progress_bars()
-    path = Path(spec.source)
-    if path.is_dir():
-        files = _split_files(path)
-        if split not in files:
-            raise SkdError(
-                f"split {split!r} not found in {path} (found {sorted(files) or 'no split files'}); "
-                f"name files train/validation/test.csv|json|jsonl|parquet or pass --split"
-            )
-        file = files[split]
-        fmt = SPLIT_FILE_FORMATS["." + file.name.split(".", 1)[-1]]
-        return _load_local(fmt, file, split)
-    if path.is_file():
-        suffix = "." + path.name.split(".", 1)[-1]
-        if suffix not in SPLIT_FILE_FORMATS:
-            raise SkdError(f"cannot read {path}: use a .csv, .json, .jsonl or .parquet file")
-        if split != "train":
-            raise SkdError(f"a single file has only the 'train' split; drop --split {split}")
-        return _load_local(SPLIT_FILE_FORMATS[suffix], path, "train")
-    if os.sep in spec.source or spec.source.startswith("."):
-        raise SkdError(f"data path {spec.source} does not exist; check --data")
-    try:
-        return datasets.load_dataset(spec.source, spec.config_name, split=split)
-    except Exception as exc:  # the hub raises many types; one line is what the user needs
-        raise SkdError(
-            f"cannot load hub dataset {spec.source!r} split {split!r} ({type(exc).__name__}); "
-            f"offline? pass a local directory of split files to --data"
-        ) from exc
-
-
-def _load_local(fmt: str, file: Path, split: str):
-    import datasets
-
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors become our one-line errors
-    try:
-        return datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
-    except ValueError as exc:
-        if "corresponds to no data" in str(exc):  # a header-only file
-            raise SkdError(f"split {split!r} ({file}) is empty; pick another --split or fill the file") from exc
-        raise SkdError(f"cannot read {file} as {fmt}: {str(exc).splitlines()[0]}") from exc
-    except Exception as exc:  # datasets wraps parser errors (e.g. DatasetGenerationError around UnicodeDecodeError)
-        if isinstance(exc.__cause__ or exc.__context__, UnicodeDecodeError) or "codec can't decode" in str(exc):
-            raise SkdError(f"{file} is not valid UTF-8; re-encode it (e.g. iconv -f latin1 -t utf-8)") from exc
-        raise SkdError(f"cannot read {file} as {fmt} ({type(exc).__name__}); check the file format") from exc
 
 
 def _label_info(spec: DataSpec, table) -> tuple[str, list[str] | None]:
@@ -138,14 +72,14 @@ def _label_info(spec: DataSpec, table) -> tuple[str, list[str] | None]:
     if all(isinstance(v, str) for v in values):
         names: set[str] = set()
         for split in available_splits(spec):
-            other = table if split == spec.split else _load_hf(spec, split)
+            other = table if split == spec.split else load_split(spec, split)
             if spec.label_column in other.column_names:
                 names.update(str(v) for v in other[spec.label_column] if v is not None)
         return "classification", sorted(names)
     if isinstance(values[0], bool) or all(isinstance(v, int) for v in values):
         top = 0
         for split in available_splits(spec):  # every split, so ids agree whatever --split / --limit
-            other = table if split == spec.split else _load_hf(spec, split)
+            other = table if split == spec.split else load_split(spec, split)
             if spec.label_column in other.column_names:
                 top = max([top, *(int(v) for v in other[spec.label_column] if v is not None)])
         return "classification", [str(i) for i in range(top + 1)]
@@ -154,11 +88,13 @@ def _label_info(spec: DataSpec, table) -> tuple[str, list[str] | None]:
 
 def load_rows(spec: DataSpec) -> TextRows:
     """Read one split into memory and fingerprint it; every error names the flag to change."""
-    table = full_table = _load_hf(spec, spec.split)
+    table = full_table = load_split(spec, spec.split)
     if spec.limit is not None:
         table = table.select(range(min(spec.limit, len(table))))
     if len(table) == 0:
         raise SkdError(f"split {spec.split!r} of {spec.source} is empty; pick another --split")
+    if spec.messages_column is not None:
+        return chat_rows(spec, table, f"{spec.source} (columns: {table.column_names}); set --messages-column")
     for flag, column in (
         ("--text-column", spec.text_column),
         ("--text-pair-column", spec.text_pair_column),
@@ -193,6 +129,35 @@ def load_rows(spec: DataSpec) -> TextRows:
     return rows
 
 
+def chat_rows(spec: DataSpec, table, missing: str) -> TextRows:
+    """Conversations, not yet rendered: `chat.render_chat` turns them into text with a tokenizer's template.
+    `missing` ends the error for a table without the messages column."""
+    column = spec.messages_column
+    if column not in table.column_names:
+        raise SkdError(f"column {column!r} not in {missing}")
+    if spec.label_column is not None:
+        raise SkdError(f"chat data trains on its assistant turns, not labels: drop --label-column {spec.label_column}")
+    messages = [conversation(v, column, i) for i, v in enumerate(table[column])]
+    texts = [json.dumps(m, ensure_ascii=False, sort_keys=True) for m in messages]
+    rows = TextRows(spec, texts, None, None, None, "unlabelled", messages=messages)
+    rows.fingerprint = fingerprint_rows(rows)
+    return rows
+
+
+def conversation(value, column: str, row: int) -> list[dict]:
+    """One row's messages as plain dicts (keys left empty by Arrow dropped); csv cells may hold them as JSON."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    ok = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
+    ok = ok and all(isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    if not ok:
+        raise SkdError(f'row {row} of {column!r} is not a list of {{"role", "content"}} messages; fix the data')
+    return [{k: v for k, v in m.items() if v is not None} for m in value]
+
+
 def _as_text(value, column: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -205,10 +170,14 @@ def fingerprint_rows(rows: TextRows) -> str:
     """blake2b over the canonical JSON of every (text, pair, label) in order, plus the label names."""
     h = hashlib.blake2b(digest_size=16)
     header = {"task": rows.task, "label_names": rows.label_names, "pair": rows.pairs is not None}
+    if rows.messages is not None:  # chat: the template and, per row, the rendered text and assistant spans
+        header["chat_template"] = rows.chat_template
     h.update(json.dumps(header, sort_keys=True).encode())
     for i, text in enumerate(rows.texts):
         label = None if rows.labels is None else rows.labels[i].item()
         record = [text, rows.pairs[i] if rows.pairs is not None else None, label]
+        if rows.spans is not None:
+            record.append(rows.spans[i])
         h.update(json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         h.update(b"\n")
     return h.hexdigest()
@@ -220,6 +189,7 @@ class Encoded:
 
     ids: list[list[int]]
     type_ids: list[list[int]] | None
+    assistant: list[np.ndarray] | None = None  # chat rows: [len(ids)] bool, the assistant tokens
 
     @property
     def lengths(self) -> np.ndarray:
@@ -228,6 +198,8 @@ class Encoded:
 
 def tokenize(tokenizer, rows: TextRows, max_length: int) -> Encoded:
     """Tokenize every row without padding (each model tokenizes with its own tokenizer)."""
+    if rows.messages is not None:
+        return _tokenize_chat(tokenizer, rows, max_length)
     ids: list[list[int]] = []
     type_ids: list[list[int]] | None = [] if "token_type_ids" in tokenizer.model_input_names else None
     step = 2048
@@ -239,6 +211,33 @@ def tokenize(tokenizer, rows: TextRows, max_length: int) -> Encoded:
         if type_ids is not None:
             type_ids.extend(enc["token_type_ids"])
     return Encoded(ids, type_ids)
+
+
+def _tokenize_chat(tokenizer, rows: TextRows, max_length: int) -> Encoded:
+    """Rendered conversations: no added special tokens (the template writes them), and a token is an assistant
+    token when its characters overlap an assistant span."""
+    if rows.spans is None:
+        raise SkdError("chat rows must be rendered with a chat template first (skdcache.chat.render_chat)")
+    if not getattr(tokenizer, "is_fast", False):
+        raise SkdError(f"chat data needs a fast tokenizer (character offsets); {type(tokenizer).__name__} is not")
+    enc = tokenizer(
+        rows.texts,
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+    )
+    assistant = []
+    for row, (offsets, spans) in enumerate(zip(enc["offset_mapping"], rows.spans, strict=True)):
+        mask = np.zeros(len(offsets), dtype=bool)
+        for lo, hi in spans:
+            mask |= np.array([s < hi and e > lo for s, e in offsets], dtype=bool)
+        if not mask[1:].any():
+            raise SkdError(f"row {row} keeps no assistant token within --max-length {max_length}; raise it")
+        assistant.append(mask)
+    type_ids = [[0] * len(x) for x in enc["input_ids"]] if "token_type_ids" in tokenizer.model_input_names else None
+    return Encoded(enc["input_ids"], type_ids, assistant)
 
 
 def mlm_positions(ids: list[int], special: list[int], probability: float, seed: int, row: int) -> np.ndarray:

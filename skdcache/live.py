@@ -80,7 +80,10 @@ class LiveTargets:
         teacher, spec, enc = self.teachers[index], self.specs[index], self.encoded[index]
         positions, counts, uniforms = None, None, None
         if spec.token_level:
-            positions = [target_positions(teacher.tokenizer, spec, enc.ids[r], int(r)) for r in rows]
+            chat = enc.assistant
+            positions = [
+                target_positions(teacher.tokenizer, spec, enc.ids[r], int(r), chat[r] if chat else None) for r in rows
+            ]
             counts = torch.tensor([len(p) for p in positions])
             if spec.sampled:  # the same draws precompute made: seeded by (sample_seed, row)
                 uniforms = position_uniforms(rows, counts.tolist(), spec.samples, spec.sample_seed)

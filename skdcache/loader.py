@@ -31,6 +31,8 @@ class StudentInputs:
     mask_seed: int = 0
 
     def positions(self, row: int) -> np.ndarray:
+        if self.head == "causal" and self.enc.assistant is not None:  # chat: positions predicting assistant tokens
+            return np.flatnonzero(self.enc.assistant[row][1:]).astype(np.int64)
         if self.head == "causal":
             return np.arange(len(self.enc.ids[row]), dtype=np.int64)
         return mlm_positions(self.enc.ids[row], self.special[row], self.mlm_probability, self.mask_seed, row)
@@ -74,7 +76,8 @@ def student_batch(inputs: StudentInputs, rows: np.ndarray) -> dict[str, torch.Te
         if inputs.head == "mlm":  # the masked tokens themselves
             token_labels[i, pos] = torch.tensor([ids[i][p] for p in pos], dtype=torch.long)
         else:  # causal: position t predicts token t + 1; the last one has no label
-            token_labels[i, : len(ids[i]) - 1] = torch.tensor(ids[i][1:], dtype=torch.long)
+            pos = pos[pos < len(ids[i]) - 1]
+            token_labels[i, pos] = torch.tensor(ids[i], dtype=torch.long)[pos + 1]
     mask = target_mask(ids, positions, inputs.mask_id if inputs.head == "mlm" else None)  # masks `ids` (MLM)
     batch = pad_batch(ids, types, inputs.pad_id)
     batch["target_mask"] = mask

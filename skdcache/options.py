@@ -57,6 +57,8 @@ def check_teacher(spec: TeacherSpec, config, head: str, rows: TextRows, opts: Ta
             f"teacher {spec.name} has {config.num_labels} labels, the data has {rows.num_labels} "
             f"({rows.label_names or 'regression'}); fine-tune a teacher for this label set or fix --label-column"
         )
+    if rows.messages is not None and head != "causal":
+        raise SkdError(f"chat data (--messages-column) is for causal LMs; teacher {spec.name} is a {head} model")
     if head != "sequence" and opts.targets != "sampled" and opts.top_k > config.vocab_size:
         raise SkdError(f"--top-k {opts.top_k} exceeds teacher {spec.name}'s vocabulary ({config.vocab_size})")
 

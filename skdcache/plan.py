@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from skdcache.cache.catalog import find_teacher_caches
+from skdcache.cache.catalog import find_teacher_caches, list_caches
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
+from skdcache.chat import check_template, render_chat
 from skdcache.config import MODES, TrainConfig
 from skdcache.data import TextRows, available_splits, load_rows
 from skdcache.distributed import from_rank0_object
@@ -22,6 +23,7 @@ from skdcache.errors import SkdError
 from skdcache.loader import StepSchedule
 from skdcache.pilots import pilot_metrics
 from skdcache.sampling import LearnedSampler, Sampler, build_sampler
+from skdcache.student import student_tokenizer
 from skdcache.student_aware import FitSampler, ScheduleSampler
 
 
@@ -55,6 +57,10 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
     eval_rows = None
     if cfg.eval_split and cfg.eval_split in available_splits(cfg.data):
         eval_rows = load_rows(replace(cfg.data, split=cfg.eval_split, limit=None))
+    if rows.messages is not None:  # chat rows: rendered with the student's template (or --chat-template)
+        tokenizer = student_tokenizer(cfg.student, cfg.trust_remote_code)
+        rows = render_chat(rows, tokenizer, cfg.data.chat_template)
+        eval_rows = render_chat(eval_rows, tokenizer, cfg.data.chat_template) if eval_rows is not None else None
     caches = open_team(cfg, rows, rank) if cfg.mode != "none" else []
     head = _student_head(cfg, rows, caches)
     if cfg.full_logits and (cfg.mode != "online" or head == "sequence"):
@@ -93,6 +99,9 @@ def open_team(cfg: TrainConfig, rows: TextRows, rank: int = 0) -> list[TeacherCa
         paths = find_teacher_caches(root.path, rows.fingerprint, cfg.teachers)
     if cfg.mode == "single" and len(paths) != 1:
         raise SkdError(f"--mode single needs exactly one teacher, got {list(paths)}; pass --teachers NAME")
+    if not paths and rows.messages is not None and not root.is_remote:
+        cached = [e.manifest.dataset for e in list_caches(root.path) if e.manifest]
+        check_template(cached, rows, "pass --chat-template FILE holding the cache's template")
     if not paths:
         raise SkdError(f"no teacher cached for this data in {root}; run `skdcache precompute` first")
     caches = [TeacherCache(p) for p in paths.values()]

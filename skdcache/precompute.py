@@ -28,6 +28,7 @@ from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import WriterLock, ensure_writable_root, write_json
 from skdcache.cache.writer import CacheWriter
+from skdcache.chat import render_chat
 from skdcache.data import DataSpec, TextRows, load_rows, tokenize
 from skdcache.device import pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
@@ -75,6 +76,10 @@ def precompute_teacher(
     With a `remote` root, `root` is its local mirror: a group already published is reused without a
     download, and a group computed (or completed earlier but never published) here is published.
     """
+    if rows.messages is not None:  # chat rows: rendered with this teacher's template (or --chat-template)
+        tokenizer = load_tokenizer(resolve_model_dir(spec.source, spec.revision), opts.trust_remote_code)
+        rows = render_chat(rows, tokenizer, rows.spec.chat_template)
+        eval_rows = render_chat(eval_rows, tokenizer, rows.spec.chat_template) if eval_rows is not None else None
     try:
         result = _precompute_local(spec, rows, root, opts, eval_rows, remote)
     except OSError as exc:  # ENOSPC can land anywhere: group metadata, markers, the manifest (blocks say more)

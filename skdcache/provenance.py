@@ -44,4 +44,12 @@ def dataset_record(rows: TextRows) -> dict:
         "label_names": rows.label_names,
         "task": rows.task,
         "limit": s.limit,
-    }
+    } | (
+        {
+            "messages_column": s.messages_column,
+            "chat_template": rows.chat_template,
+            "messages_fingerprint": rows.messages_fingerprint,
+        }
+        if rows.messages is not None
+        else {}
+    )

@@ -26,9 +26,14 @@ def label_permutation(config, rows: TextRows) -> torch.Tensor | None:
     return torch.tensor([names.index(n) for n in rows.label_names])
 
 
-def target_positions(tokenizer, spec: fmt.TargetSpec, ids: list[int], row: int) -> np.ndarray:
-    """Positions of one row carrying a token-level loss: all non-pad (causal LM) or the seeded masked ones (MLM)."""
+def target_positions(
+    tokenizer, spec: fmt.TargetSpec, ids: list[int], row: int, assistant: np.ndarray | None = None
+) -> np.ndarray:
+    """Positions of one row carrying a token-level loss: all non-pad (causal LM), those predicting an assistant
+    token (causal LM on chat rows: `assistant` [len(ids)] bool), or the seeded masked ones (MLM)."""
     if spec.head == "causal":
+        if assistant is not None:  # position t predicts token t + 1
+            return np.flatnonzero(assistant[1:]).astype(np.int64)
         return np.arange(len(ids), dtype=np.int64)
     special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
     return mlm_positions(ids, special, spec.mlm_probability, spec.mask_seed, row)

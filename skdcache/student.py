@@ -90,12 +90,10 @@ def build_student(
             kwargs["problem_type"] = "regression"
     if path.is_file() and path.suffix == ".json":
         config_dict = json.loads(path.read_text())
-        tokenizer_dir = config_dict.pop("tokenizer", None)
-        if not tokenizer_dir:
-            raise SkdError(f'student config {path} needs a "tokenizer" key naming a tokenizer directory')
+        config_dict.pop("tokenizer", None)
         config = AutoConfig.for_model(**{**config_dict, **kwargs})
         model = auto.from_config(config, trust_remote_code=trust_remote_code)
-        tokenizer = load_tokenizer(resolve_model_dir(tokenizer_dir), trust_remote_code)
+        tokenizer = student_tokenizer(spec.source, trust_remote_code)
     else:
         model_dir = resolve_model_dir(spec.source)
         import logging
@@ -119,6 +117,17 @@ def build_student(
     if spec.layers is not None:
         model = keep_layers(model, spec.layers)
     return model, tokenizer
+
+
+def student_tokenizer(source: str, trust_remote_code: bool = False):
+    """The student's tokenizer: its model directory's, or the one a config .json names under "tokenizer"."""
+    path = Path(source)
+    if path.is_file() and path.suffix == ".json":
+        tokenizer_dir = json.loads(path.read_text()).get("tokenizer")
+        if not tokenizer_dir:
+            raise SkdError(f'student config {path} needs a "tokenizer" key naming a tokenizer directory')
+        return load_tokenizer(resolve_model_dir(tokenizer_dir), trust_remote_code)
+    return load_tokenizer(resolve_model_dir(source), trust_remote_code)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from skdcache import checkpoint
+from skdcache.chat import render_chat
 from skdcache.checkpoint import TrainState
 from skdcache.config import MODES, TrainConfig
 from skdcache.data import load_rows
@@ -98,6 +99,8 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
     test_inputs = None
     if cfg.test_split and rank == 0:
         test_rows = load_rows(replace(cfg.data, split=cfg.test_split, limit=None))
+        if test_rows.messages is not None:  # chat rows, rendered as the train rows were
+            test_rows = render_chat(test_rows, tokenizer, cfg.data.chat_template)
         test_inputs = student_inputs(tokenizer, test_rows, plan.head, cfg.max_length, plan.caches)
     return Run(
         cfg,

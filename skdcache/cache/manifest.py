@@ -118,6 +118,10 @@ class DatasetInfo(_Record):
     label_names: list[str] | None = None
     task: str | None = None
     limit: int | None = None
+    # chat rows only (docs/chat-data.md): the messages column, the template text, the conversations' fingerprint
+    messages_column: str | None = None
+    chat_template: str | None = None
+    messages_fingerprint: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

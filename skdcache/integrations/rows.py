@@ -15,8 +15,9 @@ from skdcache.cache.catalog import list_caches, select_teachers
 from skdcache.cache.manifest import DatasetInfo
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
+from skdcache.chat import check_template, render_chat
 from skdcache.config import TrainConfig
-from skdcache.data import DataSpec, TextRows, fingerprint_rows
+from skdcache.data import DataSpec, TextRows, chat_rows, fingerprint_rows
 from skdcache.errors import SkdError
 from skdcache.plan import open_team
 
@@ -33,8 +34,18 @@ def with_row_index(dataset, column: str = ROW_COLUMN):
     return dataset.add_column(column, list(range(len(dataset))))
 
 
-def dataset_rows(dataset, info: DatasetInfo) -> TextRows:
-    """The rows of `dataset` as `load_rows` would read them with the cache's columns and label names."""
+def dataset_rows(dataset, info: DatasetInfo, tokenizer=None, chat_template: str | None = None) -> TextRows:
+    """The rows of `dataset` as `load_rows` would read them with the cache's columns and label names; chat rows
+    rendered with `chat_template` (default: the tokenizer's)."""
+    if info.messages_column is not None:
+        spec = DataSpec(
+            "<in-memory dataset>", info.split or "train", label_column=None, messages_column=info.messages_column
+        )
+        rows = chat_rows(spec, dataset, f"the dataset (the cache's messages column; columns: {dataset.column_names})")
+        fix = "pass SkdTrainer(chat_template=...) or set processing_class.chat_template"
+        rows = render_chat(rows, tokenizer, chat_template, fix)
+        check_template([info], rows, fix)
+        return rows
     for role, column in (("text", info.text_column), ("pair", info.text_pair_column), ("label", info.label_column)):
         if column is not None and column not in dataset.column_names:
             raise SkdError(
@@ -73,8 +84,11 @@ def _text(value, column: str) -> str:
     return value
 
 
-def open_dataset_team(dataset, cache: str | Path, teachers: list[str] | None, mode: str = "skd"):
-    """(rows, caches): the dataset read with its caches' columns, and the team cached for exactly these rows.
+def open_dataset_team(
+    dataset, cache: str | Path, teachers: list[str] | None, mode: str = "skd", tokenizer=None, chat_template=None
+):
+    """(rows, caches): the dataset read with its caches' columns, and the team cached for exactly these rows
+    (chat rows rendered with `chat_template`, default the tokenizer's).
 
     Raises a one-line `CacheError` naming the first teacher when the dataset is not the one it was cached for.
     """
@@ -92,7 +106,7 @@ def open_dataset_team(dataset, cache: str | Path, teachers: list[str] | None, mo
     setups = {_setup(e.manifest.dataset): e for e in entries}
     rows = None
     for entry in setups.values():
-        rows = dataset_rows(dataset, entry.manifest.dataset)
+        rows = dataset_rows(dataset, entry.manifest.dataset, tokenizer, chat_template)
         if select_teachers(entries, rows.fingerprint, None, str(root.path)):
             break
     else:  # no cache was built from these rows: say why with the cache's own check
@@ -102,4 +116,11 @@ def open_dataset_team(dataset, cache: str | Path, teachers: list[str] | None, mo
 
 
 def _setup(info: DatasetInfo) -> tuple:
-    return info.text_column, info.text_pair_column, info.label_column, tuple(info.label_names or ()), info.task
+    return (
+        info.text_column,
+        info.text_pair_column,
+        info.label_column,
+        tuple(info.label_names or ()),
+        info.task,
+        info.messages_column,
+    )

@@ -98,6 +98,8 @@ class SkdTrainer(Trainer):
         sampling: uniform | teacher-rank | weights=a,b,c, as `skdcache train --sampling`.
         temperature, alpha: the KD temperature and the weight of the KD term (1 - alpha weighs the labels).
         max_length: the student's truncation; default the cache's (token-level targets require it).
+        chat_template: chat data: the template (text or file) to render the messages with; default the
+            tokenizer's. It must be the one the caches were computed with.
         sampler: a ready `skdcache.sampling` sampler, instead of `sampling`.
 
     `train_dataset` is the `datasets.Dataset` the caches were computed from (its text/label columns, in order);
@@ -118,6 +120,7 @@ class SkdTrainer(Trainer):
         alpha: float = 0.5,
         max_length: int | None = None,
         sampler: Sampler | None = None,
+        chat_template: str | None = None,
         **kwargs,
     ):
         if mode not in CACHE_MODES:
@@ -128,7 +131,7 @@ class SkdTrainer(Trainer):
         tokenizer = kwargs.get("processing_class")
         if tokenizer is None:
             raise SkdError("SkdTrainer needs processing_class= (the student's tokenizer)")
-        rows, caches = open_dataset_team(dataset, cache, teachers, mode)
+        rows, caches = open_dataset_team(dataset, cache, teachers, mode, tokenizer, chat_template)
         head = caches[0].targets.head
         max_length = max_length or caches[0].targets.max_length
         fallback = kwargs.pop("data_collator", None) or DataCollatorWithPadding(tokenizer)
