@@ -35,6 +35,7 @@ class TrainConfig:
     # word embeddings are most of a small BERT; freezing them halves CPU step time
     freeze_embeddings: bool = flag(False, "Keep the word embeddings fixed (much faster on CPU).")
     eval_split: str | None = flag("validation", "Labelled split for evaluation.")
+    eval_rows: int | None = flag(None, "Evaluate on the first N rows of --eval-split only (faster selection).")
     # report-only: measured at the checkpoint validation selects (run.json "test") and at the last step
     test_split: str | None = flag(None, "Split reported at the validation-selected checkpoint (never selects).")
     epochs: float = 3.0

@@ -56,7 +56,7 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
     rows = load_rows(cfg.data)
     eval_rows = None
     if cfg.eval_split and cfg.eval_split in available_splits(cfg.data):
-        eval_rows = load_rows(replace(cfg.data, split=cfg.eval_split, limit=None))
+        eval_rows = load_rows(replace(cfg.data, split=cfg.eval_split, limit=cfg.eval_rows))
     if rows.messages is not None:  # chat rows: rendered with the student's template (or --chat-template)
         tokenizer = student_tokenizer(cfg.student, cfg.trust_remote_code)
         rows = render_chat(rows, tokenizer, cfg.data.chat_template)

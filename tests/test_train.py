@@ -803,3 +803,9 @@ def test_test_metric_is_taken_at_the_checkpoint_validation_selected(seq: Team, t
     assert run["test"]["accuracy"] == pytest.approx(best["eval"]["accuracy"])
     assert run["test"]["f1_macro"] == pytest.approx(best["eval"]["f1_macro"])
     assert run["test_final"]["accuracy"] == pytest.approx(evals[-1]["eval"]["accuracy"])
+
+
+def test_eval_rows_limits_the_selection_split(seq: Team, tmp_path: Path):
+    run = prepare(seq.cfg(tmp_path / "r", mode="single", teachers=["a"], eval_rows=10))
+    assert len(run.eval_inputs.enc.ids) == 10 and len(run.plan.eval_rows) == 10
+    assert len(prepare(seq.cfg(tmp_path / "s", mode="single", teachers=["a"])).eval_inputs.enc.ids) == 40
