@@ -48,6 +48,9 @@ CONFIGS: dict[str, dict] = {
     # opt-in (--configs): pilots cost one half-length run per teacher; learned lost on tweets before
     "skd-student-rank": {"mode": "skd", "sampling": "student-rank"},
     "skd-learned": {"mode": "skd", "sampling": "learned"},
+    # opt-in: the loss settings, for the short-budget question (is the default alpha / T safe?)
+    "skd-uniform-T1": {"mode": "skd", "sampling": "uniform", "temperature": 1.0},
+    "skd-uniform-alpha0.2": {"mode": "skd", "sampling": "uniform", "alpha": 0.2},
 }
 DEFAULT_CONFIGS = "none,single,average,skd-uniform,skd-teacher-rank,skd-student-fit,skd-small-to-large"
 
@@ -205,10 +208,9 @@ def main() -> None:
             raise SystemExit(f"--configs: unknown {c!r}; choose from single,{','.join(CONFIGS)}")
     steps_per_epoch = -(-len(load_rows(data)) // b.batch_size)
     budgets = {"short": b.short_steps, "long": int(b.long_epochs * steps_per_epoch)}
-    runs = []
-    for budget in args.budgets.split(","):
-        steps = budgets[budget]
-        for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in [int(s) for s in args.seeds.split(",")]:  # seeds outermost: every budget gains a seed at a time
+        for budget in args.budgets.split(","):
+            steps = budgets[budget]
             for cname, overrides in plans.items():
                 cfg = TrainConfig(
                     student=str(pretrained_encoder()),
@@ -225,10 +227,10 @@ def main() -> None:
                     **overrides,
                 )
                 run_once(cfg)
-                runs.append(Path(cfg.output))
-            write_reports(
-                name + ("-disjoint" if disjoint else ""), args, asdict(b), budgets, teachers, runs, Path(args.out)
-            )  # after every seed
+        runs = sorted(p.parent for p in students.glob("*/*/run.json"))  # every finished run, from any invocation
+        write_reports(
+            name + ("-disjoint" if disjoint else ""), args, asdict(b), budgets, teachers, runs, Path(args.out)
+        )
 
 
 if __name__ == "__main__":
