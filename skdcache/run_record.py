@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from skdcache.checkpoint import TrainState
 from skdcache.config import TrainConfig
 from skdcache.distributed import barrier
+from skdcache.errors import SkdError
 from skdcache.evaluate import evaluate
 from skdcache.loader import StudentInputs
 from skdcache.objective import Objective
@@ -59,6 +61,19 @@ def save_student(run: Run, path: Path) -> None:
     run.tokenizer.save_pretrained(path)
 
 
+def load_student(run: Run, path: Path) -> None:
+    """Weights written by `save_student` back into the run's model (a tied weight is saved once, under one name)."""
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(f, device=str(run.device)))
+    missing, unexpected = run.model.load_state_dict(state, strict=False)
+    params = run.model.state_dict(keep_vars=True)
+    loaded = {params[k].data_ptr() for k in state if k in params}
+    untied = [k for k in missing if params[k].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise SkdError(f"{path}: weights do not fit the student (missing {untied[:3]}, unexpected {unexpected[:3]})")
+
+
 def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float) -> dict:
     """run.json: the config, the team, the final and test metrics, the draws and the cost."""
     if run.rank != 0:  # rank 0 evaluates and writes run.json (to --output, shared by all ranks)
@@ -67,9 +82,12 @@ def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float)
     last_step, final = state.last_eval or (None, {})
     if last_step != state.step:  # the loop evaluates at its last step; only a finished resume gets here
         final = evaluate(run.model, run.eval_inputs, run.objective, run.device) if run.eval_inputs else {}
-    # the test metric of the checkpoint validation selected (what a user ships), and of the last step
+    # the test metric of the last step, and of the checkpoint validation selected (what a user ships)
     test_final = evaluate(run.model, run.test_inputs, run.objective, run.device) if run.test_inputs else {}
-    test = (state.best or {}).get("test") or test_final
+    test = test_final
+    if run.test_inputs and state.best and state.best["step"] != state.step:
+        load_student(run, run.out / "student")
+        test = evaluate(run.model, run.test_inputs, run.objective, run.device)
     record = {
         "config": run.cfg.to_dict(),
         "dataset_fingerprint": run.plan.rows.fingerprint,

@@ -256,8 +256,6 @@ def evaluate_and_checkpoint(run: Run, state: TrainState, optimizer, scheduler, m
             key = result["primary"]
             if state.best is None or result[key] > state.best[key]:
                 state.best = {**result, "step": state.step}
-                if run.test_inputs is not None:  # measured now, so run.json reports the selected checkpoint
-                    state.best["test"] = evaluate(run.model, run.test_inputs, run.objective, run.device)
                 save_student(run, run.out / "student")
         elif state.best is None or state.step == run.plan.total_steps:
             save_student(run, run.out / "student")

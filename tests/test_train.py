@@ -799,7 +799,7 @@ def test_test_metric_is_taken_at_the_checkpoint_validation_selected(seq: Team, t
     )
     evals = eval_lines(tmp_path / "r")
     best = max(evals, key=lambda e: e["eval"]["accuracy"])  # the first of equals, as the loop keeps it
-    assert run["best"]["step"] == best["step"]
+    assert run["best"]["step"] == best["step"] != 12  # the selected checkpoint is reloaded for the test
     assert run["test"]["accuracy"] == pytest.approx(best["eval"]["accuracy"])
     assert run["test"]["f1_macro"] == pytest.approx(best["eval"]["f1_macro"])
     assert run["test_final"]["accuracy"] == pytest.approx(evals[-1]["eval"]["accuracy"])
@@ -809,3 +809,23 @@ def test_eval_rows_limits_the_selection_split(seq: Team, tmp_path: Path):
     run = prepare(seq.cfg(tmp_path / "r", mode="single", teachers=["a"], eval_rows=10))
     assert len(run.eval_inputs.enc.ids) == 10 and len(run.plan.eval_rows) == 10
     assert len(prepare(seq.cfg(tmp_path / "s", mode="single", teachers=["a"])).eval_inputs.enc.ids) == 40
+
+
+def test_selected_checkpoint_of_a_tied_causal_student_is_reloaded_for_the_test(causal: Team, tmp_path: Path):
+    run = train(
+        causal.cfg(
+            tmp_path / "r",
+            mode="single",
+            teachers=["l1"],
+            max_steps=10,
+            eval_every=2,
+            lr=2e-2,
+            test_split="validation",
+            temperature=2.0,
+        )
+    )
+    evals = eval_lines(tmp_path / "r")
+    best = max(evals, key=lambda e: e["eval"]["token_accuracy"])
+    assert run["best"]["step"] == best["step"]
+    assert run["test"]["nll"] == pytest.approx(best["eval"]["nll"], rel=1e-5)
+    assert run["test_final"]["nll"] == pytest.approx(evals[-1]["eval"]["nll"], rel=1e-5)

@@ -68,7 +68,7 @@ class Budget:
     student_lr: float = 3e-4  # 1 layer, frozen embeddings: 1e-4 underfits in a few hundred steps
     short_steps: int = 40  # a user's quick run: about two thirds of an epoch
     long_epochs: float = 4.0  # validation-selected checkpoint: the run has converged before the end
-    evals_per_run: int = 5
+    evals_per_run: int = 4  # long runs; short runs evaluate twice
     eval_rows: int = 1000  # selection on the first 1,000 validation rows; test on the whole test split
     temperature: float = 2.0
     alpha: float = 0.5
@@ -218,7 +218,7 @@ def main() -> None:
                     cache=str(cache),
                     output=str(students / budget / f"{cname}-s{seed}"),
                     max_steps=steps,
-                    eval_every=max(1, steps // b.evals_per_run),
+                    eval_every=max(1, steps // (2 if budget == "short" else b.evals_per_run)),
                     lr=b.student_lr,
                     temperature=b.temperature,
                     alpha=b.alpha,
