@@ -218,3 +218,22 @@ def test_messages_as_json_text_in_a_csv_column(tmp_path: Path):
     with pytest.raises(SkdError) as err:
         load_rows(dataclasses.replace(spec, limit=None))
     assert "row 3" in one_line(err.value)
+
+
+def test_chat_example_runs_offline(tmp_path: Path):
+    """examples/trainer_chat_kd.py on the bundled tweets: a tiny Llama teacher, its first layer as the student."""
+    import subprocess
+    import sys
+
+    teacher = with_template(spread(make_model(tmp_path / "t", "causal", layers=2, seed=1), 3.0), TEMPLATE)
+    example = Path(__file__).resolve().parents[1] / "examples" / "trainer_chat_kd.py"
+    cmd = [sys.executable, str(example), "--teacher", f"t={teacher}", "--output", str(tmp_path / "out")]
+    cmd += ["--rows", "16", "--max-steps", "2", "--batch-size", "8", "--max-length", "256", "--student-layers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # ~20 s of CPU; the rest is waiting
+    assert done.returncode == 0, done.stderr[-2000:]
+    chats = [json.loads(x)["messages"] for x in (tmp_path / "out" / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(chats) == 16 and chats[0][1]["role"] == "assistant"
+    steps = [line.split() for line in done.stdout.splitlines() if line.startswith("step")]
+    assert [int(s[1]) for s in steps] == [1, 2] and all(s[3] == "t" and float(s[5]) > 0 for s in steps)
+    config = json.loads((tmp_path / "out" / "student" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1

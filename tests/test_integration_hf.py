@@ -94,7 +94,14 @@ def hf_dataset(data: Path):
 
 
 def trainer_for(
-    cfg: TrainConfig, head: str, out: Path, dataset=None, model=None, gradient_accumulation_steps: int = 1, **kw
+    cfg: TrainConfig,
+    head: str,
+    out: Path,
+    dataset=None,
+    model=None,
+    gradient_accumulation_steps: int = 1,
+    training: dict | None = None,
+    **kw,
 ) -> SkdTrainer:
     if model is None:
         model, _ = build_student(
@@ -108,13 +115,13 @@ def trainer_for(
         learning_rate=cfg.lr,
         seed=cfg.seed,
         report_to=[],
-        save_strategy="no",
         use_cpu=True,
         dataloader_num_workers=0,
         max_grad_norm=cfg.grad_clip,
         disable_tqdm=True,
         logging_steps=1,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        **{"save_strategy": "no", **(training or {})},
     )
     params = [p for p in model.parameters() if p.requires_grad]
     return SkdTrainer(
