@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTS = dict(rows_per_block=16, batch_size=8, progress=False, eval_split=None)
 
 
-def _fuzz_module():
-    spec = importlib.util.spec_from_file_location("kill_fuzz", ROOT / "benchmarks" / "reliability" / "kill_fuzz.py")
+def _fuzz_module(name: str = "kill_fuzz"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "reliability" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -35,6 +35,14 @@ def test_kill9_fuzz_small(tmp_path):
     assert outcomes["failures"] == [], outcomes["failures"]
     assert outcomes["equal"] == outcomes["verify_clean"] == 2
     assert outcomes["killed_mid_write"] == outcomes["resumed"] == 2  # the kills hit the writing phase
+
+
+def test_metadata_fuzz_small(tmp_path):
+    """24 seeded metadata mutations (4 per target) through ls, info, verify and train (full run: metadata_fuzz.py)."""
+    results = _fuzz_module("metadata_fuzz").fuzz(mutations=24, seed=1, work=tmp_path, log=lambda *a: None)
+    assert results["failures"] == [], results["failures"][:3]
+    assert results["mutations"] == 24 and len(results["by_target"]) == 6
+    assert results["by_outcome"]["train"].get("error_exit_2", 0) > 0  # some mutations must be refused
 
 
 @pytest.fixture
