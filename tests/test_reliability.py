@@ -337,3 +337,54 @@ def test_cli_bad_input_matrix(matrix, capsys, case, expect, tmp_path):
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and expect in err, err
     assert not list(cache.glob("*/*/zarr.json"))
+
+
+@pytest.mark.slow
+def test_train_kill9_small(tmp_path):
+    """Two seeded kill -9 trials of `skdcache train` (the full run: benchmarks/reliability/train_kill.py)."""
+    results = _fuzz_module("train_kill").fuzz(trials=2, seed=1, work=tmp_path, log=lambda *a: None)
+    assert results["failures"] == [], results["failures"]
+    assert results["equal_weights"] == results["clean_metrics"] == 2
+
+
+def _tiny_training_state():
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return model, optimizer, scheduler
+
+
+def test_checkpoint_is_one_file_so_a_kill_cannot_mix_steps(tmp_path):
+    """A kill between the weights and trainer.json used to resume step-6 weights with step-3 loop state."""
+    import torch
+
+    from skdcache import checkpoint
+
+    model, optimizer, scheduler = _tiny_training_state()
+    checkpoint.save(tmp_path, checkpoint.TrainState(step=3), model, None, optimizer, scheduler, None, 0, 1)
+    stale = (tmp_path / "checkpoint" / "trainer.json").read_bytes()
+    with torch.no_grad():
+        model.weight += 1
+    checkpoint.save(tmp_path, checkpoint.TrainState(step=6), model, None, optimizer, scheduler, None, 0, 1)
+    (tmp_path / "checkpoint" / "trainer.json").write_bytes(stale)  # as if killed before trainer.json was rewritten
+    (tmp_path / "checkpoint" / "trainer.json").unlink()  # or before it was ever written
+    fresh, opt2, sched2 = _tiny_training_state()
+    state = checkpoint.load(tmp_path, fresh, None, opt2, sched2, None, "cpu", 0, 1, 0)
+    assert state.step == 6 and torch.equal(fresh.weight, model.weight)
+    assert not list((tmp_path / "checkpoint").glob("*partial*"))
+
+
+def test_resume_truncates_metrics_to_the_checkpoint_and_drops_torn_lines(tmp_path):
+    from skdcache import checkpoint
+
+    lines = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "eval": {"accuracy": 0.5}}]
+    lines += [{"step": 3, "loss": 0.8}]
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 4, "lo')  # killed mid-line
+    checkpoint.truncate_metrics(log, 2)
+    assert [json.loads(x) for x in log.read_text().splitlines()] == lines[:3]
+    # killed before the first checkpoint: --resume starts at step 0, so no earlier step line may stay
+    assert checkpoint.load(tmp_path, None, None, None, None, None, "cpu", 0, 1, 0).step == 0
+    assert log.read_text() == ""

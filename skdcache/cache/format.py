@@ -145,8 +145,10 @@ class TargetSpec:
             raise damaged("targets.top_k is missing for top-k targets")
         if self.token_level and self.sampled and (self.samples is None or self.sample_temperature is None):
             raise damaged("targets.samples or sample_temperature is missing for sampled targets")
-        if self.head == "mlm" and self.mlm_probability is None:
-            raise damaged("targets.mlm_probability is missing for an mlm head")
+        if self.head == "mlm" and (self.mlm_probability is None or self.mask_seed is None):
+            raise damaged("targets.mlm_probability or mask_seed is missing for an mlm head")
+        if self.token_level and self.sampled and self.sample_seed is None:
+            raise damaged("targets.sample_seed is missing for sampled targets")
         if self.hidden_layers and self.hidden_tokens is None:
             raise damaged("targets.hidden_tokens is missing while hidden_layers are stored")
 
