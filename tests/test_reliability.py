@@ -388,3 +388,49 @@ def test_resume_truncates_metrics_to_the_checkpoint_and_drops_torn_lines(tmp_pat
     # killed before the first checkpoint: --resume starts at step 0, so no earlier step line may stay
     assert checkpoint.load(tmp_path, None, None, None, None, None, "cpu", 0, 1, 0).step == 0
     assert log.read_text() == ""
+
+
+def test_readers_beside_a_writer_of_another_teacher(built, tmp_path):
+    """ls, verify and a reader of teacher A run while `precompute` adds teacher B to the same root: A is read
+    unchanged throughout, and B's rows are served only once their block is complete (and then never change)."""
+    from skdcache.cache.catalog import list_root, verify_root
+
+    data, _, path_a, _ = built
+    root = path_a.parents[1]
+    expected_a = TeacherCache(path_a).read(np.arange(100))
+    teacher_b = make_model(tmp_path / "b", "mlm", seed=9)
+    env = {**os.environ, "SKDCACHE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "skdcache", "-q", "precompute", "--data", str(data), "--teacher", f"b={teacher_b}"]
+    cmd += ["--cache", str(root), "--rows-per-block", "16", "--batch-size", "4", "--eval-split", ""]
+    cmd += ["--hidden-layers", "last", "--hidden-tokens", "cls"]
+    writer = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen_b: dict[int, np.ndarray] = {}
+    rounds = 0
+    while writer.poll() is None or rounds == 0:
+        rounds += 1
+        assert {e.name for e in list_root(root)} >= {"t"}
+        assert verify_root(root, ["t"]) == {path_a: []}
+        got = TeacherCache(path_a).read(np.arange(100))
+        assert all(
+            torch_equal(getattr(got, k), getattr(expected_a, k)) for k in vars(got) if getattr(got, k) is not None
+        )
+        for group in [p for p in root.glob("*/*") if p != path_a and (p / "zarr.json").exists()]:
+            try:
+                partial = TeacherCache(group, allow_incomplete=True)
+            except CacheError:  # the group is being created: no manifest yet
+                continue
+            done = partial._complete_rows.nonzero()[0]
+            if done.size:
+                seen_b.update(zip(done.tolist(), partial.read(done).hidden.numpy(), strict=True))
+    _, err = writer.communicate(timeout=300)
+    assert writer.returncode == 0, err.decode()[-500:]
+    (path_b,) = [p for p in root.glob("*/*") if p != path_a and (p / "zarr.json").exists()]
+    final = TeacherCache(path_b).read(np.arange(100)).hidden.numpy()
+    assert all(np.array_equal(final[row], values) for row, values in seen_b.items())
+    assert verify_root(root) == {path_a: [], path_b: []}
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
