@@ -1,12 +1,14 @@
 """What survives a restart: the loop's state, the weights and optimizer, and every random stream.
 
-A checkpoint is `OUTPUT/checkpoint/state.pt` (tensors, written to a temp file and renamed) plus
-`trainer.json` (the loop state, written last), so a crash at any point leaves the previous checkpoint whole.
+A checkpoint is one file, `OUTPUT/checkpoint/state.pt`: tensors and the loop state together, written to a temp
+file, fsynced and renamed, so a kill at any moment leaves either the previous checkpoint or the new one, never a
+mix of two steps. `trainer.json` repeats the loop state for people and tools (written atomically after it).
 Under DDP, ranks other than 0 keep their own dropout stream in `rng-rank<r>-step<s>.pt`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections import Counter
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skdcache.cache.store import atomic_write
 from skdcache.distributed import barrier
 
 log = logging.getLogger("skdcache")
@@ -65,11 +68,12 @@ def save(out: Path, state: TrainState, model, projector, optimizer, scheduler, s
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        tmp = ckpt / "state.pt.partial"
-        torch.save(payload, tmp)
-        tmp.replace(ckpt / "state.pt")
         meta = {**state.to_json(), "sampler": sampler.state_dict() if sampler else None, "world_size": world}
-        (ckpt / "trainer.json").write_text(json.dumps(meta))
+        payload["trainer"] = meta  # in the same file as the weights: they can never be of different steps
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write(ckpt / "state.pt", buffer.getvalue())
+        atomic_write(ckpt / "trainer.json", json.dumps(meta).encode())
     else:  # each rank keeps its own dropout stream, saved per step so a crash cannot mix steps
         torch.save(rng_state(), ckpt / mine)
     barrier()  # the other ranks wait for rank 0's files
@@ -86,6 +90,8 @@ def load(
     ckpt = out / "checkpoint"
     if not (ckpt / "state.pt").exists():
         log.info("no checkpoint in %s: starting from step 0", ckpt)
+        if rank == 0:
+            truncate_metrics(out / "metrics.jsonl", 0)  # steps logged by a run killed before its first checkpoint
         return TrainState()
     payload = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
     model.load_state_dict(payload["model"])
@@ -96,7 +102,7 @@ def load(
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"]:
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    meta = json.loads((ckpt / "trainer.json").read_text())
+    meta = payload.get("trainer") or json.loads((ckpt / "trainer.json").read_text())  # older checkpoints: the json
     if world > 1 or meta.get("world_size", 1) > 1:
         _load_rank_rng(ckpt, meta["step"], meta.get("world_size", 1), rank, world, seed)
     if sampler is not None and meta["sampler"]:
@@ -128,8 +134,18 @@ def _load_rank_rng(ckpt: Path, step: int, saved_world: int, rank: int, world: in
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
+    """Drop log lines written after the checkpoint (and a line torn by a kill), so a resumed log reads like an
+    uninterrupted one; replaced atomically, so a kill during the truncation loses nothing."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = [line for line in path.read_text(errors="replace").splitlines() if _step_of(line) <= step]
+    atomic_write(path, "".join(line + "\n" for line in keep).encode())
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; infinity for a torn or foreign line, so it is dropped."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+    return step if isinstance(step, int) else float("inf")

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTS = dict(rows_per_block=16, batch_size=8, progress=False, eval_split=None)
 
 
-def _fuzz_module():
-    spec = importlib.util.spec_from_file_location("kill_fuzz", ROOT / "benchmarks" / "reliability" / "kill_fuzz.py")
+def _fuzz_module(name: str = "kill_fuzz"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "reliability" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -35,6 +35,14 @@ def test_kill9_fuzz_small(tmp_path):
     assert outcomes["failures"] == [], outcomes["failures"]
     assert outcomes["equal"] == outcomes["verify_clean"] == 2
     assert outcomes["killed_mid_write"] == outcomes["resumed"] == 2  # the kills hit the writing phase
+
+
+def test_metadata_fuzz_small(tmp_path):
+    """24 seeded metadata mutations (4 per target) through ls, info, verify and train (full run: metadata_fuzz.py)."""
+    results = _fuzz_module("metadata_fuzz").fuzz(mutations=24, seed=1, work=tmp_path, log=lambda *a: None)
+    assert results["failures"] == [], results["failures"][:3]
+    assert results["mutations"] == 24 and len(results["by_target"]) == 6
+    assert results["by_outcome"]["train"].get("error_exit_2", 0) > 0  # some mutations must be refused
 
 
 @pytest.fixture
@@ -329,3 +337,100 @@ def test_cli_bad_input_matrix(matrix, capsys, case, expect, tmp_path):
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and expect in err, err
     assert not list(cache.glob("*/*/zarr.json"))
+
+
+@pytest.mark.slow
+def test_train_kill9_small(tmp_path):
+    """Two seeded kill -9 trials of `skdcache train` (the full run: benchmarks/reliability/train_kill.py)."""
+    results = _fuzz_module("train_kill").fuzz(trials=2, seed=1, work=tmp_path, log=lambda *a: None)
+    assert results["failures"] == [], results["failures"]
+    assert results["equal_weights"] == results["clean_metrics"] == 2
+
+
+def _tiny_training_state():
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return model, optimizer, scheduler
+
+
+def test_checkpoint_is_one_file_so_a_kill_cannot_mix_steps(tmp_path):
+    """A kill between the weights and trainer.json used to resume step-6 weights with step-3 loop state."""
+    import torch
+
+    from skdcache import checkpoint
+
+    model, optimizer, scheduler = _tiny_training_state()
+    checkpoint.save(tmp_path, checkpoint.TrainState(step=3), model, None, optimizer, scheduler, None, 0, 1)
+    stale = (tmp_path / "checkpoint" / "trainer.json").read_bytes()
+    with torch.no_grad():
+        model.weight += 1
+    checkpoint.save(tmp_path, checkpoint.TrainState(step=6), model, None, optimizer, scheduler, None, 0, 1)
+    (tmp_path / "checkpoint" / "trainer.json").write_bytes(stale)  # as if killed before trainer.json was rewritten
+    (tmp_path / "checkpoint" / "trainer.json").unlink()  # or before it was ever written
+    fresh, opt2, sched2 = _tiny_training_state()
+    state = checkpoint.load(tmp_path, fresh, None, opt2, sched2, None, "cpu", 0, 1, 0)
+    assert state.step == 6 and torch.equal(fresh.weight, model.weight)
+    assert not list((tmp_path / "checkpoint").glob("*partial*"))
+
+
+def test_resume_truncates_metrics_to_the_checkpoint_and_drops_torn_lines(tmp_path):
+    from skdcache import checkpoint
+
+    lines = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "eval": {"accuracy": 0.5}}]
+    lines += [{"step": 3, "loss": 0.8}]
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 4, "lo')  # killed mid-line
+    checkpoint.truncate_metrics(log, 2)
+    assert [json.loads(x) for x in log.read_text().splitlines()] == lines[:3]
+    # killed before the first checkpoint: --resume starts at step 0, so no earlier step line may stay
+    assert checkpoint.load(tmp_path, None, None, None, None, None, "cpu", 0, 1, 0).step == 0
+    assert log.read_text() == ""
+
+
+def test_readers_beside_a_writer_of_another_teacher(built, tmp_path):
+    """ls, verify and a reader of teacher A run while `precompute` adds teacher B to the same root: A is read
+    unchanged throughout, and B's rows are served only once their block is complete (and then never change)."""
+    from skdcache.cache.catalog import list_root, verify_root
+
+    data, _, path_a, _ = built
+    root = path_a.parents[1]
+    expected_a = TeacherCache(path_a).read(np.arange(100))
+    teacher_b = make_model(tmp_path / "b", "mlm", seed=9)
+    env = {**os.environ, "SKDCACHE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "skdcache", "-q", "precompute", "--data", str(data), "--teacher", f"b={teacher_b}"]
+    cmd += ["--cache", str(root), "--rows-per-block", "16", "--batch-size", "4", "--eval-split", ""]
+    cmd += ["--hidden-layers", "last", "--hidden-tokens", "cls"]
+    writer = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen_b: dict[int, np.ndarray] = {}
+    rounds = 0
+    while writer.poll() is None or rounds == 0:
+        rounds += 1
+        assert {e.name for e in list_root(root)} >= {"t"}
+        assert verify_root(root, ["t"]) == {path_a: []}
+        got = TeacherCache(path_a).read(np.arange(100))
+        assert all(
+            torch_equal(getattr(got, k), getattr(expected_a, k)) for k in vars(got) if getattr(got, k) is not None
+        )
+        for group in [p for p in root.glob("*/*") if p != path_a and (p / "zarr.json").exists()]:
+            try:
+                partial = TeacherCache(group, allow_incomplete=True)
+            except CacheError:  # the group is being created: no manifest yet
+                continue
+            done = partial._complete_rows.nonzero()[0]
+            if done.size:
+                seen_b.update(zip(done.tolist(), partial.read(done).hidden.numpy(), strict=True))
+    _, err = writer.communicate(timeout=300)
+    assert writer.returncode == 0, err.decode()[-500:]
+    (path_b,) = [p for p in root.glob("*/*") if p != path_a and (p / "zarr.json").exists()]
+    final = TeacherCache(path_b).read(np.arange(100)).hidden.numpy()
+    assert all(np.array_equal(final[row], values) for row, values in seen_b.items())
+    assert verify_root(root) == {path_a: [], path_b: []}
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -28,7 +28,10 @@ def list_caches(root: Path) -> list[CacheEntry]:
         dataset = read_json(ds_dir / fmt.DATASET_FILE)
         for group in sorted(p for p in ds_dir.iterdir() if (p / "zarr.json").exists()):
             try:
-                entries.append(CacheEntry(group, dataset, read_manifest(group)))
+                manifest = read_manifest(group)
+                spec = fmt.TargetSpec.from_dict(manifest.targets)  # what `ls` prints must parse
+                fmt.layout_from_dict(manifest.layout, manifest.dataset.n_rows, spec)
+                entries.append(CacheEntry(group, dataset, manifest))
             except CacheError as exc:
                 entries.append(CacheEntry(group, dataset, None, str(exc)))
     return entries

@@ -23,6 +23,51 @@ from skdcache.errors import CacheError
 _EMPTY = np.uint64(2**64 - 1)
 
 
+def read_shard_index(path: Path, per_shard: int, fd: int | None = None) -> np.ndarray | None:
+    """The (offset, nbytes) pairs [per_shard, 2] at the end of a shard file, checked: crc32c, and every
+    stored chunk inside the file's data area. None when the file does not exist.
+
+    Checked before any reader (ours or zarr's) follows it: a forged index with a valid checksum could
+    otherwise make a reader allocate `nbytes` (up to 2^64) or decode another chunk's bytes.
+    """
+    own = fd is None
+    try:
+        fd = os.open(path, os.O_RDONLY) if own else fd
+    except FileNotFoundError:
+        return None
+    try:
+        size = per_shard * 16 + 4
+        file_size = os.fstat(fd).st_size
+        raw = os.pread(fd, size, max(0, file_size - size))
+    finally:
+        if own:
+            os.close(fd)
+    if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+        raise _damaged(f"shard {path} is damaged (truncated or bad index)")
+    index = np.frombuffer(raw[:-4], dtype="<u8").reshape(per_shard, 2)
+    stored = index[index[:, 0] != _EMPTY]
+    data_end = file_size - size
+    if (stored[:, 1] < 4).any() or (stored[:, 0] > data_end).any() or (stored[:, 1] > data_end - stored[:, 0]).any():
+        raise _damaged(f"shard {path} has an index pointing outside its data")
+    stored = stored[np.argsort(stored[:, 0])]
+    if (stored[1:, 0] < stored[:-1, 0] + stored[:-1, 1]).any():
+        raise _damaged(f"shard {path} has an index with overlapping chunks")
+    return index
+
+
+def _damaged(what: str) -> CacheError:
+    return CacheError(f"{what}; run `skdcache verify` and `skdcache precompute --repair`")
+
+
+def checked_slice(array, array_dir: Path, lo: int, hi: int) -> np.ndarray:
+    """`array[lo:hi]` through zarr, after checking the index of every shard it touches (see read_shard_index)."""
+    shard_rows = (array.shards or array.chunks)[0]
+    per_shard = shard_rows // array.chunks[0]
+    for shard in range(lo // shard_rows, max(lo, hi - 1) // shard_rows + 1):
+        read_shard_index(shard_file(array_dir, shard, array.ndim), per_shard)
+    return array[lo:hi]
+
+
 class ShardedRows:
     """Row reads along axis 0 of one local array written as `format.plan_layout` describes."""
 
@@ -73,14 +118,7 @@ class ShardedRows:
 
     def _shard_index(self, shard: int, fd: int) -> np.ndarray:
         if shard not in self._index:
-            size = self.per_shard * 16 + 4
-            raw = os.pread(fd, size, max(0, os.fstat(fd).st_size - size))
-            if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-                raise CacheError(
-                    f"shard {self._shard_path(shard)} is damaged (truncated or bad index); "
-                    f"run `skdcache verify` and `skdcache precompute --repair`"
-                )
-            self._index[shard] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.per_shard, 2)
+            self._index[shard] = read_shard_index(self._shard_path(shard), self.per_shard, fd)
         return self._index[shard]
 
     def _chunk(self, chunk: int) -> np.ndarray:

@@ -45,7 +45,9 @@ from skdcache.cache.manifest import (  # noqa: F401  (re-exported: the format's 
     Manifest,
     MetricInfo,
     TeacherInfo,
+    damaged,
     manifest_attrs,
+    parse_count,
     read_manifest,
 )
 from skdcache.cache.markers import (  # noqa: F401  (re-exported: markers are part of the format)
@@ -56,6 +58,7 @@ from skdcache.cache.markers import (  # noqa: F401  (re-exported: markers are pa
     completed_blocks,
     encode_marker,
     marker_path,
+    read_marker,
 )
 from skdcache.errors import CacheError
 
@@ -100,7 +103,69 @@ class TargetSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> TargetSpec:
-        return cls(**{**d, "hidden_layers": tuple(d.get("hidden_layers", ()))})
+        """Parse a manifest's spec, refusing values no writer produces: the student's inputs (masking, length)
+        are rebuilt from it, so a wrong value would silently misalign every target."""
+        if not isinstance(d, dict):
+            raise damaged(f"targets is {type(d).__name__}, not an object")
+        layers = d.get("hidden_layers", ())
+        if not isinstance(layers, list | tuple):
+            raise damaged(f"targets.hidden_layers is {layers!r}, not a list")
+        try:
+            spec = cls(**{**d, "hidden_layers": tuple(layers)})
+        except TypeError as exc:  # unknown or missing keys
+            raise damaged(f"targets: {exc}") from None
+        spec._check()
+        return spec
+
+    def _check(self) -> None:
+        def one_of(name: str, allowed: tuple) -> None:
+            if getattr(self, name) not in allowed:
+                raise damaged(f"targets.{name} is {getattr(self, name)!r}, not one of {list(allowed)}")
+
+        def number(name: str, lo: float, hi: float) -> None:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not lo < v <= hi):
+                raise damaged(f"targets.{name} is {v!r}, not a number in ({lo}, {hi}]")
+
+        one_of("head", HEAD_KINDS)
+        one_of("targets", TARGET_KINDS)
+        one_of("hidden_tokens", (*HIDDEN_TOKENS, None))
+        parse_count(self.max_length, "targets.max_length", 1, 2**20)
+        for name in ("top_k", "samples"):
+            if getattr(self, name) is not None:
+                parse_count(getattr(self, name), f"targets.{name}", 1, 2**24)
+        for name in ("mask_seed", "sample_seed"):
+            if getattr(self, name) is not None:
+                parse_count(getattr(self, name), f"targets.{name}", -(2**63), 2**64)
+        for i, layer in enumerate(self.hidden_layers):
+            parse_count(layer, f"targets.hidden_layers[{i}]", 0, 2**16)
+        number("mlm_probability", 0.0, 1.0)
+        number("sample_temperature", 0.0, 1e6)
+        if self.token_level and self.targets in ("topk", "hybrid") and self.top_k is None:
+            raise damaged("targets.top_k is missing for top-k targets")
+        if self.token_level and self.sampled and (self.samples is None or self.sample_temperature is None):
+            raise damaged("targets.samples or sample_temperature is missing for sampled targets")
+        if self.head == "mlm" and (self.mlm_probability is None or self.mask_seed is None):
+            raise damaged("targets.mlm_probability or mask_seed is missing for an mlm head")
+        if self.token_level and self.sampled and self.sample_seed is None:
+            raise damaged("targets.sample_seed is missing for sampled targets")
+        if self.hidden_layers and self.hidden_tokens is None:
+            raise damaged("targets.hidden_tokens is missing while hidden_layers are stored")
+
+    def array_names(self) -> set[str]:
+        """The arrays a cache of this spec holds (what `plan_layout` creates)."""
+        names: set[str] = set()
+        if self.head == "sequence":
+            names.add("logits")
+        else:
+            names |= {"token_index", "positions"}
+            if self.targets in ("topk", "hybrid"):
+                names |= {"topk_logprobs", "topk_ids", "tail_logmass"}
+            if self.sampled:
+                names |= {"sample_ids", "sample_counts", "sample_logprobs"}
+        if self.hidden_layers:
+            names |= {"hidden"} | ({"hidden_index"} if self.hidden_tokens == "all" else set())
+        return names
 
     @property
     def token_level(self) -> bool:
@@ -244,16 +309,55 @@ def plan_layout(
     return Layout(R, n_rows, arrays), index
 
 
-def layout_from_dict(d: dict, n_rows: int) -> Layout:
-    """Parse a manifest's layout; array names are checked so an edited manifest cannot point outside the group."""
+DTYPES = ("float16", "uint8", "uint16", "uint32", "int64")
+MAX_ELEMENTS = 2**48  # far above any real cache, far below what a forged 10^12-row shape needs
+
+
+def layout_from_dict(d: dict, n_rows: int, spec: TargetSpec | None = None) -> Layout:
+    """Parse a manifest's layout and check it against itself, `n_rows` and (when given) the spec.
+
+    Array names are checked so an edited manifest cannot point outside the group; shapes, chunks and counts
+    so that a forged size is refused here instead of reaching an allocation.
+    """
+    if not isinstance(d, dict) or not isinstance(d.get("arrays"), dict):
+        raise damaged("layout has no 'arrays' object")
     unknown = sorted(set(d["arrays"]) - set(ARRAY_NAMES))
     if unknown:
         raise CacheError(f"manifest names unknown arrays {unknown}; the cache was edited or damaged, recompute it")
-    arrays = {
-        name: ArraySpec(name, tuple(a["shape"]), a["dtype"], a["chunks"][0], a["shards"][0])
-        for name, a in d["arrays"].items()
-    }
-    return Layout(d["rows_per_block"], n_rows, arrays)
+    if spec is not None and set(d["arrays"]) != spec.array_names():
+        raise damaged(f"layout arrays {sorted(d['arrays'])} are not those of its targets {sorted(spec.array_names())}")
+    rows_per_block = parse_count(d.get("rows_per_block"), "layout.rows_per_block", 1, 2**30)
+    arrays = {name: _array_spec(name, a) for name, a in d["arrays"].items()}
+    layout = Layout(rows_per_block, n_rows, arrays)
+    if d.get("n_blocks") != layout.n_blocks:
+        raise damaged(f"layout.n_blocks is {d.get('n_blocks')!r}, {n_rows} rows make {layout.n_blocks} blocks")
+    for a in arrays.values():
+        index = index_array(a.name, arrays)
+        if index is None and (a.shape[0] != n_rows or a.shard_rows != rows_per_block):
+            raise damaged(
+                f"array {a.name} has {a.shape[0]} rows in shards of {a.shard_rows}, "
+                f"the cache {n_rows} in blocks of {rows_per_block}"
+            )
+        if a.name in INDEX_ARRAYS and a.shape[1:] != (2,):
+            raise damaged(f"index array {a.name} has shape {list(a.shape)}, not [{n_rows}, 2]")
+    return layout
+
+
+def _array_spec(name: str, a: object) -> ArraySpec:
+    if not isinstance(a, dict) or a.get("dtype") not in DTYPES:
+        raise damaged(f"array {name} has no valid dtype (one of {list(DTYPES)})")
+    lists = {k: a.get(k) for k in ("shape", "chunks", "shards")}
+    if not all(isinstance(v, list) and 1 <= len(v) <= 4 for v in lists.values()):
+        raise damaged(f"array {name}: shape, chunks and shards must be lists of 1 to 4 numbers")
+    shape = tuple(parse_count(n, f"array {name} shape", 0, MAX_ELEMENTS) for n in lists["shape"])
+    chunks = [parse_count(n, f"array {name} chunks", 1, MAX_ELEMENTS) for n in lists["chunks"]]
+    shards = [parse_count(n, f"array {name} shards", 1, MAX_ELEMENTS) for n in lists["shards"]]
+    spec = ArraySpec(name, shape, a["dtype"], chunks[0], shards[0])
+    if spec.chunks != tuple(chunks) or spec.shards != tuple(shards) or shards[0] % chunks[0]:
+        raise damaged(f"array {name}: chunks {chunks} and shards {shards} do not tile shape {list(shape)}")
+    if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS or shards[0] // chunks[0] > 2**20:
+        raise damaged(f"array {name}: shape {list(shape)} is impossibly large")
+    return spec
 
 
 def shard_file(array_dir: Path, shard: int, ndim: int) -> Path:

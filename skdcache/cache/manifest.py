@@ -24,8 +24,38 @@ STATES = ("writing", "complete")
 R = TypeVar("R", bound="_Record")
 
 
-def _damaged(what: str) -> CacheError:
-    return CacheError(f"manifest {what}; the cache was edited or damaged, recompute it")
+def damaged(what: str) -> CacheError:
+    """The one message for a manifest that cannot be right: it names the fix."""
+    return CacheError(f"manifest {what}; the cache was edited or damaged, run `skdcache verify` and recompute it")
+
+
+_damaged = damaged
+
+
+def parse_count(data: object, what: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """A whole number read from metadata (bool is not one); bounds keep forged sizes from reaching allocations."""
+    whole = isinstance(data, int) and not isinstance(data, bool)
+    if not whole or data < minimum or (maximum is not None and data > maximum):
+        bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise damaged(f"{what} is {data!r}, not a whole number {bounds}")
+    return data
+
+
+# what a record field's annotation admits, so a wrong JSON type is refused where it is parsed, not deep in a caller
+_KINDS = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "dict": lambda v: isinstance(v, dict),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+
+
+def _fits(annotation: str, value: object) -> bool:
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        return "None" in kinds
+    return any(_KINDS[k](value) for k in kinds if k in _KINDS)
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -72,6 +102,9 @@ class _Record:
         missing = [k for k in required if k not in d]
         if missing:
             raise _damaged(f"{where or cls.__name__} lacks {missing}")
+        for f in dataclasses.fields(cls):
+            if f.name in d and f.name != "extra" and not _fits(f.type, d[f.name]):
+                raise _damaged(f"{where or cls.__name__}.{f.name} is {d[f.name]!r}, not {f.type}")
         return cls(**{k: d[k] for k in names if k in d}, extra={k: v for k, v in d.items() if k not in names})
 
     def to_dict(self) -> dict:
@@ -164,6 +197,12 @@ class Manifest:
             if value is not None and not isinstance(value, cls):
                 object.__setattr__(self, name, cls.from_dict(value, name))
         parse_state(self.state)
+        parse_count(self.dataset.n_rows, "dataset.n_rows")
+        for name in ("targets", "layout", "versions"):
+            parse_mapping(getattr(self, name), name)
+        for name in ("tokenizer_hash", "cache_key", "created_at"):
+            if not isinstance(getattr(self, name), str):
+                raise damaged(f"field {name!r} is {type(getattr(self, name)).__name__}, not a string")
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

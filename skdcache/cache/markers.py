@@ -41,5 +41,20 @@ def checksum(data: np.ndarray) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1)):08x}"
 
 
+def read_marker(path: Path, block: int) -> dict[str, str] | None:
+    """The checksums a block's marker records ({array: crc32 hex}), or None when it is unreadable or is not
+    the marker of `block` (a damaged marker is reported by `verify`, never trusted)."""
+    try:
+        d = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    sums = d.get("checksums") if isinstance(d, dict) else None
+    if d.get("block") != block if isinstance(d, dict) else True:
+        return None
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        return None
+    return sums
+
+
 def encode_marker(block: int, rows: tuple[int, int], checksums: dict[str, str]) -> bytes:
     return json.dumps({"block": block, "rows": list(rows), "checksums": checksums}, sort_keys=True).encode()

@@ -10,9 +10,8 @@ import torch
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache.fastread import ShardedRows
+from skdcache.cache.fastread import ShardedRows, checked_slice
 from skdcache.cache.manifest import read_manifest
-from skdcache.cache.store import read_json
 from skdcache.errors import CacheError
 
 IN_MEMORY_BYTES = 32 * 2**20  # arrays this small (logits, indexes) are read whole once per process
@@ -46,6 +45,30 @@ class Targets:
         return Targets(**{k: v.to(device, non_blocking=True) if v is not None else None for k, v in vars(self).items()})
 
 
+def _damaged(what: str) -> CacheError:
+    return CacheError(f"{what}; run `skdcache verify` and `skdcache precompute --repair`")
+
+
+def _open_arrays(path: Path, layout: fmt.Layout) -> dict:
+    """The layout's arrays, opened by zarr and checked against the manifest: shapes, dtypes, chunks and shards
+    are stored twice (manifest and each array's zarr.json), so damage to either one is caught here."""
+    arrays = {}
+    for name in layout.arrays:
+        try:  # zarr raises JSON, key, type and value errors for damaged metadata
+            arrays[name] = zarr.open_array(str(path / name), mode="r")
+        except Exception as exc:
+            raise _damaged(f"array {name} of {path} has damaged metadata in its zarr.json ({str(exc)[:100]})") from None
+    for name, spec in layout.arrays.items():
+        a = arrays[name]
+        if not isinstance(a, zarr.Array):
+            raise _damaged(f"{path / name} is not an array")
+        got = (tuple(a.shape), str(a.dtype), tuple(a.chunks), tuple(a.shards or a.chunks))
+        want = (spec.shape, spec.dtype, spec.chunks, spec.shards)
+        if got != want:
+            raise _damaged(f"array {name} of {path} is {got} in its zarr.json, {want} in the manifest")
+    return arrays
+
+
 def _expand(index: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Token positions of `rows` given their (start, count) pairs: [sum(count)] int64."""
     starts, counts = index[rows, 0], index[rows, 1]
@@ -69,22 +92,44 @@ class TeacherCache:
         self.manifest = read_manifest(self.path)
         self.targets = fmt.TargetSpec.from_dict(self.manifest.targets)
         self.n_rows = int(self.manifest.dataset.n_rows)
-        self.layout = fmt.layout_from_dict(self.manifest.layout, self.n_rows)
-        done = fmt.completed_blocks(self.path)
+        self.layout = fmt.layout_from_dict(self.manifest.layout, self.n_rows, self.targets)
+        done = fmt.completed_blocks(self.path) & set(range(self.layout.n_blocks))
         missing = set(range(self.layout.n_blocks)) - done
         if missing and not allow_incomplete:
             raise CacheError(
                 f"teacher cache {self.name} is incomplete ({len(missing)} of {self.layout.n_blocks} blocks missing); "
                 f"rerun `skdcache precompute` to finish it"
             )
+        self._complete_blocks = np.zeros(self.layout.n_blocks, dtype=bool)
+        self._complete_blocks[list(done)] = True
         self._complete_rows = np.zeros(self.n_rows, dtype=bool)
+        self._damaged_rows = np.zeros(self.n_rows, dtype=bool)  # rows of blocks whose index fails its marker
         for b in done:
             lo, hi = self.layout.block_rows(b)
             self._complete_rows[lo:hi] = True
-        group = zarr.open_group(str(self.path), mode="r")
-        self.arrays = {name: group[name] for name in self.layout.arrays}
-        self.index = {n: self.arrays[n][:] for n in fmt.INDEX_ARRAYS if n in self.arrays}
+        self.arrays = _open_arrays(self.path, self.layout)
+        self.index: dict[str, np.ndarray] = {}
+        for name in fmt.INDEX_ARRAYS:
+            if name in self.arrays:
+                self.index[name] = self._read_index(name)
         self._sources: dict = {}
+
+    def _read_index(self, name: str) -> np.ndarray:
+        """An index array [n_rows, 2] of (start, count); each range must lie inside the arrays it indexes."""
+        try:
+            values = checked_slice(self.arrays[name], self.path / name, 0, self.n_rows)
+        except CacheError:
+            raise
+        except Exception as exc:  # a chunk that fails its checksum or does not decode
+            raise _damaged(f"index array {name} of {self.path} is unreadable ({type(exc).__name__})") from None
+        arrays = self.layout.arrays
+        extent = min(a.shape[0] for a in arrays.values() if fmt.index_array(a.name, arrays) == name)
+        starts, counts = values[:, 0], values[:, 1]
+        if values.size and (starts.min() < 0 or counts.min() < 0 or (starts + counts).max() > extent):
+            raise _damaged(f"index array {name} of {self.path} points outside its arrays ({extent} rows)")
+        for block in self._blocks_failing_markers(name, values):
+            self._damaged_rows[slice(*self.layout.block_rows(block))] = True
+        return values
 
     def _rows(self, name: str):
         if name not in self._sources:  # built on first use: verify() must open damaged caches too
@@ -95,11 +140,30 @@ class TeacherCache:
         """How `name` is read: in memory when small, the direct shard reader when local, else zarr."""
         array = self.arrays[name]
         if array.nbytes <= IN_MEMORY_BYTES:
-            return _InMemory(name, array, self.path / name).rows
+            memory = _InMemory(name, array, self.path / name)
+            for block in self._blocks_failing_markers(name, memory.values):
+                memory.damaged[slice(*self._block_values_range(name, *self.layout.block_rows(block)))] = True
+            return memory.rows
         try:
             return ShardedRows(self.path / name, array).rows
         except ValueError:
             return lambda rows: array.get_orthogonal_selection((rows,))
+
+    def _blocks_failing_markers(self, name: str, values: np.ndarray) -> list[int]:
+        """Complete blocks whose values of array `name` differ from their marker's checksum.
+
+        A small array read whole costs one crc32 per block to check, and this catches what per-chunk
+        checksums cannot: a forged shard index that points a chunk at another chunk's bytes, or at none.
+        """
+        bad = []
+        for block in np.flatnonzero(self._complete_blocks).tolist():
+            sums = fmt.read_marker(fmt.marker_path(self.path, block), block)
+            if sums is None:
+                continue  # an unreadable marker is `verify`'s finding; the chunks' own checksums still hold
+            lo, hi = self._block_values_range(name, *self.layout.block_rows(block))
+            if sums.get(name) != fmt.checksum(values[lo:hi]):
+                bad.append(block)
+        return bad
 
     @property
     def name(self) -> str:
@@ -125,6 +189,9 @@ class TeacherCache:
             raise IndexError(f"row index out of range for a cache of {self.n_rows} rows")
         if not self._complete_rows[rows].all():
             raise CacheError(f"rows of teacher cache {self.name} are not written yet; rerun precompute")
+        if self._damaged_rows[rows].any():
+            bad = rows[self._damaged_rows[rows]][:3].tolist()
+            raise _damaged(f"the index of teacher cache {self.name} is damaged at rows {bad}")
         uniq, inverse = np.unique(rows, return_inverse=True)
         out = Targets()
         if "logits" in self.arrays:
@@ -163,9 +230,8 @@ class TeacherCache:
             if not marker.exists():
                 problems.append(f"block {block}: not written (no completion marker)")
                 continue
-            try:
-                expected = read_json(marker)["checksums"]
-            except (CacheError, KeyError):
+            expected = fmt.read_marker(marker, block)
+            if expected is None:
                 problems.append(f"block {block}: completion marker unreadable")
                 continue
             lo, hi = self.layout.block_rows(block)
@@ -179,13 +245,19 @@ class TeacherCache:
                     problems.append(f"block {block} array {name}: checksum {got} != recorded {expected.get(name)}")
         return {b: p for b, p in found.items() if p}
 
-    def _block_values(self, name: str, lo: int, hi: int) -> np.ndarray:
+    def _block_values_range(self, name: str, lo: int, hi: int) -> tuple[int, int]:
+        """Rows [lo, hi) of array `name` that block rows [lo, hi) own."""
         family = fmt.index_array(name, self.index)
         if family is None:
-            return self.arrays[name][lo:hi]
+            return lo, hi
         idx = self.index[family][lo:hi]
-        start, stop = int(idx[0, 0]), int(idx[-1, 0] + idx[-1, 1])
-        return self.arrays[name][start:stop] if stop > start else np.zeros((0, *self.arrays[name].shape[1:]))
+        return int(idx[0, 0]), max(int(idx[0, 0]), int(idx[-1, 0] + idx[-1, 1]))
+
+    def _block_values(self, name: str, lo: int, hi: int) -> np.ndarray:
+        lo, hi = self._block_values_range(name, lo, hi)
+        if hi <= lo:
+            return np.zeros((0, *self.arrays[name].shape[1:]), dtype=self.arrays[name].dtype)
+        return checked_slice(self.arrays[name], self.path / name, lo, hi)
 
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
@@ -203,8 +275,8 @@ class _InMemory:
             try:
                 # zarr reads a missing shard as fill values; ours are all written, so missing means lost
                 self.damaged[lo : lo + step] = not fmt.shard_file(directory, shard, array.ndim).exists()
-                self.values[lo : lo + step] = array[lo : lo + step]
-            except Exception:  # zarr raises ValueError for checksum/decode failures
+                self.values[lo : lo + step] = checked_slice(array, directory, lo, min(lo + step, array.shape[0]))
+            except Exception:  # CacheError for a bad shard index, zarr's ValueError for checksum/decode failures
                 self.damaged[lo : lo + step] = True
 
     def rows(self, rows: np.ndarray) -> np.ndarray:

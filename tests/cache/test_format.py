@@ -108,7 +108,9 @@ def test_plan_layout_chunks_tile_shards_any_block_size(tmp_path: Path, rows_per_
 
 def test_spec_and_manifest_round_trip():
     """TargetSpec and Manifest survive to_dict/from_dict (what the group attributes hold)."""
-    spec = fmt.TargetSpec("mlm", 64, top_k=16, hidden_layers=(0, 2), hidden_tokens="all", mlm_probability=0.15)
+    spec = fmt.TargetSpec(
+        "mlm", 64, top_k=16, hidden_layers=(0, 2), hidden_tokens="all", mlm_probability=0.15, mask_seed=0
+    )
     assert fmt.TargetSpec.from_dict(spec.to_dict()) == spec
     layout, _ = _plan("mlm-all", 64)
     m = fmt.Manifest(1, {"name": "t"}, "tok", {"n_rows": 300}, spec.to_dict(), layout.to_dict())
