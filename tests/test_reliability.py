@@ -339,12 +339,11 @@ def test_cli_bad_input_matrix(matrix, capsys, case, expect, tmp_path):
     assert not list(cache.glob("*/*/zarr.json"))
 
 
-@pytest.mark.slow
 def test_train_kill9_small(tmp_path):
-    """Two seeded kill -9 trials of `skdcache train` (the full run: benchmarks/reliability/train_kill.py)."""
-    results = _fuzz_module("train_kill").fuzz(trials=2, seed=1, work=tmp_path, log=lambda *a: None)
+    """One seeded kill -9 trial of `skdcache train` (the full run: benchmarks/reliability/train_kill.py)."""
+    results = _fuzz_module("train_kill").fuzz(trials=1, seed=1, work=tmp_path, log=lambda *a: None)
     assert results["failures"] == [], results["failures"]
-    assert results["equal_weights"] == results["clean_metrics"] == 2
+    assert results["equal_weights"] == results["clean_metrics"] == 1
 
 
 def _tiny_training_state():
