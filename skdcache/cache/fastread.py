@@ -23,10 +23,20 @@ from skdcache.errors import CacheError
 _EMPTY = np.uint64(2**64 - 1)
 
 
+def open_files_budget() -> int:
+    """Shard files one array may keep open: random batches touch a shard per row, so a budget below the shard
+    count reopens a file (open, fstat, close) for almost every row of a large cache. A sixteenth of the
+    process's descriptor limit leaves room for loader workers x teachers x arrays; 1,024 shards are 1M rows."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, min(1024, soft // 16)) if soft != resource.RLIM_INFINITY else 1024
+
+
 class ShardedRows:
     """Row reads along axis 0 of one local array written as `format.plan_layout` describes."""
 
-    def __init__(self, array_dir: Path, array, max_open_files: int = 64):
+    def __init__(self, array_dir: Path, array, max_open_files: int | None = None):
         from numcodecs import Blosc
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
@@ -53,7 +63,7 @@ class ShardedRows:
         self._blosc = Blosc()
         self._index: dict[int, np.ndarray] = {}
         self._fds: OrderedDict[int, int] = OrderedDict()
-        self._max_open = max_open_files
+        self._max_open = max_open_files or open_files_budget()
 
     def _shard_path(self, shard: int) -> Path:
         return shard_file(self.dir, shard, 1 + len(self.tail))
