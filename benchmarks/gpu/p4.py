@@ -20,12 +20,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--work", default=str(ROOT / ".bench-work" / "gpu" / "p4"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "gpu-p4.json"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result = p4(work, args.steps, args.batch_size, args.device)
+    result = p4(work, args.steps, args.batch_size, args.device, args.rows)
     if result["skd"]["peak_cuda_mib"]:
         result["online_over_skd_peak_cuda"] = result["online"]["peak_cuda_mib"] / result["skd"]["peak_cuda_mib"]
     record = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "device": args.device, "P4": result}

