@@ -142,11 +142,12 @@ def teacher_forward(
         values, ids, tail = topk_with_tail(out.logits[target_mask], spec.top_k)
         result.topk_logprobs, result.topk_ids, result.tail_logmass = values, ids, tail
     if hidden_layers:
-        stacked = torch.stack([out.hidden_states[i].float() for i in hidden_layers], dim=2)  # [B, T, L, H]
+        # select the stored tokens of each layer before stacking: a CLS cache needs 1/T of the copies
         if hidden_tokens == "cls":
-            result.hidden = stacked[:, 0]
+            result.hidden = torch.stack([out.hidden_states[i][:, 0].float() for i in hidden_layers], dim=1)  # [B, L, H]
         else:
-            result.hidden = stacked[batch["attention_mask"].bool()]
+            keep = batch["attention_mask"].bool()  # [B, T]
+            result.hidden = torch.stack([out.hidden_states[i][keep].float() for i in hidden_layers], dim=1)  # [n, L, H]
     return result
 
 

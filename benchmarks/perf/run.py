@@ -207,9 +207,9 @@ def student_examples_per_s(work: Path, enc, labels, batch: int, steps: int = 12)
     return batch / float(np.median(times[2:]))
 
 
-def p4(work: Path, steps: int, batch: int, device: str) -> dict:
+def p4(work: Path, steps: int, batch: int, device: str, rows: int = 2000) -> dict:
     """P4: steps/s and peak memory of `none`, `skd` (cache) and `online`, each in its own process."""
-    data = make_rows(work / "data-p4", 2000)
+    data = make_rows(work / ("data-p4" if rows == 2000 else f"data-p4-{rows}"), rows)
     cache = work / "cache-p4"
     teachers = [make_model(work / "models" / f"teacher-L{k}", k) for k in (6, 4)]
     precompute(

@@ -156,6 +156,11 @@ class DatasetInfo(_Record):
     chat_template: str | None = None
     messages_fingerprint: str | None = None
 
+    def to_dict(self) -> dict:
+        """Without the chat keys for other rows, so their records keep the keys older versions wrote."""
+        chat = ("messages_column", "chat_template", "messages_fingerprint")
+        return {k: v for k, v in super().to_dict().items() if not (k in chat and v is None)}
+
 
 @dataclass(frozen=True, kw_only=True)
 class MetricInfo(_Record):

@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache.fastread import ShardedRows, checked_slice
+from skdcache.cache.fastread import InMemory, ShardedRows, checked_slice
 from skdcache.cache.manifest import read_manifest
 from skdcache.errors import CacheError
 
@@ -140,7 +140,7 @@ class TeacherCache:
         """How `name` is read: in memory when small, the direct shard reader when local, else zarr."""
         array = self.arrays[name]
         if array.nbytes <= IN_MEMORY_BYTES:
-            memory = _InMemory(name, array, self.path / name)
+            memory = InMemory(name, array, self.path / name)
             for block in self._blocks_failing_markers(name, memory.values):
                 memory.damaged[slice(*self._block_values_range(name, *self.layout.block_rows(block)))] = True
             return memory.rows
@@ -261,31 +261,6 @@ class TeacherCache:
 
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-
-
-class _InMemory:
-    """A small array read whole, shard by shard; rows of a shard that fails to decode are refused, not served."""
-
-    def __init__(self, name: str, array, directory: Path):
-        self.name = name
-        self.values = np.zeros(array.shape, dtype=array.dtype)
-        self.damaged = np.zeros(array.shape[0], dtype=bool)
-        step = array.shards[0] if array.shards else array.chunks[0]
-        for shard, lo in enumerate(range(0, array.shape[0], step)):
-            try:
-                # zarr reads a missing shard as fill values; ours are all written, so missing means lost
-                self.damaged[lo : lo + step] = not fmt.shard_file(directory, shard, array.ndim).exists()
-                self.values[lo : lo + step] = checked_slice(array, directory, lo, min(lo + step, array.shape[0]))
-            except Exception:  # CacheError for a bad shard index, zarr's ValueError for checksum/decode failures
-                self.damaged[lo : lo + step] = True
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        if self.damaged[rows].any():
-            raise CacheError(
-                f"array {self.name} is damaged at rows {rows[self.damaged[rows]][:3].tolist()}; "
-                f"run `skdcache verify` and `skdcache precompute --repair`"
-            )
-        return self.values[rows]
 
 
 def _tensor(values: np.ndarray) -> torch.Tensor:

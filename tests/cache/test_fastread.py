@@ -57,6 +57,17 @@ def test_direct_reads_equal_zarr(written, name):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_open_file_budget_evicts_without_changing_reads(written):
+    """Fewer open files than shards (5 hidden shards, budget 2): files are reopened, bytes are the same."""
+    path, _ = written
+    array = zarr.open_array(str(path / "hidden"), mode="r")
+    rows = np.random.default_rng(2).integers(0, array.shape[0], 200)
+    small, default = ShardedRows(path / "hidden", array, max_open_files=2), ShardedRows(path / "hidden", array)
+    np.testing.assert_array_equal(small.rows(rows), default.rows(rows))
+    assert len(small._fds) == 2 and len(default._fds) == 5
+    assert default._max_open >= 64
+
+
 def test_unknown_codec_chain_is_refused(tmp_path):
     array = zarr.create_array(str(tmp_path / "plain"), shape=(10,), chunks=(5,), dtype="f4")
     with pytest.raises(ValueError):
