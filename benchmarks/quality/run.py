@@ -142,6 +142,7 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / ".bench-work" / "quality"))
     p.add_argument("--out", default=str(ROOT / "docs"))
     p.add_argument("--until", choices=("teachers", "cache", "students"), default="students")
+    p.add_argument("--report-only", action="store_true", help="Rewrite the reports from the finished runs only")
     args = p.parse_args()
     b = Budget(**{k: type(getattr(Budget, k))(v) for k, v in (x.split("=", 1) for x in args.set)})
     name = args.name or Path(args.data).name
@@ -211,7 +212,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:  # seeds outermost: every budget gains a seed at a time
         for budget in args.budgets.split(","):
             steps = budgets[budget]
-            for cname, overrides in plans.items():
+            for cname, overrides in plans.items() if not args.report_only else ():
                 cfg = TrainConfig(
                     student=str(pretrained_encoder()),
                     student_layers="1",
