@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 Z_95, Z_80_POWER = 1.959964, 0.841621
+MIN_SEEDS = 5  # fewer seeds: the interval is shown, no verdict is claimed
 
 
 def bootstrap_mean_ci(diffs: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -34,6 +35,8 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     d = np.array([a[s] - b[s] for s in seeds])
     lo, hi = bootstrap_mean_ci(d)
     verdict = "win" if lo > 0 else "loss" if hi < 0 else "tie"
+    if len(seeds) < MIN_SEEDS:  # a percentile bootstrap over 2-4 values is far too narrow to claim anything
+        verdict = f"{verdict}? ({len(seeds)} seeds)"
     return {
         "mean": float(d.mean()),
         "lo": lo,
