@@ -37,6 +37,7 @@ def test_paired_verdicts_and_seeds_needed():
     assert tie["seeds_needed"] == np.ceil(((1.959964 + 0.841621) * d.std(ddof=1) / abs(d.mean())) ** 2)
     assert seeds_needed(np.array([0.0, 0.0])) == float("inf")
     assert paired({1: 1.0}, {1: 2.0}) is None  # one seed says nothing
+    assert paired({1: 2.0, 2: 3.0}, {1: 1.0, 2: 2.0})["verdict"] == "win? (2 seeds)"  # no claim below 5 seeds
 
 
 def test_study_runs_on_a_new_dataset_with_only_column_flags(tmp_path: Path):

@@ -90,7 +90,11 @@ def _cmp(c: dict | None) -> str:
     if c is None:
         return "-"
     need = (
-        "" if c["verdict"] != "tie" else f", ~{c['seeds_needed']:.0f} seeds" if np.isfinite(c["seeds_needed"]) else ""
+        ""
+        if c["verdict"] != "tie"
+        else f", needs ~{c['seeds_needed']:.0f} seeds"
+        if np.isfinite(c["seeds_needed"])
+        else ""
     )
     return f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] **{c['verdict']}**{need}"
 
