@@ -32,13 +32,12 @@ import numpy as np
 import torch
 
 from skdcache.cache.catalog import dir_bytes
-from skdcache.data import DataSpec, load_rows, pad_batch, tokenize
-from skdcache.device import autocast_dtype
+from skdcache.data import DataSpec, load_rows
 from skdcache.precompute import TargetOptions, precompute_teacher
 from skdcache.teachers import TeacherSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, machine, make_rows  # noqa: E402
+from run import ROOT, bare_forward, machine, make_rows  # noqa: E402
 
 CASES = {  # name: (head, TargetOptions fields, bare forward needs hidden states)
     "a_logits": ("sequence", {}, False),
@@ -73,31 +72,6 @@ def make_fast_teacher(out: Path, head: str, layers: int = 2, hidden: int = 128) 
     return out
 
 
-def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, head: str, hidden: bool) -> float:
-    """Load, tokenize, length-sorted batches, forward, logits to the host: no reduction, no writes."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    device = torch.device(opts.device)
-    rows = load_rows(DataSpec(str(data)))
-    t0 = time.perf_counter()
-    cls = AutoModelForMaskedLM if head == "mlm" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(model_dir).eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    enc = tokenize(tokenizer, rows, opts.max_length)
-    order = np.argsort(-enc.lengths, kind="stable")
-    amp = autocast_dtype(device)
-    with torch.inference_mode():
-        for i in range(0, len(order), opts.batch_size):
-            idx = order[i : i + opts.batch_size]
-            batch = pad_batch([enc.ids[r] for r in idx], [enc.type_ids[r] for r in idx], tokenizer.pad_token_id)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=hidden)
-            (out.logits[:, 0] if head == "mlm" else out.logits).float().cpu()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def disk_write(directory: Path, nbytes: int, block: int = 8 * 2**20) -> float:
     """Seconds to write `nbytes` of incompressible bytes sequentially to one new file and fsync it."""
     path = directory / "disk-probe.bin"
@@ -130,11 +104,11 @@ def run_case(work: Path, name: str, teacher: Path, data: Path, n: int, opts: Tar
         shutil.rmtree(cache, ignore_errors=True)
         return precompute_teacher(TeacherSpec("t", str(teacher)), rows, cache, opts)
 
-    bare = [timed(lambda: bare_forward(teacher, data, opts, head, hidden))[:2]]
+    bare = [timed(lambda: bare_forward(teacher, data, opts, hidden, head))[:2]]
     runs = []
     for _ in range(repeats):
         runs.append(timed(pre))
-        bare.append(timed(lambda: bare_forward(teacher, data, opts, head, hidden))[:2])
+        bare.append(timed(lambda: bare_forward(teacher, data, opts, hidden, head))[:2])
     nbytes = dir_bytes(runs[-1][2].path)
     disk = min(disk_write(work, nbytes) for _ in range(2))
     shutil.rmtree(cache, ignore_errors=True)
@@ -193,7 +167,7 @@ def main() -> None:
     warm = TargetOptions(
         max_length=args.max_length, batch_size=args.batch_size, device=args.device, progress=False, eval_split=None
     )
-    bare_forward(Path(models["sequence"]), data, warm, "sequence", False)  # warm-up: thread pools, first touch
+    bare_forward(Path(models["sequence"]), data, warm, False)  # warm-up: thread pools, first touch
     results = {
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),

@@ -68,15 +68,16 @@ def make_model(out: Path, layers: int, num_labels: int = 3) -> Path:
     return out
 
 
-def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool) -> float:
-    """What a user would write instead: load the model, tokenize, length-sorted batches, forward. No
-    fingerprints, no target reduction, no writes."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool, head: str = "sequence") -> float:
+    """What a user would write instead: load the model, tokenize, length-sorted batches, forward, logits to the
+    host. No fingerprints, no target reduction, no writes."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
     device = torch.device(opts.device)
     rows = load_rows(DataSpec(str(data)))
     t0 = time.perf_counter()
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval().to(device)
+    cls = AutoModelForMaskedLM if head == "mlm" else AutoModelForSequenceClassification
+    model = cls.from_pretrained(model_dir).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     enc = tokenize(tokenizer, rows, opts.max_length)
     order = np.argsort(-enc.lengths, kind="stable")
@@ -87,7 +88,7 @@ def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool)
             batch = pad_batch([enc.ids[r] for r in idx], [enc.type_ids[r] for r in idx], tokenizer.pad_token_id)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=hidden)
-            out.logits.float().cpu()
+            (out.logits[:, 0] if head == "mlm" else out.logits).float().cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
