@@ -180,7 +180,9 @@ def verify(cache, teachers) -> None:
 @cli.command()
 @config_option
 @data_options(TrainConfig)
-@dataclass_options(TrainConfig, "eval_split test_split")  # help texts: the fields of skdcache.config.TrainConfig
+@dataclass_options(
+    TrainConfig, "eval_split eval_rows test_split"
+)  # help texts: the fields of skdcache.config.TrainConfig
 @click.option("--teachers", default="all", show_default=True, help="Comma list of cached teacher names, or all.")
 @dataclass_options(
     TrainConfig,

@@ -81,12 +81,13 @@ def test_study_runs_on_a_new_dataset_with_only_column_flags(tmp_path: Path):
         str(tmp_path / "docs"),
     ]
     subprocess.run(cmd, check=True, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
-    s = json.loads((tmp_path / "docs" / "results" / "topics.json").read_text())
+    s = json.loads((tmp_path / "docs" / "results" / "topics-team-two+one.json").read_text())  # --team: own report
     rows = s["budgets"]["short"]["rows"]
     assert set(rows) == {"none", "single-two", "single-one", "skd-uniform", "skd-student-fit"}
     assert all(len(r["seeds"]) == 2 for r in rows.values())
     assert s["largest"] == "two" and s["metric"] == "accuracy"
     assert rows["skd-uniform"]["vs"]["none"]["n"] == 2
     index = (tmp_path / "docs" / "results.md").read_text()
-    assert "[topics](results/topics.md)" in index and "<!-- reading -->" in index
-    assert "--text-column body --label-column topic" in (tmp_path / "docs" / "results" / "topics.md").read_text()
+    assert "[topics-team-two+one](results/topics-team-two+one.md)" in index and "<!-- reading -->" in index
+    page = (tmp_path / "docs" / "results" / "topics-team-two+one.md").read_text()
+    assert "--text-column body --label-column topic" in page

@@ -184,7 +184,14 @@ def write_reports(name: str, args, budget: dict, steps: dict, teachers: list, pa
     if not runs:
         return
     s = summarise(name, args, budget, steps, teachers, runs)
-    defaults = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+    defaults = {
+        "text_column": "text",
+        "text_pair_column": None,
+        "label_column": "label",
+        "team": None,
+        "mpnet": None,
+        "teacher_rows": "same",
+    }
     flags = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in defaults if getattr(args, k) != defaults[k])
     command = f"python benchmarks/quality/run.py --data {args.data} {flags}".rstrip()
     s["command"] = command
