@@ -72,6 +72,12 @@ def make_fast_teacher(out: Path, head: str, layers: int = 2, hidden: int = 128) 
     return out
 
 
+def _shown(path: Path) -> str:
+    """A path as the JSON records it: relative to the clone when inside it, so results name no machine."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def disk_write(directory: Path, nbytes: int, block: int = 8 * 2**20) -> float:
     """Seconds to write `nbytes` of incompressible bytes sequentially to one new file and fsync it."""
     path = directory / "disk-probe.bin"
@@ -173,7 +179,7 @@ def main() -> None:
         "machine": machine(),
         "device": args.device,
         "teacher": "BERT 2 layers, hidden 128, 2 heads, vocab 30522 (random init) unless --model",
-        "models": {head: str(path) for head, path in models.items()},
+        "models": {head: _shown(Path(path)) for head, path in models.items()},
         "load": "shared machine: other jobs ran alongside (see loadavg)",
         "loadavg_start": os.getloadavg(),
         "max_length": args.max_length,
