@@ -33,6 +33,7 @@ class RunPlan:
 
     rows: TextRows
     eval_rows: TextRows | None  # the labelled split checkpoints are selected on
+    test_rows: TextRows | None  # --test-split, reported at the selected checkpoint (rank 0 only)
     caches: list[TeacherCache]  # the team, in the order the sampler indexes it
     head: str  # sequence | mlm | causal
     task: str  # classification | regression | lm
@@ -57,10 +58,15 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
     eval_rows = None
     if cfg.eval_split and cfg.eval_split in available_splits(cfg.data):
         eval_rows = load_rows(replace(cfg.data, split=cfg.eval_split, limit=cfg.eval_rows))
+    test_rows = None  # rank 0 reports the test metric
+    if cfg.test_split and rank == 0:
+        test_rows = load_rows(replace(cfg.data, split=cfg.test_split, limit=None))
     if rows.messages is not None:  # chat rows: rendered with the student's template (or --chat-template)
         tokenizer = student_tokenizer(cfg.student, cfg.trust_remote_code)
-        rows = render_chat(rows, tokenizer, cfg.data.chat_template)
-        eval_rows = render_chat(eval_rows, tokenizer, cfg.data.chat_template) if eval_rows is not None else None
+        rows, eval_rows, test_rows = (
+            render_chat(r, tokenizer, cfg.data.chat_template) if r is not None else None
+            for r in (rows, eval_rows, test_rows)
+        )
     caches = open_team(cfg, rows, rank) if cfg.mode != "none" else []
     head = _student_head(cfg, rows, caches)
     if cfg.full_logits and (cfg.mode != "online" or head == "sequence"):
@@ -76,6 +82,7 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
     return RunPlan(
         rows=rows,
         eval_rows=eval_rows,
+        test_rows=test_rows,
         caches=caches,
         head=head,
         task="lm" if head != "sequence" else rows.task,

@@ -11,7 +11,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from skdcache import checkpoint
-from skdcache.chat import render_chat
 from skdcache.checkpoint import TrainState
 from skdcache.config import MODES, TrainConfig
-from skdcache.data import load_rows
 from skdcache.device import autocast_dtype, pick_device
 from skdcache.distributed import (
     average_gradients,
@@ -97,11 +94,8 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
         student_inputs(tokenizer, plan.eval_rows, plan.head, cfg.max_length, plan.caches) if labelled else None
     )
     test_inputs = None
-    if cfg.test_split and rank == 0:
-        test_rows = load_rows(replace(cfg.data, split=cfg.test_split, limit=None))
-        if test_rows.messages is not None:  # chat rows, rendered as the train rows were
-            test_rows = render_chat(test_rows, tokenizer, cfg.data.chat_template)
-        test_inputs = student_inputs(tokenizer, test_rows, plan.head, cfg.max_length, plan.caches)
+    if plan.test_rows is not None:
+        test_inputs = student_inputs(tokenizer, plan.test_rows, plan.head, cfg.max_length, plan.caches)
     return Run(
         cfg,
         plan,
