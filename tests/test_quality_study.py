@@ -91,3 +91,9 @@ def test_study_runs_on_a_new_dataset_with_only_column_flags(tmp_path: Path):
     assert "[topics-team-two+one](results/topics-team-two+one.md)" in index and "<!-- reading -->" in index
     page = (tmp_path / "docs" / "results" / "topics-team-two+one.md").read_text()
     assert "--text-column body --label-column topic" in page
+    curve = s["budgets"]["short"]["curve"]  # the budget axis read off every evaluation of the runs
+    assert curve["steps"] == [1, 2]
+    assert curve["rows"]["none"]["vs_none"] == [None, None]
+    uni = curve["rows"]["skd-uniform"]
+    assert uni["vs_none"][0]["n"] == 2 and all(m is not None for m in uni["mean"])
+    assert "**Along training**" in page and "| step 1 | step 2 |" in page

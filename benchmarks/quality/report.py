@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from benchmarks.quality.stats import paired
+from skdcache.runs import load_runs
 
 MARKER = "<!-- reading -->"
 COMPARE = ("largest single", "best single", "average", "none")
@@ -24,9 +25,45 @@ def _load(paths: list[Path]) -> list[dict]:
     for p in paths:
         f = p / "run.json"
         if f.exists():
-            r = json.loads(f.read_text())
-            out.append({"budget": p.parent.name, "name": p.name.rsplit("-s", 1)[0], "seed": r["config"]["seed"], **r})
+            (rec,) = load_runs([p])
+            r = rec.run
+            out.append(
+                {
+                    "budget": p.parent.name,
+                    "name": p.name.rsplit("-s", 1)[0],
+                    "seed": r["config"]["seed"],
+                    "evals": rec.evals,
+                    **r,
+                }
+            )
     return out
+
+
+def learning_curve(runs: list[dict], primary: str) -> dict:
+    """Validation metric at every evaluation step of one budget's runs, and each config minus `none` there.
+
+    The short-budget question (does KD fall below labels only when training stops early?) read off the long runs:
+    the same student at a quarter, half, ... of its budget. Unlike a genuinely short run, its learning rate has
+    not decayed yet at those steps.
+    """
+    cells: dict[str, dict[int, dict[int, float]]] = {}
+    for r in runs:
+        for e in r["evals"]:
+            if primary in e:
+                cells.setdefault(r["name"], {}).setdefault(e["step"], {})[r["seed"]] = e[primary] * 100
+    steps = sorted({s for c in cells.values() for s in c})
+    rows = {}
+    for c, by_step in cells.items():
+        rows[c] = {
+            "mean": [float(np.mean(list(by_step[s].values()))) if s in by_step else None for s in steps],
+            "vs_none": [
+                paired(by_step[s], cells["none"][s])
+                if c != "none" and "none" in cells and s in by_step and s in cells["none"]
+                else None
+                for s in steps
+            ],
+        }
+    return {"steps": steps, "rows": rows}
 
 
 def summarise(name: str, args, budget: dict, steps: dict, teachers: list, runs: list[dict]) -> dict:
@@ -46,7 +83,9 @@ def summarise(name: str, args, budget: dict, steps: dict, teachers: list, runs: 
     }
     largest = max(team, key=lambda n: team[n]["params"])
     by_budget: dict[str, dict] = {}
+    runs_of: dict[str, list[dict]] = {}
     for r in runs:
+        runs_of.setdefault(r["budget"], []).append(r)
         cell = by_budget.setdefault(r["budget"], {}).setdefault(r["name"], {"test": {}, "val": {}, "sec": []})
         seed = r["seed"]
         cell["test"][seed] = r["test"][primary] * 100
@@ -71,7 +110,12 @@ def summarise(name: str, args, budget: dict, steps: dict, teachers: list, runs: 
                     for k, bl in base.items()
                 },
             }
-        budgets[b] = {"steps": steps[b], "baselines": base, "rows": rows}
+        budgets[b] = {
+            "steps": steps[b],
+            "baselines": base,
+            "rows": rows,
+            "curve": learning_curve(runs_of[b], primary),
+        }
     return {
         "dataset": name,
         "data": args.data,
@@ -152,7 +196,34 @@ def render(s: dict, command: str) -> str:
             per = " / ".join(f"{x:.1f}" for x in r["seeds"].values())
             vs = " | ".join(_cmp(r["vs"][k]) for k in COMPARE)
             lines.append(f"| {c} | {r['mean']:.2f} ± {r['std']:.2f} | {per} | {vs} | {r['seconds']:.0f} |")
+        lines += _render_curve(bud.get("curve"), m)
     return "\n".join(lines) + "\n"
+
+
+def _render_curve(curve: dict | None, metric: str) -> list[str]:
+    """Validation along training: mean over seeds, and the paired difference to `none` at each evaluation."""
+    if not curve or len(curve["steps"]) < 2 or "none" not in curve["rows"]:
+        return []
+    steps = curve["steps"]
+    lines = [
+        "",
+        f"**Along training** (validation {metric} x100 at each evaluation, mean over seeds; in brackets the paired "
+        "difference to `none` with its 95% interval): what stopping early would give. The learning rate at "
+        "these steps has not decayed yet, unlike a run whose whole budget is that short.",
+        "",
+        "| student | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    order = sorted(curve["rows"].items(), key=lambda kv: -(kv[1]["mean"][-1] or 0))
+    for c, r in order:
+        cells = []
+        for mean, d in zip(r["mean"], r["vs_none"], strict=True):
+            cell = "-" if mean is None else f"{mean:.1f}"
+            if d is not None:
+                cell += f" ({d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}])"
+            cells.append(cell)
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(s: dict, path: Path) -> None:
