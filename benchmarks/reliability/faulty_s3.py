@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import logging
+import os
 import random
 import select
 import socket
@@ -29,6 +31,8 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 KINDS = ("reset", "http_500", "http_503", "timeout", "truncate")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -200,3 +204,51 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 except OSError:
                     break
         self.close_connection = True
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port; yields ``host:port``."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@contextmanager
+def s3_environment(endpoint_url: str) -> Iterator[None]:
+    """Dummy credentials and `endpoint_url` in the environment (how skdcache finds an S3 endpoint), restored after."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint_url,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def direct_fs(endpoint: str):
+    """An s3fs client straight to the server (``host:port``), past the proxy: the ground truth of what is stored."""
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        key="test",
+        secret="test",
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        client_kwargs={"endpoint_url": f"http://{endpoint}"},
+    )
