@@ -179,9 +179,10 @@ def _finish(out: dict, proxy: FaultyProxy, before: Counter) -> dict:
     return out
 
 
-def fuzz(trials: int, seed: int, work: Path, log=print) -> dict:
+def fuzz(trials: int, seed: int, work: Path, log=print, group: Path | None = None) -> dict:
+    """`trials` seeded publish+mirror rounds of `group` (by default a freshly computed one) through the proxy."""
     t0 = time.perf_counter()
-    group = build_group(work)
+    group = group or build_group(work)
     rng = random.Random(seed)
     results = []
     with moto_server() as endpoint, FaultyProxy(endpoint, rate=0.0, seed=seed, hold_s=HOLD_S) as proxy:
