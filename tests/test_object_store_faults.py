@@ -145,7 +145,7 @@ def test_a_damaged_partial_download_is_not_served(group, s3, proxy, tmp_path, ca
 def test_two_publishers_racing_on_one_key_leave_a_correct_group(group, s3, proxy, tmp_path):
     fp, key = group.parent.name, group.name
     url = f"s3://{BUCKET}/race"
-    proxy.rate = 0.1
+    proxy.rate = 0.05
     errors: list[BaseException] = []
 
     def publish(i: int) -> None:
