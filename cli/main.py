@@ -49,6 +49,8 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     ctx.obj = {"progress": not quiet and os.environ.get("SKDCACHE_NO_PROGRESS") != "1"}
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 logs progress
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+    for name in ("botocore", "aiobotocore", "s3fs", "fsspec"):  # "Found credentials ..." on every s3:// command
+        logging.getLogger(name).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars say what is happening; theirs flood the log

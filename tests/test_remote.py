@@ -20,6 +20,7 @@ from conftest import make_model, no_dropout, spread, write_split
 
 from skdcache.cache.remote import RemoteRoot
 from skdcache.data import DataSpec
+from skdcache.errors import CacheError
 from skdcache.precompute import TargetOptions, precompute
 from skdcache.teachers import TeacherSpec
 from skdcache.train import TrainConfig, train
@@ -150,7 +151,8 @@ def test_s3_publish_that_dies_before_the_manifest_is_invisible_and_redone(team, 
             monkeypatch.setattr(self.fs, "pipe_file", real_pipe)
 
     monkeypatch.setattr(RemoteRoot, "publish", dies_before_manifest)
-    with pytest.raises(ConnectionError):
+    monkeypatch.setenv("SKDCACHE_REMOTE_RETRY_S", "1")  # the network stays gone: retried for 1 s, then one line
+    with pytest.raises(CacheError, match=r"s3://team-bucket/crash: uploading .*zarr\.json failed"):
         precompute(DataSpec(str(team["data"])), team["teachers"][:1], url, OPTS)
     remote = RemoteRoot(url)
     assert remote.manifests() == []  # the shards are there, but no reader can see a group without zarr.json

@@ -11,25 +11,52 @@ A complete teacher cache is immutable (its folder name is its content key), whic
   invisible and simply runs again.
 - Two machines publishing the same teacher use the same key, and each object is one whole shard of one
   complete run, so even interleaved uploads leave a correct cache. No remote lock is needed.
+
+Object stores fail transiently (resets, 500/503, stalls, cut bodies), so every remote call has bounded client
+timeouts and is retried with exponential backoff for at most ``SKDCACHE_REMOTE_RETRY_S`` seconds (default 60),
+then fails as one `CacheError` line naming the URL. Publishing writes ``zarr.json`` only once the listing shows
+every data file at its local size. Mirroring downloads into ``.<key>.download`` (kept when interrupted, so the next
+fetch resumes it: files already there at their listed size are skipped), checks every size against the listing
+and the group's block checksums (`TeacherCache.verify`), and only then renames it into place.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import random
 import shutil
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TypeVar
 
 from skdcache.cache import format as fmt
 from skdcache.cache.manifest import read_manifest
 from skdcache.cache.selection import CacheEntry, select_teachers
-from skdcache.cache.store import WriterLock
+from skdcache.cache.store import WriterLock, atomic_write, fsync_tree
 from skdcache.errors import CacheError
 
 log = logging.getLogger("skdcache")
 READ_ONLY = ("http", "https")
+RETRY_ENV = "SKDCACHE_REMOTE_RETRY_S"  # how long one remote operation may keep failing before we give up
+TIMEOUT_ENV = "SKDCACHE_REMOTE_TIMEOUT_S"  # connect and read timeout of each request
+DEFAULT_RETRY_S = 60.0
+DEFAULT_TIMEOUT_S = 20.0
+BACKOFF_S, BACKOFF_MAX_S = 0.2, 5.0  # first wait, longest wait (doubling in between, with jitter)
+TRANSFER_THREADS = 8  # files in flight at once: per-object latency, not bandwidth, bounds small shards
+PUBLISH_ROUNDS = 3  # upload, list, re-upload what the listing lacks: more rounds would not fix a lying store
+NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs", "fsspec", "gcsfs", "asyncio", "requests")
+PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EEXIST, errno.EROFS, errno.ENOSPC}
+T = TypeVar("T")
+
+
+class TransferIncomplete(ConnectionError):
+    """A file arrived (or was listed) at another size than expected: a cut connection, retried like one."""
 
 
 def is_url(root: str | Path | None) -> bool:
@@ -43,17 +70,81 @@ def default_mirror(url: str) -> Path:
     return Path(base) / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
-class RemoteRoot:
-    """A cache root at `url`, with its local mirror (a normal local cache root)."""
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise CacheError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise CacheError(f"{name}={raw!r} must be a positive number of seconds")
+    return value
 
-    def __init__(self, url: str, mirror: str | Path | None = None):
+
+def _client_options(url: str, timeout_s: float) -> dict:
+    """Bounded timeouts and no hidden client-side retries (we retry, within our time budget), per protocol.
+
+    s3fs instances are not shared (fsspec caches them by arguments, not by ``AWS_ENDPOINT_URL``), so a root
+    always talks to the endpoint the environment names now.
+    """
+    protocol = url.split("://", 1)[0]
+    if protocol in ("s3", "s3a"):
+        config = {"connect_timeout": timeout_s, "read_timeout": timeout_s, "retries": {"max_attempts": 1}}
+        return {"skip_instance_cache": True, "config_kwargs": config}
+    if protocol in READ_ONLY:
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        return {"client_kwargs": {"timeout": timeout}}
+    return {}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: resets, timeouts, 5xx/throttling, cut bodies. Not: missing files, refused credentials,
+    bad requests, our own errors, or anything that is not a network failure (a bug retried is still a bug)."""
+    if isinstance(exc, CacheError | FileNotFoundError | PermissionError | FileExistsError | IsADirectoryError):
+        return False
+    if "Credentials" in type(exc).__name__:
+        return False
+    status = getattr(exc, "status", None)  # aiohttp's HTTP errors (http:// roots)
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        return False
+    if isinstance(exc, OSError):  # s3fs turns S3 errors into OSErrors: 500 -> EREMOTEIO, 503 -> EBUSY, ...
+        return exc.errno not in PERMANENT_ERRNOS
+    return type(exc).__module__.split(".")[0] in NETWORK_MODULES or isinstance(exc, TimeoutError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+class RemoteRoot:
+    """A cache root at `url`, with its local mirror (a normal local cache root).
+
+    `retry_s` bounds how long one operation (a listing, one file's transfer) may keep failing transiently, and
+    `timeout_s` each request's connect and read time; by default ``$SKDCACHE_REMOTE_RETRY_S`` (60 s) and
+    ``$SKDCACHE_REMOTE_TIMEOUT_S`` (20 s).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        mirror: str | Path | None = None,
+        retry_s: float | None = None,
+        timeout_s: float | None = None,
+    ):
         import fsspec
 
         self.url = url.rstrip("/")
+        self.retry_s = retry_s if retry_s is not None else _env_seconds(RETRY_ENV, DEFAULT_RETRY_S)
+        self.timeout_s = timeout_s if timeout_s is not None else _env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
         try:
-            self.fs, self.base = fsspec.core.url_to_fs(self.url)
+            self.fs, self.base = fsspec.core.url_to_fs(self.url, **_client_options(self.url, self.timeout_s))
         except (ImportError, ValueError) as exc:
             raise CacheError(f"cannot open cache root {url}: {exc} (pip install 'skdcache[remote]')") from exc
+        if hasattr(self.fs, "retries"):
+            self.fs.retries = 1  # s3fs retries 5 times inside each call by default: that would multiply ours
         self.base = self.base.rstrip("/")
         self.mirror = Path(mirror) if mirror else default_mirror(self.url)
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
@@ -62,12 +153,52 @@ class RemoteRoot:
     def _path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
 
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, retried on transient errors with exponential backoff for at most `retry_s` seconds; then
+        one `CacheError` line naming the URL, the operation and the last error. Other errors pass through."""
+        start, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                elapsed = time.monotonic() - start
+                delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                if elapsed + delay > self.retry_s:
+                    raise CacheError(
+                        f"{self.url}: {what} failed {attempt} times in {elapsed:.0f} s (last: {_one_line(exc)}); "
+                        f"the object store is unreachable or failing: check the endpoint and credentials "
+                        f"(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID) and run again, or retry longer with "
+                        f"{RETRY_ENV}=<seconds> (now {self.retry_s:g})"
+                    ) from exc
+                log.debug("%s: %s failed (%s); retry %d in %.1f s", self.url, what, _one_line(exc), attempt, delay)
+                time.sleep(delay)
+
+    def _each(self, items: Iterable[str], work: Callable[[str], None]) -> None:
+        """`work(item)` for every item on a few threads; the first error cancels what has not started."""
+        items = list(items)
+        if not items:
+            return
+        with ThreadPoolExecutor(min(TRANSFER_THREADS, len(items))) as pool:
+            futures = [pool.submit(work, item) for item in items]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
     def _names(self, path: str) -> list[str]:
         """Child names; web-server listings may add sort links (``?C=N;O=D``) and parents, which are dropped."""
         try:
-            listing = self.fs.ls(path, detail=False)
+            listing = self._retry(f"listing {path}", lambda: self.fs.ls(path, detail=False))
         except FileNotFoundError:
             return []
+        except CacheError:
+            raise
         except Exception as exc:  # credentials, permissions, an unreachable endpoint: one line, not a traceback
             raise CacheError(
                 f"cannot list {self.url}: {type(exc).__name__}: {exc} (check the URL and credentials, "
@@ -79,9 +210,24 @@ class RemoteRoot:
     def _json(self, path: str) -> dict | None:
         """A small JSON file, or None when it is missing or is not JSON (e.g. an HTML page at that name)."""
         try:
-            return json.loads(self.fs.cat_file(path))
+            return json.loads(self._retry(f"reading {path}", lambda: self.fs.cat_file(path)))
         except (FileNotFoundError, ValueError):
             return None
+
+    def _listing(self, prefix: str) -> dict[str, int | None]:
+        """Every file below `prefix` (relative path -> size; None where the server does not say), fresh."""
+        self.fs.invalidate_cache(prefix)
+        try:
+            found = self._retry(f"listing {prefix}", lambda: self.fs.find(prefix, detail=True))
+        except FileNotFoundError:
+            return {}
+        out: dict[str, int | None] = {}
+        for path, info in found.items():
+            if info.get("type") == "directory" or path.rstrip("/") == prefix:
+                continue
+            size = info.get("size")
+            out[_relative(path, prefix)] = int(size) if size is not None else None
+        return out
 
     # ---- reading -------------------------------------------------------------------------------------------
     def manifests(self, fingerprint: str | None = None) -> list[tuple[str, dict, fmt.Manifest]]:
@@ -99,7 +245,8 @@ class RemoteRoot:
         return out
 
     def stored_bytes(self, fingerprint: str, key: str) -> int:
-        return int(self.fs.du(self._path(fingerprint, key)))
+        path = self._path(fingerprint, key)
+        return int(self._retry(f"sizing {path}", lambda: self.fs.du(path)))
 
     def has_complete(self, fingerprint: str, key: str) -> fmt.Manifest | None:
         """The manifest of a published group this version reads, or None (absent, partial, other format)."""
@@ -122,25 +269,68 @@ class RemoteRoot:
             return self._download(fingerprint, key, target)
 
     def _download(self, fingerprint: str, key: str, target: Path) -> Path:
-        remote_meta = self.fs.cat_file(self._path(fingerprint, key, "zarr.json"))
-        tmp = self.mirror / fingerprint / f".{key}.download-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        """Mirror into ``.<key>.download`` (resumed if an earlier fetch was cut), check it, rename it into place.
+
+        Under the lock only one process writes that folder, so it needs no pid in its name and a later fetch
+        finds what an interrupted one left: files at their listed size are kept, the rest is fetched.
+        """
         prefix = self._path(fingerprint, key)
-        files = [f for f in self.fs.find(prefix) if f.rstrip("/") != prefix]
-        sources = [f for f in files if _relative(f, prefix) != "zarr.json"]
-        local = [str(tmp / _relative(f, prefix)) for f in sources]
-        for path in local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        log.info("mirroring %s/%s/%s (%d files) to %s", self.url, fingerprint[:12], key[:12], len(files), target)
-        if sources:
-            self.fs.get(sources, local)
-        (tmp / "zarr.json").write_bytes(remote_meta)  # last, as on the remote
-        dataset = self.fs.cat_file(self._path(fingerprint, fmt.DATASET_FILE))
-        (self.mirror / fingerprint / fmt.DATASET_FILE).write_bytes(dataset)
+        name = f"{self.url}/{fingerprint[:12]}/{key[:12]}"
+
+        def manifest_bytes() -> bytes:
+            raw = self.fs.cat_file(f"{prefix}/zarr.json")
+            try:
+                json.loads(raw)
+            except ValueError:
+                raise TransferIncomplete(f"{prefix}/zarr.json arrived cut or damaged ({len(raw)} bytes)") from None
+            return raw
+
+        try:
+            remote_meta = self._retry(f"reading {prefix}/zarr.json", manifest_bytes)
+        except FileNotFoundError:
+            raise CacheError(f"{name} is not published (no zarr.json); run `skdcache ls --cache {self.url}`") from None
+        tmp = self.mirror / fingerprint / f".{key}.download"
+        for _ in range(2):
+            listing = self._listing(prefix)
+            listing.pop("zarr.json", None)
+            _drop_unlisted(tmp, listing)
+            todo = sorted(rel for rel, size in listing.items() if not _has_size(tmp / rel, size))
+            log.info("mirroring %s (%d of %d files to fetch) to %s", name, len(todo), len(listing), target)
+            self._each(todo, lambda rel, sizes=listing: self._get(f"{prefix}/{rel}", tmp / rel, sizes[rel]))
+            tmp.mkdir(parents=True, exist_ok=True)
+            (tmp / "zarr.json").write_bytes(remote_meta)  # last, as on the remote
+            problems = _verify(tmp)
+            if not problems:
+                break
+            log.warning("mirror of %s is damaged (%s); downloading it again", name, problems[0])
+            shutil.rmtree(tmp)  # which file holds a damaged block is not known here: start over, once
+        else:
+            raise CacheError(
+                f"{name} is damaged on the server ({problems[0]}): republish it "
+                f"(`skdcache precompute --repair` where it was computed, then precompute --cache {self.url})"
+            )
+        dataset = self._retry(
+            f"reading {fingerprint}/{fmt.DATASET_FILE}",
+            lambda: self.fs.cat_file(self._path(fingerprint, fmt.DATASET_FILE)),
+        )
+        atomic_write(self.mirror / fingerprint / fmt.DATASET_FILE, dataset)
+        fsync_tree(tmp)  # a power cut after the rename must not leave a "complete" mirror with missing bytes
         if target.exists():  # a partial local copy (a precompute that never finished): the remote one wins
             shutil.rmtree(target)
         tmp.rename(target)
         return target
+
+    def _get(self, remote: str, local: Path, size: int | None) -> None:
+        """One file, retried until it arrives whole (a cut body can leave a short file without an error)."""
+
+        def once() -> None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote, str(local))
+            got = local.stat().st_size
+            if size is not None and got != size:
+                raise TransferIncomplete(f"{remote}: got {got} of {size} bytes")
+
+        self._retry(f"downloading {remote}", once)
 
     def choose(self, fingerprint: str, names: list[str] | None) -> dict[str, str]:
         """Teacher name -> cache key among published groups, by the rule `catalog.find_teacher_caches` uses."""
@@ -156,8 +346,10 @@ class RemoteRoot:
             raise CacheError(f"{self.url} is read-only: precompute to a path or an s3:// / gs:// root, then serve that")
         probe = self._path(f".skdcache-probe-{os.getpid()}")
         try:
-            self.fs.pipe_file(probe, b"ok")
-            self.fs.rm_file(probe)
+            self._retry("writing a probe object", lambda: self.fs.pipe_file(probe, b"ok"))
+            self._retry("deleting a probe object", lambda: self.fs.rm_file(probe))
+        except CacheError:
+            raise
         except Exception as exc:
             raise CacheError(
                 f"cannot write to {self.url}: {type(exc).__name__}: {exc} (check the URL and "
@@ -165,17 +357,80 @@ class RemoteRoot:
             ) from exc
 
     def publish(self, group: Path) -> None:
-        """Upload a complete local group: data files first, then dataset.json, then the group's zarr.json."""
+        """Upload a complete local group: data files first, then dataset.json, then the group's zarr.json.
+
+        ``zarr.json`` is written only once a fresh listing shows every data file at its local size (a reset
+        after the server stored an object, or before, looks the same to the client), so a publish that fails
+        leaves no visible group, only objects a later publish overwrites.
+        """
         if self.read_only:
             raise CacheError(f"{self.url} is read-only: publish to an s3:// / gs:// root or a path")
         fingerprint, key = group.parent.name, group.name
         prefix = self._path(fingerprint, key)
-        files = sorted(p for p in group.rglob("*") if p.is_file() and p != group / "zarr.json")
-        log.info("publishing %s (%d files) to %s", key[:12], len(files) + 1, self.url)
-        if files:
-            self.fs.put([str(p) for p in files], [f"{prefix}/{p.relative_to(group).as_posix()}" for p in files])
-        self.fs.pipe_file(self._path(fingerprint, fmt.DATASET_FILE), (group.parent / fmt.DATASET_FILE).read_bytes())
-        self.fs.pipe_file(f"{prefix}/zarr.json", (group / "zarr.json").read_bytes())
+        sizes = {
+            p.relative_to(group).as_posix(): p.stat().st_size
+            for p in sorted(group.rglob("*"))
+            if p.is_file() and p != group / "zarr.json"
+        }
+        log.info("publishing %s (%d files) to %s", key[:12], len(sizes) + 1, self.url)
+
+        def put(rel: str) -> None:
+            self._retry(f"uploading {prefix}/{rel}", lambda: self.fs.put_file(str(group / rel), f"{prefix}/{rel}"))
+
+        todo = sorted(sizes)
+        for _ in range(PUBLISH_ROUNDS):
+            self._each(todo, put)
+            listing = self._listing(prefix)
+            todo = [rel for rel in sorted(sizes) if listing.get(rel) != sizes[rel]]
+            if not todo:
+                break
+            log.warning(
+                "%s: %d uploaded files are missing or short in the listing; uploading them again", key, len(todo)
+            )
+        else:
+            raise CacheError(
+                f"{self.url}: after {PUBLISH_ROUNDS} uploads, {len(todo)} files of {fingerprint[:12]}/{key[:12]} "
+                f"(e.g. {todo[0]}) are still missing or the wrong size; nothing was published (no zarr.json): "
+                "run again"
+            )
+        dataset = (group.parent / fmt.DATASET_FILE).read_bytes()
+        self._retry(
+            f"uploading {fmt.DATASET_FILE}",
+            lambda: self.fs.pipe_file(self._path(fingerprint, fmt.DATASET_FILE), dataset),
+        )
+        manifest = (group / "zarr.json").read_bytes()
+        self._retry(f"uploading {prefix}/zarr.json", lambda: self.fs.pipe_file(f"{prefix}/zarr.json", manifest))
+
+
+def _has_size(path: Path, size: int | None) -> bool:
+    """A mirrored file kept on resume: present at its listed size (any size where the server does not say;
+    `_verify` then checks the bytes)."""
+    try:
+        return path.is_file() and (size is None or path.stat().st_size == size)
+    except OSError:
+        return False
+
+
+def _drop_unlisted(tmp: Path, listing: dict[str, int | None]) -> None:
+    """Files a resumed download folder holds that the remote group does not (zarr.json is written last)."""
+    if not tmp.is_dir():
+        return
+    for path in tmp.rglob("*"):
+        rel = path.relative_to(tmp).as_posix()
+        if path.is_file() and rel not in listing:
+            path.unlink()
+
+
+def _verify(group: Path) -> list[str]:
+    """What is wrong with a downloaded group, by the checksums it carries (empty when it is whole)."""
+    from skdcache.cache.reader import TeacherCache
+
+    try:
+        if read_manifest(group).state != "complete":
+            return ["its manifest is not complete"]
+        return TeacherCache(group).verify()
+    except Exception as exc:  # a damaged index or metadata file is a finding, not a crash
+        return [f"cannot open: {_one_line(exc)}"]
 
 
 def _complete_locally(group: Path) -> bool:
