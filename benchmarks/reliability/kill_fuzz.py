@@ -13,15 +13,12 @@ all, of the blocks left to it, and as resumed when the final run reported "resum
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +26,8 @@ import numpy as np
 import zarr
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+from benchmarks.reliability.campaign import run_campaign  # noqa: E402
 
 
 def build_fixture(work: Path, rows: int = 400) -> tuple[Path, Path]:
@@ -168,17 +167,7 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "reliability-fuzz.json"))
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        outcomes = fuzz(args.trials, args.seed, Path(tmp))
-    outcomes["command"] = " ".join(["python", *sys.argv])
-    Path(args.out).write_text(json.dumps(outcomes, indent=2))
-    print(json.dumps({k: v for k, v in outcomes.items() if k != "failures"}, indent=2))
-    sys.exit(1 if outcomes["failures"] else 0)
+    run_campaign(__doc__, fuzz, "trials", 100, "reliability-fuzz.json")
 
 
 if __name__ == "__main__":

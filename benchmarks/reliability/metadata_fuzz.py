@@ -18,7 +18,6 @@ capped and peak RSS is watched), and no file is created or changed anywhere in t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -28,7 +27,6 @@ import resource
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+from benchmarks.reliability.campaign import run_campaign  # noqa: E402
+
 CALL_TIMEOUT_S = 60
 RSS_GROWTH_LIMIT = 512 * 2**20  # a forged 10^12-row shape must never cost memory; normal calls stay far below
 AS_HEADROOM = 3 * 2**30  # address space allowed above what the process holds when the fuzz starts
@@ -426,17 +427,7 @@ def fuzz(mutations: int, seed: int, work: Path, log=print) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mutations", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "reliability-metadata-fuzz.json"))
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = fuzz(args.mutations, args.seed, Path(tmp))
-    results["command"] = " ".join(["python", *sys.argv])
-    Path(args.out).write_text(json.dumps(results, indent=2))  # only a finished run gets here
-    print(json.dumps({k: v for k, v in results.items() if k != "failures"}, indent=2))
-    sys.exit(1 if results["failures"] else 0)
+    run_campaign(__doc__, fuzz, "mutations", 1000, "reliability-metadata-fuzz.json")
 
 
 if __name__ == "__main__":

@@ -23,18 +23,18 @@ The JSON is written only when every trial has run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+from benchmarks.reliability.campaign import run_campaign  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faulty_s3 import KINDS, FaultyProxy, direct_fs, moto_server, s3_environment  # noqa: E402
@@ -231,17 +231,15 @@ def fuzz(trials: int, seed: int, work: Path, log=print, group: Path | None = Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "reliability-object-store.json"))
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        outcomes = fuzz(args.trials, args.seed, Path(tmp))
-    outcomes["command"] = " ".join(["python", *sys.argv]).replace(str(ROOT) + "/", "")
-    Path(args.out).write_text(json.dumps(outcomes, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in outcomes.items() if k not in ("failures", "per_trial")}, indent=2))
-    sys.exit(1 if outcomes["failures"] or outcomes["data_lost"] else 0)
+    run_campaign(
+        __doc__,
+        fuzz,
+        "trials",
+        100,
+        "reliability-object-store.json",
+        failed=lambda o: bool(o["failures"] or o["data_lost"]),
+        hide=("failures", "per_trial"),
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ torn line, equal to the uninterrupted run's log.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -23,11 +22,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+from benchmarks.reliability.campaign import run_campaign  # noqa: E402
+
 STEPS = 24
 EVAL_EVERY = 3
 MOMENTS = ("before_first_checkpoint", "in_checkpoint", "anywhere")
@@ -204,17 +205,7 @@ def fuzz(trials: int, seed: int, work: Path, log=print) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "reliability-train-kill.json"))
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = fuzz(args.trials, args.seed, Path(tmp))
-    results["command"] = " ".join(["python", *sys.argv])
-    Path(args.out).write_text(json.dumps(results, indent=2))  # only a finished run gets here
-    print(json.dumps({k: v for k, v in results.items() if k != "failures"}, indent=2))
-    sys.exit(1 if results["failures"] else 0)
+    run_campaign(__doc__, fuzz, "trials", 50, "reliability-train-kill.json")
 
 
 if __name__ == "__main__":
