@@ -233,9 +233,17 @@ class Manifest:
         return dataclasses.replace(self, metric=metric, state="complete", completed_at=completed_at)
 
 
-def manifest_attrs(zarr_json: Mapping) -> dict | None:
-    """The raw manifest in a group's parsed zarr.json, or None when the group has none."""
-    return zarr_json.get("attributes", {}).get(MANIFEST_ATTR)
+def manifest_attrs(zarr_json: object) -> dict | None:
+    """The raw manifest in a group's parsed zarr.json, or None when the group has none.
+
+    A zarr.json whose document or attributes are not JSON objects is damage, not a missing manifest: a missing
+    one means "creation was cut short", and that group would be recreated, its data thrown away.
+    """
+    attributes = zarr_json.get("attributes", {}) if isinstance(zarr_json, Mapping) else None
+    attrs = attributes.get(MANIFEST_ATTR) if isinstance(attributes, Mapping) else []
+    if attrs is not None and not isinstance(attrs, Mapping):
+        raise damaged("in zarr.json is not a JSON object (the document, its attributes or the manifest)")
+    return attrs
 
 
 def read_manifest(group_path: Path) -> Manifest:
@@ -244,7 +252,12 @@ def read_manifest(group_path: Path) -> Manifest:
     Raises GroupIncomplete when zarr.json exists without a manifest (creation was cut short, or it is some
     other zarr group), CacheError when the manifest is of another format version or damaged.
     """
-    attrs = manifest_attrs(read_json(group_path / "zarr.json"))
+    try:
+        attrs = manifest_attrs(read_json(group_path / "zarr.json"))
+    except CacheError as exc:
+        if str(group_path) in str(exc):  # read_json names the file already
+            raise
+        raise CacheError(f"{group_path}: {exc}") from None
     if attrs is None:
         raise GroupIncomplete(f"{group_path} is not an skdcache teacher cache (no '{MANIFEST_ATTR}' attribute)")
     try:

@@ -250,7 +250,12 @@ class RemoteRoot:
 
     def has_complete(self, fingerprint: str, key: str) -> fmt.Manifest | None:
         """The manifest of a published group this version reads, or None (absent, partial, other format)."""
-        attrs = fmt.manifest_attrs(self._json(self._path(fingerprint, key, "zarr.json")) or {})
+        path = self._path(fingerprint, key, "zarr.json")
+        try:
+            attrs = fmt.manifest_attrs(self._json(path) or {})
+        except CacheError as exc:  # one damaged group must not hide the others from a listing
+            log.warning("skipping %s: %s", path, exc)
+            return None
         if attrs and attrs.get("format_version") == fmt.FORMAT_VERSION and attrs.get("state") == "complete":
             return fmt.Manifest.from_dict(attrs)
         return None

@@ -80,7 +80,7 @@ class TargetSpec:
                 parse_count(getattr(self, name), f"targets.{name}", 1, 2**24)
         for name in ("mask_seed", "sample_seed"):
             if getattr(self, name) is not None:
-                parse_count(getattr(self, name), f"targets.{name}", -(2**63), 2**64)
+                parse_count(getattr(self, name), f"targets.{name}", 0, 2**64 - 1)  # numpy seeds are unsigned
         for i, layer in enumerate(self.hidden_layers):
             parse_count(layer, f"targets.hidden_layers[{i}]", 0, 2**16)
         number("mlm_probability", 0.0, 1.0)

@@ -128,6 +128,27 @@ def test_group_without_manifest_raises_group_incomplete(tmp_path: Path):
     assert issubclass(GroupIncomplete, CacheError)
 
 
+@pytest.mark.parametrize("doc", [{"attributes": True}, {"attributes": {"skdcache": [1]}}, [], 7])
+def test_zarr_json_of_the_wrong_shape_is_damage_not_a_half_created_group(tmp_path: Path, doc):
+    """Found by the 1,000-mutation metadata fuzz: `attributes: true` crashed `ls`/`verify`/`info`/`train`.
+    It must be a named error, and not GroupIncomplete, which would make precompute recreate the group."""
+    group = tmp_path / "g"
+    group.mkdir()
+    (group / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(CacheError, match="damaged") as info:
+        read_manifest(group)
+    assert not isinstance(info.value, GroupIncomplete) and str(group) in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, True])
+def test_seeds_in_the_spec_must_be_what_numpy_accepts(seed):
+    """A negative mask_seed reached numpy's SeedSequence in `train` as a traceback (metadata fuzz)."""
+    spec = fmt.TargetSpec("mlm", 64, targets="topk", top_k=8, mlm_probability=0.15, mask_seed=0).to_dict()
+    fmt.TargetSpec.from_dict(spec)
+    with pytest.raises(CacheError, match="mask_seed"):
+        fmt.TargetSpec.from_dict({**spec, "mask_seed": seed})
+
+
 def test_plain_zarr_opens_a_cache_without_warnings(tmp_path: Path):
     group = _write(tmp_path / "g", _manifest())
     with warnings.catch_warnings():
