@@ -97,3 +97,4 @@ def test_study_runs_on_a_new_dataset_with_only_column_flags(tmp_path: Path):
     uni = curve["rows"]["skd-uniform"]
     assert uni["vs_none"][0]["n"] == 2 and all(m is not None for m in uni["mean"])
     assert "**Along training**" in page and "| step 1 | step 2 |" in page
+    assert "--set short_steps=2" in page  # budget overrides are part of the command that regenerates the page

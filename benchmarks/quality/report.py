@@ -264,6 +264,7 @@ def write_reports(name: str, args, budget: dict, steps: dict, teachers: list, pa
         "teacher_rows": "same",
     }
     flags = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in defaults if getattr(args, k) != defaults[k])
+    flags += "".join(f" --set {x}" for x in getattr(args, "set", []))  # budget overrides: part of the recipe
     command = f"python benchmarks/quality/run.py --data {args.data} {flags}".rstrip()
     s["command"] = command
     (out / "results").mkdir(parents=True, exist_ok=True)
