@@ -25,7 +25,7 @@ import object_store_faults  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUCKET = "faulty"
-FAST = dict(retry_s=20.0, timeout_s=1.0)  # a stall costs one read timeout; the budget outlasts bad streaks
+FAST = dict(retry_s=30.0, timeout_s=1.0)  # a stall costs one read timeout; ~11 tries outlast any bad streak
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_publish_and_mirror_through_every_kind_of_fault(group, s3, proxy, tmp_pa
     """Until every fault kind has hit (at least one publish and mirror), each round must still be exact."""
     fp, key = group.parent.name, group.name
     before = Counter(proxy.injected)
-    for round in range(4):
-        proxy.rate = 0.3
+    for round in range(6):  # at 0.2, 11 failures in a row (a CI flake) has odds of 2e-8 per operation
+        proxy.rate = 0.2
         url = f"s3://{BUCKET}/every-{round}"
         RemoteRoot(url, tmp_path / "pub", **FAST).publish(group)
         path = RemoteRoot(url, tmp_path / f"mirror-{round}", **FAST).fetch(fp, key)
