@@ -264,3 +264,11 @@ def read_manifest(group_path: Path) -> Manifest:
         return Manifest.from_dict(attrs)
     except CacheError as exc:
         raise CacheError(f"{group_path}: {exc}") from None
+
+
+def is_complete(group_path: Path) -> bool:
+    """True when the group at `group_path` holds a readable manifest in state complete."""
+    try:
+        return (group_path / "zarr.json").exists() and read_manifest(group_path).state == "complete"
+    except CacheError:
+        return False

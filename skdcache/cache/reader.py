@@ -269,3 +269,16 @@ def _tensor(values: np.ndarray) -> torch.Tensor:
     if values.dtype == np.uint16 or values.dtype == np.uint32:
         values = values.astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
+
+
+def group_problems(group: Path) -> list[str]:
+    """What is wrong with a group that should be complete, by the checksums it carries (empty when whole).
+
+    Never raises: a damaged index or metadata file is a finding, not a crash.
+    """
+    try:
+        if read_manifest(group).state != "complete":
+            return ["its manifest is not complete"]
+        return TeacherCache(group).verify()
+    except Exception as exc:
+        return [f"cannot open: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"]

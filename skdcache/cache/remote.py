@@ -2,121 +2,48 @@
 
 A complete teacher cache is immutable (its folder name is its content key), which keeps sharing simple:
 
-- Readers mirror each group they need, whole, into a local directory and read it there with the fast
-  local shard reader: training reads every row each epoch, and per-chunk remote reads would be bound by
-  latency. A mirror is reused as long as its manifest equals the remote one.
-- Writers precompute into that same local mirror (with its lock, resume and repair) and then publish:
-  every data file first, the group's ``zarr.json`` (which holds the manifest, state complete) last.
-  Remote listings only show groups whose ``zarr.json`` exists, so a publish that dies half-way is
-  invisible and simply runs again.
+- Readers mirror each group they need, whole, into a local directory and read it there with the fast local
+  shard reader (training reads every row each epoch; per-chunk remote reads would be bound by latency).
+- Writers precompute into that same local mirror (with its lock, resume and repair) and then publish: every
+  data file first, the group's ``zarr.json`` (the manifest, state complete) last, and only once a listing shows
+  every data file at its local size. Listings only show groups with a ``zarr.json``, so a publish that dies
+  half-way is invisible and simply runs again.
 - Two machines publishing the same teacher use the same key, and each object is one whole shard of one
   complete run, so even interleaved uploads leave a correct cache. No remote lock is needed.
 
-Object stores fail transiently (resets, 500/503, stalls, cut bodies), so every remote call has bounded client
-timeouts and is retried with exponential backoff for at most ``SKDCACHE_REMOTE_RETRY_S`` seconds (default 60),
-then fails as one `CacheError` line naming the URL. Publishing writes ``zarr.json`` only once the listing shows
-every data file at its local size. Mirroring downloads into ``.<key>.download`` (kept when interrupted, so the next
-fetch resumes it: files already there at their listed size are skipped), checks every size against the listing
-and the group's block checksums (`TeacherCache.verify`), and only then renames it into place.
+Every remote call is bounded and retried (`transport`). Mirroring downloads into ``.<key>.download`` (kept when
+interrupted, so the next fetch resumes it), checks sizes and block checksums, and only then renames it into place.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
-import random
 import shutil
-import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from skdcache.cache import format as fmt
-from skdcache.cache.manifest import read_manifest
+from skdcache.cache import transport
+from skdcache.cache.manifest import is_complete
+from skdcache.cache.reader import group_problems
 from skdcache.cache.selection import CacheEntry, select_teachers
 from skdcache.cache.store import WriterLock, atomic_write, fsync_tree
+from skdcache.cache.transport import READ_ONLY, TransferIncomplete
 from skdcache.errors import CacheError
 
 log = logging.getLogger("skdcache")
-READ_ONLY = ("http", "https")
-RETRY_ENV = "SKDCACHE_REMOTE_RETRY_S"  # how long one remote operation may keep failing before we give up
-TIMEOUT_ENV = "SKDCACHE_REMOTE_TIMEOUT_S"  # connect and read timeout of each request
-DEFAULT_RETRY_S = 60.0
-DEFAULT_TIMEOUT_S = 20.0
-BACKOFF_S, BACKOFF_MAX_S = 0.2, 5.0  # first wait, longest wait (doubling in between, with jitter)
-TRANSFER_THREADS = 8  # files in flight at once: per-object latency, not bandwidth, bounds small shards
 PUBLISH_ROUNDS = 3  # upload, list, re-upload what the listing lacks: more rounds would not fix a lying store
-NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs", "fsspec", "gcsfs", "asyncio", "requests")
-PERMANENT_ERRNOS = {errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EEXIST, errno.EROFS, errno.ENOSPC}
 T = TypeVar("T")
-
-
-class TransferIncomplete(ConnectionError):
-    """A file arrived (or was listed) at another size than expected: a cut connection, retried like one."""
-
-
-def is_url(root: str | Path | None) -> bool:
-    """True for ``scheme://...`` roots other than ``file://`` (which is just a local path)."""
-    return isinstance(root, str) and "://" in root and not root.startswith("file://")
 
 
 def default_mirror(url: str) -> Path:
     """``$SKDCACHE_MIRROR/<hash of url>``, by default under ``~/.cache/skdcache/mirrors``."""
     base = os.environ.get("SKDCACHE_MIRROR") or Path.home() / ".cache" / "skdcache" / "mirrors"
     return Path(base) / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-
-
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise CacheError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise CacheError(f"{name}={raw!r} must be a positive number of seconds")
-    return value
-
-
-def _client_options(url: str, timeout_s: float) -> dict:
-    """Bounded timeouts and no hidden client-side retries (we retry, within our time budget), per protocol.
-
-    s3fs instances are not shared (fsspec caches them by arguments, not by ``AWS_ENDPOINT_URL``), so a root
-    always talks to the endpoint the environment names now.
-    """
-    protocol = url.split("://", 1)[0]
-    if protocol in ("s3", "s3a"):
-        config = {"connect_timeout": timeout_s, "read_timeout": timeout_s, "retries": {"max_attempts": 1}}
-        return {"skip_instance_cache": True, "config_kwargs": config}
-    if protocol in READ_ONLY:
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
-        return {"client_kwargs": {"timeout": timeout}}
-    return {}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: resets, timeouts, 5xx/throttling, cut bodies. Not: missing files, refused credentials,
-    bad requests, our own errors, or anything that is not a network failure (a bug retried is still a bug)."""
-    if isinstance(exc, CacheError | FileNotFoundError | PermissionError | FileExistsError | IsADirectoryError):
-        return False
-    if "Credentials" in type(exc).__name__:
-        return False
-    status = getattr(exc, "status", None)  # aiohttp's HTTP errors (http:// roots)
-    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
-        return False
-    if isinstance(exc, OSError):  # s3fs turns S3 errors into OSErrors: 500 -> EREMOTEIO, 503 -> EBUSY, ...
-        return exc.errno not in PERMANENT_ERRNOS
-    return type(exc).__module__.split(".")[0] in NETWORK_MODULES or isinstance(exc, TimeoutError)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 class RemoteRoot:
@@ -137,10 +64,10 @@ class RemoteRoot:
         import fsspec
 
         self.url = url.rstrip("/")
-        self.retry_s = retry_s if retry_s is not None else _env_seconds(RETRY_ENV, DEFAULT_RETRY_S)
-        self.timeout_s = timeout_s if timeout_s is not None else _env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+        self.retry_s = retry_s or transport.env_seconds(transport.RETRY_ENV, transport.DEFAULT_RETRY_S)
+        self.timeout_s = timeout_s or transport.env_seconds(transport.TIMEOUT_ENV, transport.DEFAULT_TIMEOUT_S)
         try:
-            self.fs, self.base = fsspec.core.url_to_fs(self.url, **_client_options(self.url, self.timeout_s))
+            self.fs, self.base = fsspec.core.url_to_fs(self.url, **transport.client_options(self.url, self.timeout_s))
         except (ImportError, ValueError) as exc:
             raise CacheError(f"cannot open cache root {url}: {exc} (pip install 'skdcache[remote]')") from exc
         if hasattr(self.fs, "retries"):
@@ -154,42 +81,7 @@ class RemoteRoot:
         return "/".join([self.base, *parts])
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`, retried on transient errors with exponential backoff for at most `retry_s` seconds; then
-        one `CacheError` line naming the URL, the operation and the last error. Other errors pass through."""
-        start, attempt = time.monotonic(), 0
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                attempt += 1
-                elapsed = time.monotonic() - start
-                delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                if elapsed + delay > self.retry_s:
-                    raise CacheError(
-                        f"{self.url}: {what} failed {attempt} times in {elapsed:.0f} s (last: {_one_line(exc)}); "
-                        f"the object store is unreachable or failing: check the endpoint and credentials "
-                        f"(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID) and run again, or retry longer with "
-                        f"{RETRY_ENV}=<seconds> (now {self.retry_s:g})"
-                    ) from exc
-                log.debug("%s: %s failed (%s); retry %d in %.1f s", self.url, what, _one_line(exc), attempt, delay)
-                time.sleep(delay)
-
-    def _each(self, items: Iterable[str], work: Callable[[str], None]) -> None:
-        """`work(item)` for every item on a few threads; the first error cancels what has not started."""
-        items = list(items)
-        if not items:
-            return
-        with ThreadPoolExecutor(min(TRANSFER_THREADS, len(items))) as pool:
-            futures = [pool.submit(work, item) for item in items]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        return transport.retry(self.url, what, call, self.retry_s)
 
     def _names(self, path: str) -> list[str]:
         """Child names; web-server listings may add sort links (``?C=N;O=D``) and parents, which are dropped."""
@@ -226,7 +118,7 @@ class RemoteRoot:
             if info.get("type") == "directory" or path.rstrip("/") == prefix:
                 continue
             size = info.get("size")
-            out[_relative(path, prefix)] = int(size) if size is not None else None
+            out[transport.relative(path, prefix)] = int(size) if size is not None else None
         return out
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -269,7 +161,7 @@ class RemoteRoot:
         """
         target = self.mirror / fingerprint / key
         with WriterLock(target, wait=True):
-            if _complete_locally(target):
+            if is_complete(target):
                 return target
             return self._download(fingerprint, key, target)
 
@@ -298,13 +190,13 @@ class RemoteRoot:
         for _ in range(2):
             listing = self._listing(prefix)
             listing.pop("zarr.json", None)
-            _drop_unlisted(tmp, listing)
-            todo = sorted(rel for rel, size in listing.items() if not _has_size(tmp / rel, size))
+            transport.drop_unlisted(tmp, listing)
+            todo = sorted(rel for rel, size in listing.items() if not transport.has_size(tmp / rel, size))
             log.info("mirroring %s (%d of %d files to fetch) to %s", name, len(todo), len(listing), target)
-            self._each(todo, lambda rel, sizes=listing: self._get(f"{prefix}/{rel}", tmp / rel, sizes[rel]))
+            transport.each(todo, lambda rel, sizes=listing: self._get(f"{prefix}/{rel}", tmp / rel, sizes[rel]))
             tmp.mkdir(parents=True, exist_ok=True)
             (tmp / "zarr.json").write_bytes(remote_meta)  # last, as on the remote
-            problems = _verify(tmp)
+            problems = group_problems(tmp)
             if not problems:
                 break
             log.warning("mirror of %s is damaged (%s); downloading it again", name, problems[0])
@@ -384,7 +276,7 @@ class RemoteRoot:
 
         todo = sorted(sizes)
         for _ in range(PUBLISH_ROUNDS):
-            self._each(todo, put)
+            transport.each(todo, put)
             listing = self._listing(prefix)
             todo = [rel for rel in sorted(sizes) if listing.get(rel) != sizes[rel]]
             if not todo:
@@ -405,54 +297,3 @@ class RemoteRoot:
         )
         manifest = (group / "zarr.json").read_bytes()
         self._retry(f"uploading {prefix}/zarr.json", lambda: self.fs.pipe_file(f"{prefix}/zarr.json", manifest))
-
-
-def _has_size(path: Path, size: int | None) -> bool:
-    """A mirrored file kept on resume: present at its listed size (any size where the server does not say;
-    `_verify` then checks the bytes)."""
-    try:
-        return path.is_file() and (size is None or path.stat().st_size == size)
-    except OSError:
-        return False
-
-
-def _drop_unlisted(tmp: Path, listing: dict[str, int | None]) -> None:
-    """Files a resumed download folder holds that the remote group does not (zarr.json is written last)."""
-    if not tmp.is_dir():
-        return
-    for path in tmp.rglob("*"):
-        rel = path.relative_to(tmp).as_posix()
-        if path.is_file() and rel not in listing:
-            path.unlink()
-
-
-def _verify(group: Path) -> list[str]:
-    """What is wrong with a downloaded group, by the checksums it carries (empty when it is whole)."""
-    from skdcache.cache.reader import TeacherCache
-
-    try:
-        if read_manifest(group).state != "complete":
-            return ["its manifest is not complete"]
-        return TeacherCache(group).verify()
-    except Exception as exc:  # a damaged index or metadata file is a finding, not a crash
-        return [f"cannot open: {_one_line(exc)}"]
-
-
-def _complete_locally(group: Path) -> bool:
-    try:
-        return (group / "zarr.json").exists() and read_manifest(group).state == "complete"
-    except CacheError:
-        return False
-
-
-def _relative(path: str, prefix: str) -> str:
-    """`path` below `prefix`, for listings that return full URLs (http) or bucket paths (s3)."""
-    path, prefix = path.rstrip("/"), prefix.rstrip("/")
-    if "://" in path and "://" not in prefix:
-        prefix = path[: path.index("://") + 3] + prefix.split("://", 1)[-1]
-    if not path.startswith(prefix + "/"):
-        raise CacheError(f"remote listing returned {path}, outside {prefix}")
-    rel = path[len(prefix) + 1 :]
-    if ".." in rel.split("/"):
-        raise CacheError(f"remote file {path} escapes its cache group")
-    return rel

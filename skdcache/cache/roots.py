@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from skdcache.cache.remote import RemoteRoot, default_mirror, is_url
+from skdcache.cache.remote import RemoteRoot, default_mirror
 from skdcache.cache.store import default_cache_root
 
 FILE_SCHEME = "file://"
+
+
+def is_url(root: str | Path | None) -> bool:
+    """True for ``scheme://...`` roots other than ``file://`` (which is just a local path)."""
+    return isinstance(root, str) and "://" in root and not root.startswith(FILE_SCHEME)
 
 
 @dataclass(frozen=True)
