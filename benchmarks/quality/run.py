@@ -9,7 +9,12 @@ Capacity-gap axis (same student, teams of growing gap; teachers of the same name
 
     python benchmarks/quality/run.py --team minilm-L3=../shared/models/minilm-l3,minilm-L6-cut2=minilm-l6:2
     python benchmarks/quality/get_mpnet.py --out .bench-work/models/mpnet-base   # 109M: GPU-sized
-    python benchmarks/quality/run.py --mpnet .bench-work/models/mpnet-base
+    python benchmarks/quality/run.py --mpnet .bench-work/models/mpnet-base --set large_teacher_epochs=3 --budgets long
+
+The paper's setting (accelerator-sized: a 6-layer student, MPNet-base in the team, the whole train split):
+
+    python benchmarks/quality/run.py --mpnet .bench-work/models/mpnet-base --budgets long \
+        --set student_layers=6 --set train_rows=0 --set large_teacher_epochs=3 --set student_lr=5e-5
 
 Resumable (every finished run is reused; rerun with more --seeds to add seeds). For one dataset it:
 1. fine-tunes a team of real pretrained encoders as teachers (`--mode none`) on the first `--train-rows` train
@@ -65,11 +70,12 @@ DEFAULT_CONFIGS = "none,single,average,skd-uniform,skd-teacher-rank,skd-student-
 class Budget:
     """Sized so one student run takes about a CPU minute and a dataset's study fits in a few CPU hours."""
 
-    train_rows: int = 2000
+    train_rows: int = 2000  # 0: the whole train split
+    student_layers: int = 1  # MiniLM-L6's first N layers; the paper's students have 4-6 (accelerator-sized)
     max_length: int = 64
     batch_size: int = 32
     teacher_epochs: float = 3.0
-    large_teacher_epochs: float = 1.0  # MPNet-base costs ~10x a MiniLM step on CPU
+    large_teacher_epochs: float = 1.0  # MPNet-base costs ~10x a MiniLM step on CPU; 1 epoch left it below MiniLM-L6
     teacher_lr: float = 5e-5
     student_lr: float = 3e-4  # 1 layer, frozen embeddings: 1e-4 underfits in a few hundred steps
     short_steps: int = 0  # 0: half the long budget (40 or 80 steps left a 1-layer student at chance on movies)
@@ -101,6 +107,8 @@ def teacher_data(args, data: DataSpec, work: Path) -> DataSpec:
     folder = work / "teacher-rows"
     if not (folder / "train.parquet").exists():
         folder.mkdir(parents=True, exist_ok=True)
+        if data.limit is None:
+            raise SystemExit("--teacher-rows disjoint needs --set train_rows=N (at most half the train split)")
         table = _load_hf(data, "train")
         if len(table) < 2 * data.limit:
             raise SystemExit(f"--teacher-rows disjoint needs {2 * data.limit} train rows; {args.data} has {len(table)}")
@@ -158,7 +166,7 @@ def main() -> None:
         text_column=args.text_column,
         text_pair_column=args.text_pair_column,
         label_column=args.label_column,
-        limit=b.train_rows,
+        limit=b.train_rows or None,
     )
     common = dict(
         data=data,
@@ -204,7 +212,8 @@ def main() -> None:
 
     print("3. students", flush=True)
     # team-dependent runs: one folder per team (and per teacher rows)
-    students = work / "students" / ("+".join(t.name for t in teachers) + ("-disjoint" if disjoint else ""))
+    variant = ("-disjoint" if disjoint else "") + (f"-student-L{b.student_layers}" if b.student_layers != 1 else "")
+    students = work / "students" / ("+".join(t.name for t in teachers) + variant)
     plans: dict[str, dict] = {}
     for c in args.configs.split(","):
         if c == "single":
@@ -222,7 +231,7 @@ def main() -> None:
             for cname, overrides in plans.items() if not args.report_only else ():
                 cfg = TrainConfig(
                     student=str(pretrained_encoder()),
-                    student_layers="1",
+                    student_layers=str(b.student_layers),
                     cache=str(cache),
                     output=str(students / budget / f"{cname}-s{seed}"),
                     max_steps=steps,
@@ -236,7 +245,7 @@ def main() -> None:
                 )
                 run_once(cfg)
         runs = sorted(p.parent for p in students.glob("*/*/run.json"))  # every finished run, from any invocation
-        report = name + ("-disjoint" if disjoint else "")
+        report = name + variant
         if args.team or args.mpnet:  # another team (e.g. the capacity-gap axis): its own report
             report += "-team-" + "+".join(t.name for t in teachers)
         write_reports(report, args, asdict(b), budgets, teachers, runs, Path(args.out))
