@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,20 @@ def test_study_runs_on_a_new_dataset_with_only_column_flags(tmp_path: Path):
     assert uni["vs_none"][0]["n"] == 2 and all(m is not None for m in uni["mean"])
     assert "**Along training**" in page and "| step 1 | step 2 |" in page
     assert "--set short_steps=2" in page  # budget overrides are part of the command that regenerates the page
+
+
+def test_a_campaign_reuses_a_run_only_with_the_same_settings(tmp_path: Path):
+    from benchmarks.reuse import finished_run
+    from skdcache.data import DataSpec
+    from skdcache.train import TrainConfig
+
+    out = tmp_path / "runs" / "single-s1"
+    cfg = TrainConfig(data=DataSpec(str(tmp_path / "data")), student="encoder", output=str(out), lr=3e-4)
+    assert finished_run(cfg) is None
+    out.mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"config": cfg.to_dict(), "final": {"accuracy": 0.7}}))
+    assert finished_run(cfg)["final"] == {"accuracy": 0.7}
+    moved = replace(cfg, student="/elsewhere/encoder", data=replace(cfg.data, source="/elsewhere/data"))
+    assert finished_run(moved) is not None  # where things lie is not how the run was trained
+    with pytest.raises(SystemExit, match=r"other settings \(lr, max_steps\)"):
+        finished_run(replace(cfg, lr=1e-3, max_steps=400))

@@ -31,7 +31,6 @@ Resumable (every finished run is reused; rerun with more --seeds to add seeds). 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
 from benchmarks.quality.report import write_reports  # noqa: E402
+from benchmarks.reuse import finished_run  # noqa: E402
 from skdcache.data import DataSpec, load_rows
 from skdcache.demo import pretrained_encoder
 from skdcache.precompute import TargetOptions, precompute
@@ -119,9 +119,8 @@ def teacher_data(args, data: DataSpec, work: Path) -> DataSpec:
 
 
 def run_once(cfg: TrainConfig) -> dict:
-    record = Path(cfg.output) / "run.json"
-    if record.exists():
-        return json.loads(record.read_text())
+    if (done := finished_run(cfg)) is not None:
+        return done
     t0 = time.perf_counter()
     out = train(cfg)
     test = out["test"]
