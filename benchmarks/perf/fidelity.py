@@ -6,8 +6,8 @@
 
 Teacher: SmolLM2-135M-Instruct (vocab 49,152). Rows: the bundled tweets (train split, first `--rows`),
 max_length 48, every token a target. Each kind is cached by skdcache's own `precompute` at about 25, 50, 100
-and 200 bytes per token (`topk` k = 4..32; `sampled` N = 4..32; `hybrid` k = N/2 top ids + N tail draws), and
-its stored bytes per token are read from the cache (`catalog.array_sizes`).
+and 200 bytes per token (`topk` k = 8..64; `sampled` N = 8..64; `hybrid` k = N/2 top ids + N tail draws,
+N = 4..32), and its stored bytes per token are read from the cache (`catalog.array_sizes`).
 
 Fidelity, per kind and temperature, for a fixed student (the teacher's first 4 layers, untrained) on the
 same rows, in batches of 8 rows:
@@ -48,9 +48,9 @@ MODEL_DIR = ROOT / ".bench-work" / "models" / "smollm2-135m"
 MAX_LENGTH = 48
 BATCH_ROWS = 8
 KINDS = {  # name -> TargetOptions fields; four budgets each, from about 25 to 200 bytes per token
-    **{f"topk-{k}": {"targets": "topk", "top_k": k} for k in (4, 8, 16, 32)},
-    **{f"sampled-{n}": {"targets": "sampled", "samples": n} for n in (4, 8, 16, 32)},
-    **{f"hybrid-{n // 2}+{n}": {"targets": "hybrid", "top_k": n // 2, "samples": n} for n in (2, 4, 8, 16)},
+    **{f"topk-{k}": {"targets": "topk", "top_k": k} for k in (8, 16, 32, 64)},
+    **{f"sampled-{n}": {"targets": "sampled", "samples": n} for n in (8, 16, 32, 64)},
+    **{f"hybrid-{n // 2}+{n}": {"targets": "hybrid", "top_k": n // 2, "samples": n} for n in (4, 8, 16, 32)},
 }
 
 
