@@ -7,7 +7,7 @@
 Teacher: SmolLM2-135M-Instruct (vocab 49,152). Rows: the bundled tweets (train split, first `--rows`),
 max_length 48, every token a target. Each kind is cached by skdcache's own `precompute` at about 25, 50, 100
 and 200 bytes per token (`topk` k = 8..64; `sampled` N = 8..64; `hybrid` k = N/2 top ids + N tail draws,
-N = 4..32), and its stored bytes per token are read from the cache (`catalog.array_sizes`).
+N = 4..32), and its stored bytes per token are read from the cache (`catalog.token_bytes_per_token`).
 
 Fidelity, per kind and temperature, for a fixed student (the teacher's first 4 layers, untrained) on the
 same rows, in batches of 8 rows:
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from smollm import prepare_smollm
 
 from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
-from skdcache.cache.catalog import array_sizes
+from skdcache.cache.catalog import token_bytes_per_token
 from skdcache.data import load_rows, tokenize
 from skdcache.loader import StudentInputs, student_batch
 from skdcache.losses import sampled_kd_loss, sequence_kd_loss, topk_kd_loss
@@ -103,8 +103,7 @@ def main() -> None:
             got_loss, got_grad = _loss_and_grad(logits, cache.read(batch_rows), full, t)
             cosines.append(float(F.cosine_similarity(got_grad.flatten(), want_grad.flatten(), dim=0)))
             errors.append(abs(got_loss - want_loss) / want_loss)
-        sizes = array_sizes(path, cache.manifest)
-        per_token = sum(a["per_token"] or 0 for a in sizes if a["array"] != "token_index")
+        per_token = token_bytes_per_token(path, cache.manifest)
         results.append(
             {
                 "kind": name,

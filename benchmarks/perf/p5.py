@@ -41,7 +41,7 @@ from smollm import prepare_smollm
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
 from benchmarks.reuse import finished_run  # noqa: E402
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
-from skdcache.cache.catalog import array_sizes
+from skdcache.cache.catalog import token_bytes_per_token
 from skdcache.data import load_rows
 from skdcache.train import TrainConfig, train
 
@@ -79,8 +79,7 @@ def main() -> None:
             max_length=MAX_LENGTH, batch_size=16, eval_split=None, progress=False, sample_temperature=1.0, **fields
         )
         (r,) = precompute(data, [TeacherSpec(f"smollm2-{name}", str(model))], work / "cache", opts)
-        sizes = array_sizes(r.path, r.manifest)
-        bytes_per_token[name] = sum(a["per_token"] or 0 for a in sizes if a["array"] != "token_index")
+        bytes_per_token[name] = token_bytes_per_token(r.path, r.manifest)
         print(f"  {name}: {r.status} in {r.seconds:.0f}s, {bytes_per_token[name]:.1f} B/token", flush=True)
 
     reference = reference_nll(model, work / "reference.json")

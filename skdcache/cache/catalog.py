@@ -111,6 +111,11 @@ def array_sizes(path: Path, manifest: fmt.Manifest) -> list[dict]:
     return rows
 
 
+def token_bytes_per_token(path: Path, manifest: fmt.Manifest) -> float:
+    """Stored bytes per token target of a token-level cache: its arrays summed, the row index left out."""
+    return sum(a["per_token"] or 0 for a in array_sizes(path, manifest) if a["array"] != "token_index")
+
+
 def verify_root(root: Path, names: list[str] | None = None) -> dict[Path, list[str]]:
     """Problems per teacher cache (empty list = every block readable and matching its checksums)."""
     report: dict[Path, list[str]] = {}
