@@ -180,3 +180,12 @@ def test_evaluate_is_the_accuracy_of_the_argmax(tmp_path: Path):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     want = float((logits.argmax(-1).numpy() == rows.labels).mean())
     assert result["primary"] == "accuracy" and result["accuracy"] == pytest.approx(want)
+
+
+def test_building_a_student_logs_no_tensor_parallel_noise(tmp_path: Path, capfd):
+    """transformers 5 lists every layer as "not sharded" whenever a load runs with its logger quieted."""
+    from skdcache.student import StudentSpec, build_student
+
+    source = make_model(tmp_path / "student", "sequence", num_labels=3)
+    build_student(StudentSpec.parse(str(source), None), "sequence", 2, None, "classification")
+    assert "not sharded" not in capfd.readouterr().err
