@@ -27,8 +27,8 @@ class TrainConfig:
     mode: str = "skd"
     sampling: str = flag(
         "uniform",
-        "uniform | teacher-rank (best measured: docs/results.md) | student-rank | student-fit | small-to-large | "
-        "learned | weights=0.2,0.3,0.5",
+        "uniform (safest under a capacity gap) | teacher-rank (the best-validated teacher's quality; "
+        "docs/results.md) | student-rank | student-fit | small-to-large | learned | weights=0.2,0.3,0.5",
     )
     sampling_temperature: float = flag(0.05, "Rank samplers: p = softmax(metric / temperature).")
     student_layers: str | None = flag(None, "Keep only these layers: N (first N) or a list like 0,2.")
