@@ -59,7 +59,7 @@ def test_loss_and_gradient_are_unbiased(kind: str, k: int | None, temperature: f
         s = student.clone().requires_grad_()
         loss = sampled_kd_loss(s, ids, weights, lp, temperature)
         (grad,) = torch.autograd.grad(loss, s)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         grads.append(grad.double())
     losses_t, grads_t = torch.tensor(losses), torch.stack(grads)
     se = losses_t.std() / len(losses) ** 0.5
