@@ -5,7 +5,6 @@ Shared by teachers and students; code shipped with a model runs only when the us
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from skdcache.errors import SkdError
@@ -21,10 +20,6 @@ AUTO_CLASSES = {
 def auto_class(head: str):
     """The transformers Auto class that builds a model with this head."""
     import transformers
-
-    # transformers 5 checks a model's tensor-parallel plan on every load while its modeling logger is quieted
-    # (as build_student does) and lists each layer as "not sharded"; skdcache never shards, so that is noise.
-    logging.getLogger("transformers.distributed.tensor_parallel").setLevel(logging.ERROR)
 
     return getattr(transformers, AUTO_CLASSES[head])
 

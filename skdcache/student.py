@@ -98,9 +98,12 @@ def build_student(
         model_dir = resolve_model_dir(spec.source)
         import logging
 
-        quiet = logging.getLogger("transformers.modeling_utils")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # "newly initialized classifier" is expected here
+        # "newly initialized classifier" is expected here. Quieting modeling_utils also makes transformers 5 check
+        # the model's tensor-parallel plan and list every layer as "not sharded": skdcache never shards.
+        quiet = [logging.getLogger(f"transformers.{m}") for m in ("modeling_utils", "distributed.tensor_parallel")]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.ERROR)
         try:
             model = auto.from_pretrained(
                 model_dir,
@@ -112,7 +115,8 @@ def build_student(
         except (ValueError, RuntimeError) as exc:
             raise SkdError(f"cannot build a {head} student from {spec.source}: {str(exc).splitlines()[0]}") from exc
         finally:
-            quiet.setLevel(level)
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
         tokenizer = load_tokenizer(model_dir, trust_remote_code)
     if spec.layers is not None:
         model = keep_layers(model, spec.layers)

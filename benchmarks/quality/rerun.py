@@ -5,19 +5,23 @@
         --config single-minilm-L6 --set alpha=1.0
 
 Each `<config>-s<seed>` run is retrained with the same config (data, cache, seed, steps) except the `--set`
-fields, into `<budget folder>-rerun/<setting>/`; the test metric of each seed is printed next to the original's.
+fields, into `<budget folder>-rerun/<setting>/` (a finished rerun is reused); the test metric of each seed is
+printed next to the original's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
-from skdcache.config import TrainConfig
-from skdcache.data import DataSpec
-from skdcache.train import train
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
+from benchmarks.reuse import finished_run  # noqa: E402
+from skdcache.config import TrainConfig  # noqa: E402
+from skdcache.data import DataSpec  # noqa: E402
+from skdcache.train import train  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +30,7 @@ def main() -> None:
     p.add_argument("--config", required=True, help="e.g. single-minilm-L6")
     p.add_argument("--set", action="append", required=True, help="FIELD=VALUE of TrainConfig, e.g. alpha=1.0")
     args = p.parse_args()
-    names = {f.name: f for f in fields(TrainConfig)}
+    names = {f.name for f in fields(TrainConfig)}
     runs = sorted(args.budget_folder.glob(f"{args.config}-s*/run.json"))
     if not runs:
         raise SystemExit(f"no finished {args.config}-s*/run.json under {args.budget_folder}")
@@ -39,9 +43,11 @@ def main() -> None:
             key, _, value = item.partition("=")
             if key not in names:
                 raise SystemExit(f"--set {item}: {key!r} is not a TrainConfig field")
-            cfg[key] = type(cfg[key])(value) if cfg.get(key) is not None else value
+            old = cfg.get(key)  # numbers and booleans as JSON (`false`, not bool("False") == True)
+            cfg[key] = value if old is None or isinstance(old, str) else type(old)(json.loads(value))
         cfg["output"] = str(out_root / run.parent.name)
-        test = train(TrainConfig(**cfg))["test"]
+        config = TrainConfig(**cfg)
+        test = (finished_run(config) or train(config))["test"]
         metric = test["primary"]
         print(f"{run.parent.name}: {metric} {test[metric]:.4f} (original {original['test'][metric]:.4f})", flush=True)
 
