@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import functools
+import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,8 +14,18 @@ import numpy as np
 import zarr
 
 from skdcache.cache import format as fmt
+from skdcache.cache.shards import chunk_codec, encode_shard
 from skdcache.cache.store import atomic_write, fsync_path, fsync_tree
 from skdcache.errors import CacheError
+from skdcache.stages import StageClock
+
+
+@functools.lru_cache(maxsize=1)
+def encode_pool() -> ThreadPoolExecutor:
+    """The threads that encode, write and fsync shards (Blosc, crc32c, write and fsync release the GIL);
+    shared by every writer of the process. SKDCACHE_WRITE_THREADS overrides the count (default: the cores)."""
+    workers = int(os.environ.get("SKDCACHE_WRITE_THREADS", 0)) or min(16, os.cpu_count() or 1)
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skdcache-encode")
 
 
 class CacheWriter:
@@ -23,10 +36,20 @@ class CacheWriter:
         manifest: written as the group's attributes with state "writing".
         layout: arrays and block size from `format.plan_layout`.
         index: the (start, count) arrays of the token families, written with each block's rows.
+        clock: where the encode / checksum / write / fsync seconds are added (a fresh one when not given).
     """
 
-    def __init__(self, group_path: Path, manifest: fmt.Manifest, layout: fmt.Layout, index: dict[str, np.ndarray]):
+    def __init__(
+        self,
+        group_path: Path,
+        manifest: fmt.Manifest,
+        layout: fmt.Layout,
+        index: dict[str, np.ndarray],
+        clock: StageClock | None = None,
+    ):
         self.path = group_path
+        self.clock = clock or StageClock()
+        self._codec = functools.partial(chunk_codec, fmt.compressors())
         self.layout = layout
         self.index = index
         self.manifest = manifest
@@ -79,32 +102,65 @@ class CacheWriter:
             raise
 
     def _write_block(self, block: int, data: dict[str, np.ndarray]) -> None:
-        """Write every array's slice of `block`, fsync it, then publish the marker.
+        """Write every array's slice of `block`, make it durable, then publish the marker.
+
+        Each shard is encoded and written whole by the encode pool (many at once); the block's directories
+        are fsynced once after all its files, then the marker is written: a crash at any point leaves either
+        no marker or a block whose every byte is on disk.
 
         Args:
             data: row arrays as [rows_in_block, ...]; token arrays as [tokens_in_block, ...] in row order.
+                Arrays already in their stored dtype are written without a copy; `data` is not modified.
         """
         start, stop = self.layout.block_rows(block)
-        for name in fmt.INDEX_ARRAYS:
-            if name in self.layout.arrays:
-                data[name] = self.index[name][start:stop]
-        sums: dict[str, str] = {}
-        touched: list[Path] = []
+        arrays = {**data, **{n: self.index[n][start:stop] for n in fmt.INDEX_ARRAYS if n in self.layout.arrays}}
+        pool = encode_pool()
+        sums: dict[str, Future] = {}
+        jobs: list[Future] = []
+        directories: set[Path] = set()
         for name, spec in self.layout.arrays.items():
-            values = np.asarray(data[name], dtype=spec.dtype)
+            values = np.ascontiguousarray(arrays[name], dtype=spec.dtype)
             lo, hi = self._region(name, start, stop)
             if values.shape[0] != hi - lo:
                 raise CacheError(f"block {block} of {name}: {values.shape[0]} rows for a region of {hi - lo}")
-            if hi > lo:
-                self.group[name][lo:hi] = values
-            sums[name] = fmt.checksum(values)
-            touched += self._shard_files(name, spec, lo, hi)
-        for path in touched:
-            if path.exists():
-                fsync_path(path)
-                for parent in path.relative_to(self.path).parents[:-1]:  # new directory entries, up to the array
-                    fsync_path(self.path / parent)
-        atomic_write(fmt.marker_path(self.path, block), fmt.encode_marker(block, (start, stop), sums))
+            sums[name] = pool.submit(self._checksum, values)
+            if hi == lo:
+                continue
+            if lo % spec.shard_rows:
+                raise CacheError(f"block {block} of {name} starts inside shard {lo // spec.shard_rows}")
+            for shard in fmt.shards_of(lo, hi, spec.shard_rows):
+                part = values[shard * spec.shard_rows - lo : min(hi, (shard + 1) * spec.shard_rows) - lo]
+                path = fmt.shard_file(self.path / name, shard, len(spec.shape))
+                jobs.append(pool.submit(self._write_shard, path, part, spec))
+                directories.update(p for p in path.parents if p.is_relative_to(self.path / name))
+        for job in jobs:
+            job.result()
+        with self.clock.stage("fsync"):
+            for directory in sorted(directories, key=lambda p: -len(p.parts)):  # new entries, deepest first
+                fsync_path(directory)
+        marker = fmt.encode_marker(block, (start, stop), {name: f.result() for name, f in sums.items()})
+        with self.clock.stage("fsync"):
+            atomic_write(fmt.marker_path(self.path, block), marker)
+
+    def _checksum(self, values: np.ndarray) -> str:
+        with self.clock.stage("checksum"):
+            return fmt.checksum(values)
+
+    def _write_shard(self, path: Path, values: np.ndarray, spec: fmt.ArraySpec) -> None:
+        """Encode one shard (zarr's exact bytes), write it in one call and fsync it."""
+        with self.clock.stage("encode"):
+            blob = encode_shard(values, spec.chunk_rows, spec.shard_rows, self._codec(values.dtype.itemsize))
+        with self.clock.stage("write"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view) :]
+                with self.clock.stage("fsync"):
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def invalidate(self, block: int) -> None:
         """Forget a damaged block: its marker first (readers stop serving it), then its shard files."""
