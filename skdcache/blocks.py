@@ -3,14 +3,18 @@ targets and assembled in row order, ready for the writer."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 from skdcache.cache import format as fmt
+from skdcache.cache.writer import CacheWriter
 from skdcache.data import Encoded
 from skdcache.device import autocast_dtype
 from skdcache.errors import SkdError
 from skdcache.reduce import position_uniforms, target_positions, teacher_batch, teacher_forward
+from skdcache.stages import StageClock
 from skdcache.teachers import LoadedTeacher
 
 
@@ -33,15 +37,21 @@ def run_block(
     enc: Encoded,
     positions: list[np.ndarray] | None,
     spec: fmt.TargetSpec,
+    layout: fmt.Layout,
     rows: range,
     batch_size: int,
     device: torch.device,
     perm: torch.Tensor | None,
     on_batch,
+    clock: StageClock | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every target of one block, assembled in row order (batches run in length order)."""
+    """Every target of one block in its stored dtype, assembled in row order (batches run in length order).
+
+    Targets are cast to the stored dtype on the teacher's device, so only the stored bytes cross to the host.
+    """
+    clock = clock or StageClock()
     lengths = enc.lengths
-    block = _BlockBuffer(rows, positions, lengths, spec)
+    block = _BlockBuffer(rows, positions, lengths, layout)
     for batch_rows in length_batches(lengths, rows, batch_size):
         batch_positions = [positions[r] for r in batch_rows] if positions is not None else None
         batch, mask = teacher_batch(teacher, enc, batch_rows, batch_positions, spec.head, device)
@@ -49,67 +59,95 @@ def run_block(
         if spec.sampled:
             counts = [len(p) for p in batch_positions]
             uniforms = position_uniforms(batch_rows, counts, spec.samples, spec.sample_seed)
-        out = teacher_forward(teacher, batch, mask, spec, perm, autocast_dtype(device), uniforms=uniforms)
-        block.put(batch_rows, out)
+        out = teacher_forward(teacher, batch, mask, spec, perm, autocast_dtype(device), uniforms=uniforms, clock=clock)
+        with clock.stage("reduce"):
+            stored = {name: _stored(value, layout, name) for name, value in vars(out).items() if value is not None}
+        with clock.stage("d2h"):
+            host = {name: value.cpu().numpy() for name, value in stored.items()}
+        with clock.stage("assemble"):
+            block.put(batch_rows, host)
         on_batch(len(batch_rows), int(lengths[batch_rows].sum()))
     if positions is not None:
-        block.arrays["positions"] = np.concatenate([positions[r] for r in rows])
+        block.arrays["positions"] = np.concatenate([positions[r] for r in rows]).astype(
+            layout.arrays["positions"].dtype
+        )
     return block.arrays
+
+
+_TORCH_DTYPES = {"float16": torch.float16, "uint8": torch.uint8, "uint16": torch.uint16, "uint32": torch.uint32}
+
+
+def _stored(value: torch.Tensor, layout: fmt.Layout, name: str) -> torch.Tensor:
+    """`value` in the dtype its array stores (the cast numpy would do on the host, done where `value` is)."""
+    return value.to(_TORCH_DTYPES[layout.arrays[name].dtype])
 
 
 class _BlockBuffer:
     """Preallocated arrays of one block; each batch's outputs are copied to their rows' places."""
 
-    def __init__(self, rows: range, positions, lengths: np.ndarray, spec: fmt.TargetSpec):
+    def __init__(self, rows: range, positions, lengths: np.ndarray, layout: fmt.Layout):
         self.start = rows.start
-        self.spec = spec
+        self.layout = layout
+        self.n = len(rows)
         self.arrays: dict[str, np.ndarray] = {}
-        n = len(rows)
-        self.tok_counts = np.array([len(positions[r]) for r in rows]) if positions is not None else None
-        self.seq_counts = lengths[rows.start : rows.stop]
-        self.tok_offsets = _offsets(self.tok_counts) if self.tok_counts is not None else None
-        self.seq_offsets = _offsets(self.seq_counts)
-        self.n = n
+        tok_counts = np.array([len(positions[r]) for r in rows], dtype=np.int64) if positions is not None else None
+        self.counts = {"token_index": tok_counts, "hidden_index": lengths[rows.start : rows.stop].astype(np.int64)}
 
-    def _array(self, name: str, shape: tuple, dtype) -> np.ndarray:
-        if name not in self.arrays:
-            self.arrays[name] = np.empty(shape, dtype=dtype)
-        return self.arrays[name]
-
-    def put(self, batch_rows: np.ndarray, out) -> None:
+    def put(self, batch_rows: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+        """Copy one batch's outputs (row arrays [B, ...] in batch order; token arrays [n, ...] flattened over the
+        batch in batch order) to their rows' places, each array in one vectorised copy."""
         local = batch_rows - self.start
-        if out.logits is not None:
-            logits = out.logits.cpu().numpy()
-            self._array("logits", (self.n, logits.shape[1]), logits.dtype)[local] = logits
-        token_parts = ("topk_logprobs", "topk_ids", "tail_logmass", "sample_ids", "sample_counts", "sample_logprobs")
-        parts = {n: getattr(out, n).cpu().numpy() for n in token_parts if getattr(out, n) is not None}
-        if parts:
-            self._scatter(parts, local, self.tok_counts, self.tok_offsets)
-        if out.hidden is not None:
-            hidden = out.hidden.cpu().numpy()
-            if self.spec.hidden_tokens == "cls":
-                self._array("hidden", (self.n, *hidden.shape[1:]), hidden.dtype)[local] = hidden
-            else:
-                self._scatter({"hidden": hidden}, local, self.seq_counts, self.seq_offsets)
-
-    def _scatter(self, parts: dict[str, np.ndarray], local: np.ndarray, counts, offsets) -> None:
-        """Copy row-major flattened token outputs of a batch to each row's range in the block."""
-        src = 0
-        total = int(counts.sum())
         for name, values in parts.items():
-            self._array(name, (total, *values.shape[1:]), values.dtype)
-        for r in local:
-            c = int(counts[r])
-            for name, values in parts.items():
-                self.arrays[name][offsets[r] : offsets[r] + c] = values[src : src + c]
-            src += c
+            index = fmt.index_array(name, self.layout.arrays)
+            counts = self.counts[index] if index is not None else None
+            if name not in self.arrays:
+                n = self.n if counts is None else int(counts.sum())
+                self.arrays[name] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+            self.arrays[name][local if counts is None else _token_places(counts, local)] = values
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+def _token_places(counts: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Places in the block's token array of a batch's tokens, flattened in batch order.
+
+    Args:
+        counts: [rows_in_block] tokens of each row; `local`: [B] the batch's rows (block-local).
+    Returns:
+        [sum(counts[local])] int64: row r's j-th token goes to offset(r) + j.
+    """
+    offsets = np.cumsum(counts) - counts  # [rows_in_block] start of each row
+    mine = counts[local]
+    src_starts = np.cumsum(mine) - mine
+    return np.repeat(offsets[local] - src_starts, mine) + np.arange(int(mine.sum()))
+
+
+def capture(blocks: list[int], compute, writer: CacheWriter, name: str, in_flight: int = 2) -> None:
+    """Compute `blocks` one after another on this thread while earlier ones are checked, encoded and written.
+
+    The block thread hands each block's shards to the writer's encode pool; at most `in_flight` computed
+    blocks wait for the disk (backpressure bounds memory), so the teacher waits only when the disk is the limit.
+    A writer error is raised here, at the next block or at the end.
+
+    Args:
+        compute: block -> its arrays in stored dtype (`run_block`).
+    """
+
+    def check_and_write(block: int, data: dict[str, np.ndarray]) -> None:
+        with writer.clock.stage("check"):
+            check_finite(block, data, name)
+        writer.write_block(block, data)
+
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdcache-writer") as pool:
+        for block in blocks:
+            pending.append(pool.submit(check_and_write, block, compute(block)))
+            while len(pending) > in_flight:
+                pending.pop(0).result()
+        for f in pending:
+            f.result()
 
 
 def check_finite(block: int, data: dict[str, np.ndarray], name: str) -> None:
+    """Refuse NaN / inf in the stored float16 arrays (exponent bits all ones: 3x faster than np.isfinite)."""
     for key in ("logits", "topk_logprobs", "sample_logprobs", "hidden"):
-        if key in data and not np.isfinite(data[key]).all():
+        if key in data and (data[key].view(np.uint16) & 0x7C00 == 0x7C00).any():
             raise SkdError(f"teacher {name} produced NaN/inf {key} in block {block}; check the model weights/dtype")

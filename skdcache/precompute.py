@@ -11,7 +11,6 @@ import dataclasses
 import errno
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skdcache.blocks import check_finite, run_block, token_positions
+from skdcache.blocks import capture, run_block, token_positions
 from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
 from skdcache.cache.manifest import DatasetInfo, TeacherInfo, read_manifest
@@ -38,6 +37,7 @@ from skdcache.models import detect_head, load_config, load_tokenizer, resolve_mo
 from skdcache.options import TargetOptions, check_teacher, target_spec
 from skdcache.provenance import dataset_record, package_versions, teacher_location
 from skdcache.reduce import label_permutation
+from skdcache.stages import StageClock
 from skdcache.teachers import TeacherSpec, load_teacher
 
 log = logging.getLogger("skdcache")
@@ -50,6 +50,7 @@ class PrecomputeResult:
     status: str  # "cached" | "cached (remote)" | "computed" | "resumed" | "repaired" | "verified"
     seconds: float
     manifest: fmt.Manifest
+    stages: dict[str, dict[str, float]] | None = None  # StageClock.summary() of a run that computed blocks
 
     def row(self) -> dict[str, str]:
         """One line of the `skdcache precompute` summary table."""
@@ -167,14 +168,15 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             cache_key=key,
         )
+        clock = StageClock()
         if rank == 0:  # one creator; the other ranks open what it made
             write_json(root / rows.fingerprint / fmt.DATASET_FILE, dataset_record(rows))
-            writer = CacheWriter(group_path, manifest, layout, index)
+            writer = CacheWriter(group_path, manifest, layout, index, clock)
             for block in damaged:
                 writer.invalidate(block)
         barrier()
         if rank != 0:
-            writer = CacheWriter(group_path, manifest, layout, index)
+            writer = CacheWriter(group_path, manifest, layout, index, clock)
         done = writer.done()
         todo = [b for b in range(layout.n_blocks) if b not in done and b % world == rank]
         status = "repaired" if damaged else "resumed" if done else "computed"
@@ -195,19 +197,12 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
             bar.update(n_rows)
             bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - tokens[1]):,.0f}", refresh=False)
 
-        pending: list[Future] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdcache-writer") as pool:
-            for block in todo:
-                rows_of_block = range(*layout.block_rows(block))
-                data = run_block(
-                    teacher, enc, positions, targets, rows_of_block, opts.batch_size, device, perm, on_batch
-                )
-                check_finite(block, data, spec.name)
-                pending.append(pool.submit(writer.write_block, block, data))
-                while len(pending) > 2:  # backpressure: at most two blocks in memory; raises a writer error
-                    pending.pop(0).result()
-            for f in pending:
-                f.result()
+        def compute(block: int) -> dict[str, np.ndarray]:
+            rows_of_block = range(*layout.block_rows(block))
+            bs = opts.batch_size
+            return run_block(teacher, enc, positions, targets, layout, rows_of_block, bs, device, perm, on_batch, clock)
+
+        capture(todo, compute, writer, spec.name)
         bar.close()
         barrier()  # every rank's blocks are durable before rank 0 declares the cache complete
         if rank == 0:
@@ -220,7 +215,7 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
         barrier()
         if rank != 0:
             manifest = read_manifest(group_path)
-    return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest)
+    return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest, clock.summary())
 
 
 def _damaged_blocks(group_path: Path) -> set[int]:

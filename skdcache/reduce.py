@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from skdcache.cache import format as fmt
 from skdcache.data import Encoded, TextRows, mlm_positions, pad_batch, target_mask
 from skdcache.errors import SkdError
+from skdcache.stages import StageClock
 from skdcache.teachers import LoadedTeacher
 
 
@@ -106,6 +107,7 @@ def teacher_forward(
     autocast_dtype: torch.dtype | None,
     full_logits: bool = False,
     uniforms: torch.Tensor | None = None,
+    clock: StageClock | None = None,
 ) -> BatchTargets:
     """Run the teacher on a padded batch and reduce its outputs to cache targets.
 
@@ -116,21 +118,31 @@ def teacher_forward(
         full_logits: token heads: return the full-vocabulary logits at the target positions, [n, V], instead
             of top-k (the live reference the cache approximates; never stored).
         uniforms: sampled / hybrid targets: [n, N] float64 (`position_uniforms`) driving the draws.
+        clock: where the forward's and the reduction's seconds are added (on an accelerator, kernels run
+            asynchronously: their time lands in whichever stage next waits for the device).
     """
-    hidden_layers, hidden_tokens = spec.hidden_layers, spec.hidden_tokens
+    clock = clock or StageClock()
     device_type = batch["input_ids"].device.type
     head = teacher.model.get_output_embeddings() if teacher.head != "sequence" else None
     fp32_head = None
     if autocast_dtype is not None and isinstance(head, torch.nn.Linear):
         fp32_head = head.register_forward_hook(_float32_projection)
+    amp = torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     try:
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = teacher.model(**batch, output_hidden_states=bool(hidden_layers))
+        with clock.stage("forward"), amp:
+            out = teacher.model(**batch, output_hidden_states=bool(spec.hidden_layers))
     finally:
         if fp32_head is not None:
             fp32_head.remove()
+    with clock.stage("reduce"):
+        return _reduce(out, teacher.head, batch, target_mask, spec, label_permutation, full_logits, uniforms)
+
+
+def _reduce(out, head: str, batch, target_mask, spec: fmt.TargetSpec, label_permutation, full_logits, uniforms):
+    """The targets of one forward's outputs (see `teacher_forward`), on the outputs' device."""
+    hidden_layers, hidden_tokens = spec.hidden_layers, spec.hidden_tokens
     result = BatchTargets()
-    if teacher.head == "sequence":
+    if head == "sequence":
         logits = out.logits.float()
         result.logits = logits[:, label_permutation] if label_permutation is not None else logits
     elif full_logits:
