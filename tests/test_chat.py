@@ -166,6 +166,7 @@ def test_skdtrainer_loss_equals_train_on_chat_rows(chat_team, tmp_path: Path):
     native = step_lines(tmp_path / "native")
     dataset = datasets.load_dataset("json", data_files=str(Path(spec.source) / "train.jsonl"), split="train")
     trainer = trainer_for(config, "causal", tmp_path / "hf", dataset=dataset)
+    assert trainer.model.get_output_embeddings()._forward_hooks  # float32 vocabulary projection under autocast
     trainer.train()
     hf = trainer.skd_history
     assert [x["step"] for x in hf] == [x["step"] for x in native] == [1, 2, 3, 4]

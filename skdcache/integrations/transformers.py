@@ -22,6 +22,7 @@ from skdcache.loader import StepSchedule, StudentInputs, model_inputs, student_b
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.objective import build_objective, step_loss
 from skdcache.plan import fixed_sampler
+from skdcache.reduce import float32_vocab_projection
 from skdcache.sampling import Sampler
 from skdcache.sources import CachedTargets, TeacherDraws
 from skdcache.student import check_student_matches_teachers, student_inputs
@@ -154,6 +155,7 @@ class SkdTrainer(Trainer):
                 "cross-entropy, as skdcache train does; set label_smoothing_factor=0"
             )
         self._check_rows(dataset)
+        float32_vocab_projection(self.model, head)  # under autocast (bf16=True), as the teachers' logits were
         model_config = _base_model(self.model).config
         _check_head(self.model, head)
         check_student_matches_teachers(caches, tokenizer, max_length, 0.0, getattr(model_config, "num_labels", None))
