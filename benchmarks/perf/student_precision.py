@@ -3,13 +3,13 @@
     python benchmarks/perf/student_precision.py                 # V = 49,152, H = 576, 256 positions (~10 s CPU)
     python benchmarks/perf/student_precision.py --vocab 8192 --scales 5,20,40
 
-States h [n, H] (bf16-rounded, as a bf16 body hands them over) are projected by W [V, H] scaled so the largest
-logits' standard deviation is a third of each
---scales value (5 and 20 give largest logits of about 9 and 37), and scored with skdcache's top-k KD loss (k = 16, T = 2) against
-fixed teacher targets. The projection is run in float64 (the reference), float32 (what `train` and SkdTrainer
-do under autocast, as precompute does for the teacher) and bf16 (a plain autocast forward); printed: the KD
-loss's relative error and the relative error of its gradient with respect to W and h. The numbers in
-docs/chat-data.md ("Precision under autocast") come from the default run.
+States h [n, H] (bf16-rounded, as a bf16 body hands them over) are projected by W [V, H] scaled so the logits'
+standard deviation is a third of each --scales value (5 and 20 give largest logits of about 9 and 37), and
+scored with skdcache's top-k KD loss (k = 16, T = 2) against fixed teacher targets. The projection is run in
+float64 (the reference), float32 (what `train` and SkdTrainer do under autocast, as precompute does for the
+teacher) and bf16 (a plain autocast forward); printed: the KD loss's relative error and the relative error of
+its gradient with respect to W and h. The numbers in docs/chat-data.md ("Precision under autocast") come from
+the default run.
 """
 
 from __future__ import annotations
