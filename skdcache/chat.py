@@ -75,7 +75,12 @@ def check_template(cached: list, rows: TextRows, fix: str) -> None:
                 f"these conversations were cached with another chat template ({template_hash(info.chat_template)}, "
                 f"now {template_hash(rows.chat_template)}); {fix}, or re-run precompute with this template"
             )
-        if same_chats and bool(info.end_of_turn) != rows.spec.end_of_turn:
+        if same_chats and info.end_of_turn is None:  # before the rule was kept, spans could land in headers
+            raise SkdError(
+                "these conversations were cached by an older skdcache, whose assistant spans could miss the answer; "
+                "re-run precompute"
+            )
+        if same_chats and info.end_of_turn != rows.spec.end_of_turn:
             flag = "--end-of-turn" if info.end_of_turn else "--no-end-of-turn"
             raise SkdError(
                 f"these conversations were cached with end-of-turn tokens {'' if info.end_of_turn else 'not '}"

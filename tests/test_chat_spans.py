@@ -209,3 +209,26 @@ def test_cli_switch_reaches_the_data_spec(tmp_path: Path):
 
     done = CliRunner().invoke(cli, ["precompute", "--help"])
     assert "--no-end-of-turn" in done.output
+
+
+def test_a_cache_of_another_rule_or_an_older_version_is_named_in_one_line(tok):
+    from skdcache.cache.manifest import DatasetInfo
+    from skdcache.chat import check_template
+
+    chats = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
+    spec = DataSpec("<mem>", label_column=None, messages_column="messages")
+    raw = TextRows(spec, [""], None, None, None, "unlabelled", messages=chats)
+    raw.fingerprint = fingerprint_rows(raw)
+    rows = render_chat(raw, tok)
+    for cached, words in ((False, "--no-end-of-turn"), (None, "older skdcache")):
+        info = DatasetInfo(
+            n_rows=1, messages_fingerprint=rows.messages_fingerprint, chat_template=OWN, end_of_turn=cached
+        )
+        with pytest.raises(SkdError) as err:
+            check_template([info], rows, "fix")
+        assert words in str(err.value) and "\n" not in str(err.value)
+    check_template(
+        [DatasetInfo(n_rows=1, messages_fingerprint=rows.messages_fingerprint, chat_template=OWN, end_of_turn=True)],
+        rows,
+        "fix",
+    )
