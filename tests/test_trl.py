@@ -16,7 +16,10 @@ datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning"),  # trl's own call
+]
 
 
 def sft_trainer(config, dataset, out: Path, **kw):
