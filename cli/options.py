@@ -137,6 +137,13 @@ def data_options(options_cls: type) -> Callable:
                 type=click.Path(dir_okay=False),
                 help="A Jinja chat template file, instead of the tokenizer's.",
             ),
+            click.option(
+                "--end-of-turn/--no-end-of-turn",
+                "end_of_turn",
+                default=True,
+                show_default=True,
+                help="Chat data: the end-of-turn marker after each assistant message carries loss too.",
+            ),
             field_option(DataSpec, "limit", help="Use only the first N rows of the split."),
             field_option(options_cls, "max_length"),
             cache_option,
@@ -159,4 +166,5 @@ def data_spec(kw: dict) -> DataSpec:
         limit=kw["limit"],
         messages_column=kw["messages_column"],
         chat_template=kw["chat_template"],
+        end_of_turn=kw["end_of_turn"],
     )

@@ -4,8 +4,10 @@ A conversation becomes text with `tokenizer.apply_chat_template`; the loss sits 
 Those are found as character spans of the rendered text, so they hold for any tokenizer that reads it:
 
 - a template with `{% generation %}` blocks marks them itself (`return_assistant_tokens_mask`);
-- otherwise each assistant message is found by incremental rendering: the text the conversation up to that
-  message adds to the text up to the message before, searched for the message's content.
+- otherwise each assistant message is found by incremental rendering: the conversation up to that message
+  rendered with a probe for its content says where the header ends and the content starts; the span runs
+  from there over the content and, by default (`DataSpec.end_of_turn`), over the end-of-turn marker the
+  template writes right after it.
 
 The template is part of the rows' fingerprint, so caches of one template are never read for another
 (docs/chat-data.md).
@@ -52,7 +54,7 @@ def render_chat(rows: TextRows, tokenizer, override: str | None = None, fix: str
     template = chat_template(tokenizer, override, fix)
     texts, spans = [], []
     for i, messages in enumerate(rows.messages):
-        text, found = assistant_spans(tokenizer, messages, template, i)
+        text, found = assistant_spans(tokenizer, messages, template, i, rows.spec.end_of_turn)
         texts.append(text)
         spans.append(found)
     out = dataclasses.replace(
@@ -73,6 +75,17 @@ def check_template(cached: list, rows: TextRows, fix: str) -> None:
                 f"these conversations were cached with another chat template ({template_hash(info.chat_template)}, "
                 f"now {template_hash(rows.chat_template)}); {fix}, or re-run precompute with this template"
             )
+        if same_chats and info.end_of_turn is None:  # before the rule was kept, spans could land in headers
+            raise SkdError(
+                "these conversations were cached by an older skdcache, whose assistant spans could miss the answer; "
+                "re-run precompute"
+            )
+        if same_chats and info.end_of_turn != rows.spec.end_of_turn:
+            flag = "--end-of-turn" if info.end_of_turn else "--no-end-of-turn"
+            raise SkdError(
+                f"these conversations were cached with end-of-turn tokens {'' if info.end_of_turn else 'not '}"
+                f"carrying loss; pass {flag} as at precompute, or re-run precompute with this rule"
+            )
 
 
 def render(tokenizer, messages: list[dict], template: str) -> str:
@@ -82,10 +95,23 @@ def render(tokenizer, messages: list[dict], template: str) -> str:
         raise SkdError(f"the chat template failed on a conversation: {str(exc).splitlines()[0]}") from exc
 
 
-def assistant_spans(tokenizer, messages: list[dict], template: str, row: int) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the [start, end) character spans of its assistant turns."""
+# written as an assistant message's content to find where the template puts it: private-use characters, which
+# no template writes, trims or escapes
+PROBE = "\ue000skd\ue001"
+
+
+def assistant_spans(
+    tokenizer, messages: list[dict], template: str, row: int, end_of_turn: bool = True
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the [start, end) character spans of its assistant turns: each content and,
+    with `end_of_turn`, what the template writes right after it to close the turn (trailing whitespace aside)."""
     text = render(tokenizer, messages, template)
     if GENERATION_BLOCK.search(template):
+        if not end_of_turn:
+            raise SkdError(
+                f"row {row}: this chat template marks assistant turns with {{% generation %}} blocks, which decide "
+                "what carries loss; drop --no-end-of-turn (end_of_turn=False) or edit the blocks"
+            )
         return text, _generation_spans(tokenizer, messages, template, text, row)
     spans = []
     for i, message in enumerate(messages):
@@ -98,16 +124,29 @@ def assistant_spans(tokenizer, messages: list[dict], template: str, row: int) ->
                 f"row {row}: the chat template does not render a conversation's start as a prefix of the whole; "
                 "mark assistant turns with {% generation %} in the template"
             )
-        content = message["content"]
-        at = upto.find(content, len(before))
-        if at < 0 and content.strip():  # templates often strip the content
-            content = content.strip()
-            at = upto.find(content, len(before))
-        if at < 0:
-            raise SkdError(f"row {row}: assistant message {i} is not in the rendered text; check the chat template")
-        if content:
-            spans.append((at, at + len(content)))
+        at, end = _content_span(tokenizer, messages, i, template, before, upto, row)
+        if end_of_turn:  # the turn's closing marker, so that the student learns to stop
+            end += len(upto[end:].rstrip())
+        if end > at:
+            spans.append((at, end))
     return text, spans
+
+
+def _content_span(tokenizer, messages, i, template, before, upto, row) -> tuple[int, int]:
+    """Where message `i`'s content sits in `upto`: right after the header the template writes before it, found by
+    rendering the turn with a probe for content (a search would match the content inside the header)."""
+    probed = render(tokenizer, [*messages[:i], {**messages[i], "content": PROBE}], template)
+    at = probed.find(PROBE)
+    if at < len(before) or probed.count(PROBE) != 1 or upto[:at] != probed[:at]:
+        raise SkdError(
+            f"row {row}: the chat template writes assistant message {i}'s header differently for other content; "
+            "mark assistant turns with {% generation %} in the template"
+        )
+    content = messages[i]["content"]
+    for written in (content, content.strip(), content.lstrip(), content.rstrip()):  # templates often trim it
+        if upto.startswith(written, at):
+            return at, at + len(written)
+    raise SkdError(f"row {row}: assistant message {i} is not where the chat template writes it; check the template")
 
 
 def _generation_spans(tokenizer, messages, template, text, row) -> list[tuple[int, int]]:

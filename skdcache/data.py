@@ -31,6 +31,7 @@ class DataSpec:
     limit: int | None = None
     messages_column: str | None = None  # chat data: a list of {"role", "content"} per row (docs/chat-data.md)
     chat_template: str | None = None  # a Jinja file overriding the tokenizer's chat template
+    end_of_turn: bool = True  # chat data: the end-of-turn marker after each assistant content carries loss too
 
 
 @dataclass
@@ -172,6 +173,8 @@ def fingerprint_rows(rows: TextRows) -> str:
     header = {"task": rows.task, "label_names": rows.label_names, "pair": rows.pairs is not None}
     if rows.messages is not None:  # chat: the template and, per row, the rendered text and assistant spans
         header["chat_template"] = rows.chat_template
+        if rows.spans is not None:  # rendered: the rule, besides the spans it gives (not the conversations')
+            header["end_of_turn"] = rows.spec.end_of_turn
     h.update(json.dumps(header, sort_keys=True).encode())
     for i, text in enumerate(rows.texts):
         label = None if rows.labels is None else rows.labels[i].item()

@@ -6,6 +6,8 @@ combination fails in seconds with one line, not after the student is built.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,6 +27,8 @@ from skdcache.pilots import pilot_metrics
 from skdcache.sampling import LearnedSampler, Sampler, build_sampler
 from skdcache.student import student_tokenizer
 from skdcache.student_aware import FitSampler, ScheduleSampler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,18 +163,41 @@ def sampler_for_run(cfg: TrainConfig, plan: RunPlan, run_pilot: Callable[[TrainC
         return None
     kind, n = cfg.sampling, len(plan.caches)
     if kind == "learned":
-        return LearnedSampler(n, cfg.seed, lr=cfg.learned_lr)
+        return LearnedSampler(_team_limit(kind, n, LearnedSampler), cfg.seed, lr=cfg.learned_lr)
     if kind == "small-to-large":
         sizes = [c.manifest.teacher.num_parameters or 0 for c in plan.caches]
+        _warn_unordered(plan.caches, sizes)
         return ScheduleSampler(sizes, plan.total_steps, cfg.seed)
     if kind == "student-fit":
-        return FitSampler(n, cfg.seed)
+        return FitSampler(_team_limit(kind, n, FitSampler), cfg.seed)
     metrics = None
     if kind == "student-rank":
         # half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform
         steps = cfg.pilot_steps or max(1, plan.total_steps // 2)
         metrics = pilot_metrics(cfg, plan.rows, plan.eval_rows, plan.caches, steps, run_pilot)
     return fixed_sampler(kind, plan.caches, cfg.seed, cfg.sampling_temperature, metrics)
+
+
+def _team_limit(kind: str, n: int, sampler: type) -> int:
+    """`n`, or a one-line refusal: these samplers keep a floor `min_prob` per teacher, so `n * min_prob <= 1`."""
+    floor = inspect.signature(sampler).parameters["min_prob"].default
+    most = int(1 / floor + 1e-9)
+    if n > most:
+        raise SkdError(
+            f"--sampling {kind} draws every teacher at least {floor:.0%} of the time, so it takes at most {most} "
+            f"teachers, not {n}; pass --teachers with {most} or fewer, or another --sampling"
+        )
+    return n
+
+
+def _warn_unordered(caches: list[TeacherCache], sizes: list[int]) -> None:
+    """small-to-large orders the team by size; where sizes are missing or tie, team order decides: say so."""
+    missing = [c.name for c, s in zip(caches, sizes, strict=True) if not s]
+    tied = sorted({c.name for c, s in zip(caches, sizes, strict=True) if s and sizes.count(s) > 1})
+    if missing:
+        log.warning("small-to-large: no recorded size for %s; they come first, in team order", ", ".join(missing))
+    if tied:
+        log.warning("small-to-large: %s have the same size; they keep team order", ", ".join(tied))
 
 
 def fixed_sampler(

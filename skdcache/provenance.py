@@ -49,6 +49,7 @@ def dataset_record(rows: TextRows) -> dict:
             "messages_column": s.messages_column,
             "chat_template": rows.chat_template,
             "messages_fingerprint": rows.messages_fingerprint,
+            "end_of_turn": s.end_of_turn,
         }
         if rows.messages is not None
         else {}

@@ -34,6 +34,7 @@ from skdcache.live import LiveTargets
 from skdcache.loader import StepBatches, model_inputs, step_loader, student_batch
 from skdcache.objective import build_objective, build_projectors, soft_loss, step_loss
 from skdcache.plan import plan_run, sampler_for_run
+from skdcache.reduce import float32_vocab_projection
 from skdcache.run_record import Run, record_run, save_student
 from skdcache.sampling import LearnedSampler
 from skdcache.sources import CachedTargets, TargetSource, TeacherChoice, TeacherDraws
@@ -71,6 +72,7 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     model.to(device)
+    float32_vocab_projection(model, plan.head)  # under autocast, as the teachers' logits were computed
     check_student_matches_teachers(plan.caches, tokenizer, cfg.max_length, cfg.beta, plan.num_labels)
     objective = build_objective(
         plan.head, plan.task, plan.caches, model.config, cfg.temperature, cfg.alpha, cfg.beta, cfg.layer_map, cfg.mode

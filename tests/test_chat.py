@@ -28,7 +28,7 @@ TEMPLATE = "{% for m in messages %}[CLS] {{ m['role'] }} {{ m['content'] }} [SEP
 # the same text, with the assistant content marked for `return_assistant_tokens_mask`
 GENERATION_TEMPLATE = (
     "{% for m in messages %}[CLS] {{ m['role'] }} {% if m['role'] == 'assistant' %}{% generation %}"
-    "{{ m['content'] }}{% endgeneration %}{% else %}{{ m['content'] }}{% endif %} [SEP] {% endfor %}"
+    "{{ m['content'] }} [SEP]{% endgeneration %}{% else %}{{ m['content'] }} [SEP]{% endif %} {% endfor %}"
 )
 OTHER_TEMPLATE = "{% for m in messages %}{{ m['role'] }} said {{ m['content'] }} [SEP] {% endfor %}"
 
@@ -89,9 +89,10 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
-def test_mask_is_exactly_the_assistant_content_tokens(chat_team):
+def test_mask_is_exactly_the_assistant_content_and_end_of_turn_tokens(chat_team):
     """Both ways of finding assistant turns (incremental rendering, {% generation %}) mark exactly the tokens of
-    the assistant contents, tokenised on their own; the rendered text is the template's, written out by hand."""
+    the assistant contents, tokenised on their own, and the [SEP] closing each; the rendered text is the
+    template's, written out by hand."""
     spec, _, student, _ = chat_team
     tok = transformers.AutoTokenizer.from_pretrained(student)
     raw = load_rows(spec)
@@ -106,7 +107,7 @@ def test_mask_is_exactly_the_assistant_content_tokens(chat_team):
                 t
                 for m in chat
                 if m["role"] == "assistant"
-                for t in tok(m["content"], add_special_tokens=False)["input_ids"]
+                for t in [*tok(m["content"], add_special_tokens=False)["input_ids"], tok.sep_token_id]
             ]
             assert [i for i, keep in zip(ids, mask, strict=True) if keep] == expected
             assert ids[0] == tok.cls_token_id  # the template's specials only: none added by the tokenizer
@@ -165,6 +166,7 @@ def test_skdtrainer_loss_equals_train_on_chat_rows(chat_team, tmp_path: Path):
     native = step_lines(tmp_path / "native")
     dataset = datasets.load_dataset("json", data_files=str(Path(spec.source) / "train.jsonl"), split="train")
     trainer = trainer_for(config, "causal", tmp_path / "hf", dataset=dataset)
+    assert trainer.model.get_output_embeddings()._forward_hooks  # float32 vocabulary projection under autocast
     trainer.train()
     hf = trainer.skd_history
     assert [x["step"] for x in hf] == [x["step"] for x in native] == [1, 2, 3, 4]
@@ -194,6 +196,16 @@ def test_the_template_is_in_the_fingerprint_and_a_mismatch_is_refused(chat_team,
             chat_template=OTHER_TEMPLATE,
         )
     assert "another chat template" in one_line(err.value)
+
+
+def test_another_end_of_turn_rule_is_refused_in_one_line(chat_team, tmp_path: Path):
+    """The rule is part of the rows: a cache whose end-of-turn tokens carry loss is not read without them."""
+    spec, cache, student, _ = chat_team
+    config = run_cfg(dataclasses.replace(spec, end_of_turn=False), student, cache, tmp_path / "x")
+    with pytest.raises(SkdError) as err:
+        train(config)
+    assert "--end-of-turn" in one_line(err.value)
+    assert TeacherCache(chat_team[3]).manifest.dataset.end_of_turn is True
 
 
 def test_a_tokenizer_without_template_names_the_flag(chat_data, tmp_path: Path):

@@ -101,8 +101,10 @@ def trainer_for(
     model=None,
     gradient_accumulation_steps: int = 1,
     training: dict | None = None,
+    total_steps: int | None = None,
     **kw,
 ) -> SkdTrainer:
+    """The Trainer set up as `cfg`'s run: its optimizer and schedule over `total_steps` (default `max_steps`)."""
     if model is None:
         model, _ = build_student(
             StudentSpec.parse(cfg.student, None), head, 3, ["negative", "neutral", "positive"], "classification"
@@ -111,7 +113,6 @@ def trainer_for(
     args = transformers.TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
-        max_steps=cfg.max_steps,
         learning_rate=cfg.lr,
         seed=cfg.seed,
         report_to=[],
@@ -121,7 +122,7 @@ def trainer_for(
         disable_tqdm=True,
         logging_steps=1,
         gradient_accumulation_steps=gradient_accumulation_steps,
-        **{"save_strategy": "no", **(training or {})},
+        **{"save_strategy": "no", "max_steps": cfg.max_steps or -1, "num_train_epochs": cfg.epochs, **(training or {})},
     )
     params = [p for p in model.parameters() if p.requires_grad]
     return SkdTrainer(
@@ -130,7 +131,7 @@ def trainer_for(
         train_dataset=dataset if dataset is not None else hf_dataset(Path(cfg.data.source)),
         processing_class=tokenizer,
         cache=cfg.cache,
-        optimizers=_optimizer(params, cfg, cfg.max_steps),
+        optimizers=_optimizer(params, cfg, total_steps or cfg.max_steps),
         temperature=cfg.temperature,
         alpha=cfg.alpha,
         **kw,

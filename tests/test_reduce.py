@@ -33,3 +33,86 @@ def test_token_logits_are_float32_under_bf16_autocast(tmp_path: Path, head: str)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         plain = teacher.model(**batch).logits[mask].float()
     assert (plain.bfloat16().float() == plain).all()  # what the projection gives without the float32 hook
+
+
+def test_student_vocabulary_projection_is_float32_under_autocast_and_its_kd_gradient_exact():
+    """The student gets the teacher's treatment: under bf16 autocast its logits come from a float32
+    projection of the bf16 body's states, so the KD gradient equals a float64 projection's to ~1e-6, where
+    the bf16 projection is off by ~1e-3 (logits of ~10, V = 4096); without autocast the hook changes nothing."""
+    from skdcache.losses import topk_kd_loss
+    from skdcache.reduce import float32_vocab_projection, topk_with_tail
+
+    torch.manual_seed(0)
+    V, H, n = 4096, 64, 64
+    head = torch.nn.Linear(H, V, bias=False)
+    with torch.no_grad():
+        head.weight.mul_(10.0 / (head.weight.std() * H**0.5))  # logits of std ~1, max ~10, as a trained LM's
+    model = torch.nn.Module()
+    model.get_output_embeddings = lambda: head
+    hidden = torch.randn(n, H).bfloat16().float()  # a bf16 body's states
+    values, ids, tail = topk_with_tail(torch.randn(n, V) * 3, 16)
+
+    def kd_grad(dtype_of_projection: str) -> torch.Tensor:
+        head.zero_grad()
+        if dtype_of_projection == "float64":
+            logits = torch.nn.functional.linear(hidden.double(), head.weight.double())
+            loss = topk_kd_loss(logits, ids, values.double(), tail.double(), 2.0)
+            (g,) = torch.autograd.grad(loss, head.weight)
+            return g.double()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = head(hidden)
+        assert logits.dtype == (torch.float32 if dtype_of_projection == "float32" else torch.bfloat16)
+        (g,) = torch.autograd.grad(topk_kd_loss(logits.float(), ids, values, tail, 2.0), head.weight)
+        return g.double()
+
+    exact = kd_grad("float64")
+    plain = kd_grad("bfloat16")
+    handle = float32_vocab_projection(model, "causal")
+    assert handle is not None and float32_vocab_projection(model, "sequence") is None
+    fixed = kd_grad("float32")
+    assert float((plain - exact).norm() / exact.norm()) > 1e-3
+    assert float((fixed - exact).norm() / exact.norm()) < 1e-5
+    with torch.no_grad():
+        assert torch.equal(head(hidden), torch.nn.functional.linear(hidden, head.weight))  # no autocast: as is
+    handle.remove()
+
+
+def test_train_registers_the_student_projection(monkeypatch, tmp_path: Path):
+    """`skdcache train` under (forced) bf16 autocast on CPU: the student's logits reach the loss in float32."""
+    from conftest import write_split
+
+    import skdcache.train as train_module
+    from skdcache import DataSpec, TargetOptions, precompute
+    from skdcache.config import TrainConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.csv", 16, seed=1)
+    teacher = spread(make_model(tmp_path / "t", "causal", layers=1, seed=1), 3.0)
+    spec = DataSpec(str(data), label_column=None)
+    precompute(spec, [TeacherSpec("t", str(teacher))], tmp_path / "cache", TargetOptions(max_length=16, progress=False))
+    seen = []
+    real = train_module.float32_vocab_projection
+
+    def spy(model, head):
+        handle = real(model, head)
+        model.get_output_embeddings().register_forward_hook(lambda m, a, o: seen.append(o.dtype))
+        return handle
+
+    monkeypatch.setattr(train_module, "float32_vocab_projection", spy)
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda device: torch.bfloat16)
+    cfg = TrainConfig(
+        data=spec,
+        student=str(make_model(tmp_path / "s", "causal", layers=1, seed=2)),
+        output=str(tmp_path / "out"),
+        cache=str(tmp_path / "cache"),
+        max_steps=1,
+        batch_size=8,
+        max_length=16,
+        device="cpu",
+        eval_split=None,
+        progress=False,
+        num_workers=0,
+    )
+    train_module.train(cfg)
+    assert seen and set(seen) == {torch.float32}

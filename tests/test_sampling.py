@@ -298,3 +298,43 @@ def test_fixed_sampler_builds_known_distributions_and_refuses_loop_bound_ones() 
             fixed_sampler(kind, team, 0, 0.05)
     with pytest.raises(SkdError, match="weights=0.2,0.3,0.5"):
         fixed_sampler("weights=a,b", team, 0, 0.05)
+
+
+def _team(sizes: list[int | None]):
+    from types import SimpleNamespace
+
+    caches = [
+        SimpleNamespace(name=f"t{i}", manifest=SimpleNamespace(teacher=SimpleNamespace(num_parameters=s)))
+        for i, s in enumerate(sizes)
+    ]
+    return SimpleNamespace(caches=caches, total_steps=10)
+
+
+@pytest.mark.parametrize(("kind", "most"), [("student-fit", 20), ("learned", 50)])
+def test_too_large_a_team_is_refused_in_one_line_naming_the_limit(kind: str, most: int) -> None:
+    from types import SimpleNamespace
+
+    from skdcache import SkdError
+    from skdcache.plan import sampler_for_run
+
+    cfg = SimpleNamespace(mode="skd", sampling=kind, seed=0, learned_lr=0.1)
+    assert sampler_for_run(cfg, _team([1] * most), None) is not None
+    with pytest.raises(SkdError) as err:
+        sampler_for_run(cfg, _team([1] * (most + 1)), None)
+    text = str(err.value)
+    assert "\n" not in text and f"at most {most} teachers" in text and f"not {most + 1}" in text
+
+
+def test_small_to_large_says_when_team_order_decides(caplog) -> None:
+    from types import SimpleNamespace
+
+    from skdcache.plan import sampler_for_run
+
+    cfg = SimpleNamespace(mode="skd", sampling="small-to-large", seed=0)
+    with caplog.at_level("WARNING", logger="skdcache.plan"):
+        sampler_for_run(cfg, _team([3, 1, 2]), None)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="skdcache.plan"):
+        sampler_for_run(cfg, _team([5, None, 5, 7]), None)
+    text = " | ".join(r.getMessage() for r in caplog.records)
+    assert "no recorded size for t1" in text and "t0, t2 have the same size" in text

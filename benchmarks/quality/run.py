@@ -102,18 +102,18 @@ def team(args) -> dict[str, tuple[str, str | None]]:
 
 def teacher_data(args, data: DataSpec, work: Path) -> DataSpec:
     """The next `train_rows` train rows (after the students' ones) and the same eval splits, as parquet files."""
-    from skdcache.data import _load_hf  # the loader every command uses, so formats and columns agree
+    from skdcache.tables import load_split  # the loader every command uses, so formats and columns agree
 
     folder = work / "teacher-rows"
     if not (folder / "train.parquet").exists():
         folder.mkdir(parents=True, exist_ok=True)
         if data.limit is None:
             raise SystemExit("--teacher-rows disjoint needs --set train_rows=N (at most half the train split)")
-        table = _load_hf(data, "train")
+        table = load_split(data, "train")
         if len(table) < 2 * data.limit:
             raise SystemExit(f"--teacher-rows disjoint needs {2 * data.limit} train rows; {args.data} has {len(table)}")
         for split in ("validation", "test"):
-            _load_hf(data, split).to_parquet(str(folder / f"{split}.parquet"))
+            load_split(data, split).to_parquet(str(folder / f"{split}.parquet"))
         table.select(range(data.limit, 2 * data.limit)).to_parquet(str(folder / "train.parquet"))
     return replace(data, source=str(folder), limit=None)
 

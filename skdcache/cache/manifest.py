@@ -44,6 +44,7 @@ def parse_count(data: object, what: str, minimum: int = 0, maximum: int | None =
 # what a record field's annotation admits, so a wrong JSON type is refused where it is parsed, not deep in a caller
 _KINDS = {
     "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "dict": lambda v: isinstance(v, dict),
@@ -155,10 +156,11 @@ class DatasetInfo(_Record):
     messages_column: str | None = None
     chat_template: str | None = None
     messages_fingerprint: str | None = None
+    end_of_turn: bool | None = None  # the end-of-turn markers carry loss (None: written before the rule was kept)
 
     def to_dict(self) -> dict:
         """Without the chat keys for other rows, so their records keep the keys older versions wrote."""
-        chat = ("messages_column", "chat_template", "messages_fingerprint")
+        chat = ("messages_column", "chat_template", "messages_fingerprint", "end_of_turn")
         return {k: v for k, v in super().to_dict().items() if not (k in chat and v is None)}
 
 

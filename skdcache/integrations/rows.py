@@ -39,7 +39,11 @@ def dataset_rows(dataset, info: DatasetInfo, tokenizer=None, chat_template: str 
     rendered with `chat_template` (default: the tokenizer's)."""
     if info.messages_column is not None:
         spec = DataSpec(
-            "<in-memory dataset>", info.split or "train", label_column=None, messages_column=info.messages_column
+            "<in-memory dataset>",
+            info.split or "train",
+            label_column=None,
+            messages_column=info.messages_column,
+            end_of_turn=bool(info.end_of_turn),  # the cache's rule (None: cached before end-of-turn tokens)
         )
         rows = chat_rows(spec, dataset, f"the dataset (the cache's messages column; columns: {dataset.column_names})")
         fix = "pass SkdTrainer(chat_template=...) or set processing_class.chat_template"

@@ -22,6 +22,7 @@ from skdcache.loader import StepSchedule, StudentInputs, model_inputs, student_b
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.objective import build_objective, step_loss
 from skdcache.plan import fixed_sampler
+from skdcache.reduce import float32_vocab_projection
 from skdcache.sampling import Sampler
 from skdcache.sources import CachedTargets, TeacherDraws
 from skdcache.student import check_student_matches_teachers, student_inputs
@@ -66,25 +67,30 @@ class SkdCollator:
 
 
 class StepOrderSampler(torch.utils.data.Sampler):
-    """Rows in `skdcache train`'s order: per epoch a permutation seeded by (seed, epoch), ragged batch dropped.
+    """Rows in `skdcache train`'s order: per pass over the data a permutation seeded by (seed, pass), ragged
+    batch dropped, the batches running on from one pass to the next.
 
+    A Trainer epoch is `skdcache train`'s: `max(1, batches per pass // grad_accum)` optimizer steps of
+    `grad_accum` batches each (a step may take the end of one pass and the start of the next), so the Trainer
+    never ends an epoch on a short accumulation and `num_train_epochs` gives the same step count as `--epochs`.
     Yields the global batches back to back; Accelerate gives rank r the r-th per-device slice of each, the
     same contiguous slice `skdcache train` gives it.
     """
 
-    def __init__(self, n_rows: int, global_batch: int, seed: int):
+    def __init__(self, n_rows: int, global_batch: int, seed: int, grad_accum: int = 1):
         self.schedule = StepSchedule(n_rows, global_batch, seed)
+        self.batches = max(1, self.schedule.steps_per_epoch // grad_accum) * grad_accum  # per Trainer epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.schedule.steps_per_epoch * self.schedule.batch_size
+        return self.batches * self.schedule.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        first = self.epoch * self.schedule.steps_per_epoch
-        for step in range(first, first + self.schedule.steps_per_epoch):
+        first = self.epoch * self.batches
+        for step in range(first, first + self.batches):
             yield from (int(r) for r in self.schedule.rows_for(step))
 
 
@@ -104,6 +110,10 @@ class SkdTrainer(Trainer):
 
     `train_dataset` is the `datasets.Dataset` the caches were computed from (its text/label columns, in order);
     the `skd_row` column is added when missing. Eval datasets are used as usual (labels-only loss).
+
+    Steps are budgeted as in `skdcache train` (`StepOrderSampler`): every optimizer step takes
+    `gradient_accumulation_steps` full batches, an epoch is `max(1, floor(batches per pass / accumulation))`
+    steps, and `num_train_epochs=E` trains `ceil(E * that)` steps. `label_smoothing_factor` is refused.
     """
 
     loss_is_scaled_for_ga = False  # training_step divides by the accumulation steps, as skdcache train does
@@ -139,7 +149,13 @@ class SkdTrainer(Trainer):
         super().__init__(
             *args, train_dataset=with_row_index(dataset), data_collator=SkdCollator(self.skd_inputs, fallback), **kwargs
         )
+        if self.args.label_smoothing_factor:  # the eval loss would smooth, the training loss (as skdcache's) not
+            raise SkdError(
+                f"label_smoothing_factor={self.args.label_smoothing_factor}: SkdTrainer trains on KD plus plain "
+                "cross-entropy, as skdcache train does; set label_smoothing_factor=0"
+            )
         self._check_rows(dataset)
+        float32_vocab_projection(self.model, head)  # under autocast (bf16=True), as the teachers' logits were
         model_config = _base_model(self.model).config
         _check_head(self.model, head)
         check_student_matches_teachers(caches, tokenizer, max_length, 0.0, getattr(model_config, "num_labels", None))
@@ -167,9 +183,8 @@ class SkdTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return StepOrderSampler(
-            len(dataset), self.args.per_device_train_batch_size * self.args.world_size, self.args.seed
-        )
+        global_batch = self.args.per_device_train_batch_size * self.args.world_size
+        return StepOrderSampler(len(dataset), global_batch, self.args.seed, self.args.gradient_accumulation_steps)
 
     def get_eval_dataloader(self, eval_dataset=None):
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
