@@ -54,6 +54,8 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
         raise SkdError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     if cfg.batch_size % world:
         raise SkdError(f"--batch-size {cfg.batch_size} is the global batch: use a multiple of {world} ranks")
+    if cfg.mode != "none" and open_root(cfg.cache).is_remote:  # bad URL or credentials: one line, before the data
+        open_root(cfg.cache).remote().check_readable()
     rows = load_rows(cfg.data)
     eval_rows = None
     if cfg.eval_split and cfg.eval_split in available_splits(cfg.data):

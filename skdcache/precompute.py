@@ -34,6 +34,7 @@ from skdcache.device import pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, GroupIncomplete, SkdError
 from skdcache.evaluate import evaluate_teacher
+from skdcache.fields import check_ranges
 from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
 from skdcache.options import TargetOptions, check_teacher, target_spec
 from skdcache.provenance import dataset_record, package_versions, teacher_location
@@ -265,9 +266,8 @@ def precompute(
     `cache_root` is anything `open_root` accepts: a path, ``~/x``, ``file:///x`` or a remote URL.
     """
     opts = opts or TargetOptions()
-    rpb = opts.rows_per_block
-    if rpb < 1 or rpb & (rpb - 1):
-        raise SkdError(f"--rows-per-block {rpb} must be a power of two (e.g. 1024)")
+    opts.check()
+    check_ranges(data, {"source": "--data"})
     if not team:
         raise SkdError("no teacher given; pass --teacher NAME=PATH (repeatable) or --config team.toml")
     names = [t.name for t in team]
@@ -277,12 +277,38 @@ def precompute(
     remote = where.remote() if where.is_remote else None
     if remote is not None and rank_and_size()[0] == 0:
         remote.check_writable()
-    root = ensure_writable_root(where.path)
     rows = load_rows(data)
     eval_rows = load_eval_rows(data, opts)
+    for spec in team:  # every teacher's model and options checked before the cache root is touched
+        preflight(spec, rows, opts)
+    created = not where.path.exists()
+    root = ensure_writable_root(where.path)
     results = []
-    for spec in team:
-        result = precompute_teacher(spec, rows, root, opts, eval_rows, remote)
-        log.info("%s: %s in %.1fs -> %s", spec.name, result.status, result.seconds, result.path)
-        results.append(result)
+    try:
+        for spec in team:
+            result = precompute_teacher(spec, rows, root, opts, eval_rows, remote)
+            log.info("%s: %s in %.1fs -> %s", spec.name, result.status, result.seconds, result.path)
+            results.append(result)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty cache root behind
+            _remove_empty_dirs(root)
+        raise
     return results
+
+
+def preflight(spec: TeacherSpec, rows: TextRows, opts: TargetOptions) -> None:
+    """The checks of `_precompute_local` that need only the teacher's config: a bad teacher path, a label or
+    vocabulary mismatch or a bad option fails in one line before the cache root exists."""
+    model_dir = resolve_model_dir(spec.source, spec.revision)
+    config = load_config(model_dir, spec.name, opts.trust_remote_code)
+    head = detect_head(config, spec.head)
+    check_teacher(spec, config, head, rows, opts)
+    target_spec(head, config, opts)
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()

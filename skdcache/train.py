@@ -56,6 +56,7 @@ def train(cfg: TrainConfig) -> dict:
 def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = None) -> Run:
     """Build a run: its plan, teacher distribution (student-rank pilots run here, through `run_pilot`),
     checked student and objective, and the source of its teacher targets."""
+    cfg.check()
     rank, world = rank_and_size()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -120,6 +121,8 @@ def fit(run: Run) -> dict:
     `eval_every` steps, and the run record at the end."""
     cfg, model, plan = run.cfg, run.model, run.plan
     run.out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite and not cfg.resume and run.rank == 0:  # the replaced run's record must not outlive it
+        (run.out / "run.json").unlink(missing_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(run.projector.parameters()) if run.projector is not None else []
     optimizer, scheduler = _optimizer(params, cfg, plan.total_steps)
