@@ -341,10 +341,10 @@ def report(runs, plots, markdown) -> None:
 
     folders = [Path(r) for r in runs if (Path(r) / "run.json").exists()]  # `runs/*` may match runs/plots
     skipped = [r for r in runs if not (Path(r) / "run.json").exists()]
-    if skipped:
-        click.echo(f"skipped (no run.json): {', '.join(skipped)}", err=True)
     if not folders:
         raise SkdError(f"no run folder (with run.json) among {', '.join(runs)}; pass `skdcache train --output` folders")
+    if skipped:
+        click.echo(f"skipped (no run.json): {', '.join(skipped)}", err=True)
     records = load_runs(folders)
     rows = summary_rows(records)
     if markdown:

@@ -8,6 +8,7 @@ from pathlib import Path
 from skdcache.data import DataSpec
 from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
+from skdcache.models import check_model_path
 
 MODES = ("skd", "single", "average", "none", "online")
 
@@ -81,6 +82,7 @@ class TrainConfig:
             raise SkdError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
         check_ranges(self)
         check_ranges(self.data, {"source": "--data"})
+        check_model_path(self.student, "--student ")
         out = Path(self.output)
         if out.exists() and not out.is_dir():
             raise SkdError(f"--output {out} is a file; pass a folder for the run")

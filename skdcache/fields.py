@@ -71,3 +71,12 @@ def check_ranges(obj: Any, flags: dict[str, str] | None = None) -> None:
         if not in_range(value, field.metadata):
             name = (flags or {}).get(field.name, "--" + field.name.replace("_", "-"))
             raise SkdError(f"{name} {value}: must be {text}")
+
+
+def check_values(cls: type, **values: Any) -> None:
+    """`check_ranges` for keyword arguments named like fields of dataclass `cls` (e.g. SkdTrainer's)."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        text = range_text(meta[name])
+        if text is not None and not in_range(value, meta[name]):
+            raise SkdError(f"{name}={value}: must be {text}")

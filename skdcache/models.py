@@ -31,6 +31,12 @@ def looks_local(source: str) -> bool:
     return "/" in source and Path(source.split("/", 1)[0]).is_dir()
 
 
+def check_model_path(source: str, what: str) -> None:
+    """Refuse a local-looking model path that does not exist, before anything is loaded."""
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise SkdError(f"{what}{source} does not exist; pass a local directory or a hub id available offline")
+
+
 def resolve_model_dir(source: str, revision: str | None = None) -> Path:
     """A local directory, or the offline hub snapshot of `source`; never downloads unless online."""
     path = Path(source).expanduser()

@@ -35,7 +35,7 @@ from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, GroupIncomplete, SkdError
 from skdcache.evaluate import evaluate_teacher
 from skdcache.fields import check_ranges
-from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
+from skdcache.models import check_model_path, detect_head, load_config, load_tokenizer, resolve_model_dir
 from skdcache.options import TargetOptions, check_teacher, target_spec
 from skdcache.provenance import dataset_record, package_versions, teacher_location
 from skdcache.reduce import label_permutation
@@ -273,6 +273,8 @@ def precompute(
     names = [t.name for t in team]
     if len(set(names)) != len(names):
         raise SkdError(f"teacher names must be unique, got {names}")
+    for spec in team:
+        check_model_path(spec.source, f"--teacher {spec.name}=")
     where = open_root(cache_root)
     remote = where.remote() if where.is_remote else None
     if remote is not None and rank_and_size()[0] == 0:

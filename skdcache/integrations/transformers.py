@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer
 
+from skdcache.config import TrainConfig
 from skdcache.errors import SkdError
+from skdcache.fields import check_values
 from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
 from skdcache.loader import StepSchedule, StudentInputs, model_inputs, student_batch
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
@@ -123,6 +125,7 @@ class SkdTrainer(Trainer):
         chat_template: str | None = None,
         **kwargs,
     ):
+        check_values(TrainConfig, temperature=temperature, alpha=alpha, sampling_temperature=sampling_temperature)
         if mode not in CACHE_MODES:
             raise SkdError(f"mode {mode!r}: SkdTrainer reads caches, choose one of {', '.join(CACHE_MODES)}")
         dataset = kwargs.pop("train_dataset", None)
