@@ -41,6 +41,7 @@ def world(tmp_path_factory) -> dict:
     root = base / "cache"
     opts = TargetOptions(max_length=16, rows_per_block=8, progress=False)
     precompute(DataSpec(str(data)), [TeacherSpec("t", str(teacher))], root, opts)
+    make_model(base / "two-labels", "sequence", num_labels=2, layers=1, seed=2)
     finished = base / "finished-run"
     finished.mkdir()
     (finished / "run.json").write_text("{}")
@@ -102,6 +103,9 @@ OTHER_CASES = [
     ("precompute", ["--teacher", "u=./no-such-teacher"], "does not exist"),
     ("precompute", ["--teacher", "u={base}/no/such/teacher"], "does not exist"),
     ("precompute", ["--teacher", "no-equals-sign"], "NAME=PATH"),
+    # a teacher that does not fit the data fails before the (new) cache root is created
+    ("precompute", ["--teacher", "u={base}/two-labels", "--cache", "{base}/new-root"], "has 2 labels"),
+    ("precompute", ["--top-k", "0", "--cache", "{base}/new-root"], "--top-k 0: must be >= 1"),
     ("precompute", ["--config", "{base}/bad.toml"], "max_lenght"),
     ("precompute", ["--rows-per-block", "3"], "power of two"),
     ("precompute", ["--targets", "topkk"], "--targets"),
@@ -222,3 +226,13 @@ def test_every_flag_has_a_description():
 def test_json_config_key_check_names_the_close_flag(world, no_credentials, monkeypatch):
     line = run_refused(world, "train", ["--config", str(world["base"] / "bad.toml")], monkeypatch)
     assert "did you mean max_length" in line and json.dumps("max_lenght")[1:-1] in line
+
+
+@pytest.mark.parametrize("kw, says", [({"temperature": -1}, "temperature=-1"), ({"alpha": 1.5}, "alpha=1.5")])
+def test_skd_trainer_refuses_out_of_range_settings_before_anything(kw, says):
+    pytest.importorskip("transformers")
+    from skdcache.errors import SkdError
+    from skdcache.integrations.transformers import SkdTrainer
+
+    with pytest.raises(SkdError, match=says):
+        SkdTrainer(model=None, cache="/nonexistent", **kw)

@@ -172,3 +172,40 @@ def test_known_errors_are_one_line_with_status_2(argv, message, monkeypatch, cap
         main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+
+
+# ---- what `ls` prints, `info` takes ------------------------------------------------------------------------------
+def test_info_takes_the_key_ls_prints_and_ls_json_has_paths_and_byte_sizes(cached):
+    cache, _ = cached
+    runner = CliRunner()
+    rows = json.loads(runner.invoke(cli, ["ls", "--cache", str(cache), "--json"]).output)
+    assert len(rows) == 2 and all(Path(r["path"]).is_dir() and isinstance(r["size"], int) for r in rows), rows
+    assert all(len(r["key"]) > 12 and r["metric"]["name"] == "accuracy" for r in rows)
+    table = runner.invoke(cli, ["ls", "--cache", str(cache)]).output
+    short = rows[0]["key"][:12]
+    assert short in table
+    info = runner.invoke(cli, ["info", short, "--cache", str(cache)])
+    assert info.exit_code == 0 and f"cache_key: {rows[0]['key']}" in info.output, info.output
+    dataset = Path(rows[0]["path"]).parent
+    wrong_level = runner.invoke(cli, ["info", str(dataset)])
+    assert wrong_level.exit_code == 2 and "dataset folder" in wrong_level.stderr and short in wrong_level.stderr
+
+
+def test_a_train_output_folder_is_a_teacher(tmp_path):
+    """`--teacher X=<a train --output folder>`: its model is the student/ subfolder."""
+    from skdcache.models import resolve_model_dir
+
+    run = tmp_path / "run"
+    make_model(run / "student", "sequence", seed=1)
+    assert resolve_model_dir(str(run)) == run / "student"
+
+
+@pytest.mark.parametrize("command", ["train", "precompute"])
+def test_help_groups_flags_and_says_ranges(command):
+    result = CliRunner().invoke(cli, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for title in ("Data:", "Running:", "Help:"):
+        assert title in result.output
+    assert "--cache PATH|URL" in result.output and "Other options" not in result.output
+    if command == "train":
+        assert "Optimisation:" in result.output and "Range: in [0, 1]" in result.output
