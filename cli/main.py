@@ -326,6 +326,28 @@ def train(obj, nproc, teachers, teacher_path, **kw) -> None:
 
 
 @cli.command()
+@click.argument("url")
+@cache_option
+@click.option("--teacher", "teachers", multiple=True, help="Only these teacher names (repeatable).")
+@quiet_option
+def pull(url, cache, teachers) -> None:
+    """Mirror a remote cache root (s3://, gs://, https://) into a local one, verified and resumable.
+
+    Each teacher cache is downloaded whole, checked block by block against its checksums, and only then
+    put in place; an interrupted pull continues where it stopped. The local root then serves `train`,
+    SkdTrainer(cache=...), `ls` and `verify` like any other.
+
+    \b
+    Example:
+      skdcache pull s3://team-bucket/skd --cache .skdcache
+    """
+    from skdcache.cache.catalog import pull_root, summary_row
+
+    entries = pull_root(url, cache, list(teachers) or None)
+    echo_table([{**summary_row(e), "path": str(e.path)} for e in entries])
+
+
+@cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--plots", type=click.Path(file_okay=False), default=None, help="Write PNG plots here.")
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")

@@ -248,8 +248,8 @@ def _existing_manifest(group_path: Path) -> fmt.Manifest | None:
 def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:
     from skdcache.data import available_splits
 
-    if not opts.eval_split or data.label_column is None or opts.eval_split == data.split:
-        return None
+    if not opts.eval_split or opts.eval_split == data.split:
+        return None  # unlabelled rows are loaded too: causal teachers are scored by next-token accuracy
     if opts.eval_split not in available_splits(data):
         return None
     return load_rows(dataclasses.replace(data, split=opts.eval_split, limit=None))

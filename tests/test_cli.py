@@ -68,7 +68,7 @@ def test_rerun_says_cached(cached, tmp_path):
     assert result.exit_code == 0 and sum(" cached " in line for line in result.output.splitlines()) == 2
 
 
-@pytest.mark.parametrize("command", ["precompute", "train", "ls", "info", "verify", "report", "demo"])
+@pytest.mark.parametrize("command", ["precompute", "train", "ls", "info", "verify", "pull", "report", "demo"])
 def test_every_help_shows_an_example(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "Example:" in result.output and f"skdcache {command}" in result.output

@@ -298,3 +298,16 @@ def test_fixed_sampler_builds_known_distributions_and_refuses_loop_bound_ones() 
             fixed_sampler(kind, team, 0, 0.05)
     with pytest.raises(SkdError, match="weights=0.2,0.3,0.5"):
         fixed_sampler("weights=a,b", team, 0, 0.05)
+
+
+def test_docs_say_one_teacher_per_optimizer_step():
+    """docs/sampling.md once said a teacher is drawn per micro-batch under --grad-accum; it is per step."""
+    from pathlib import Path
+
+    from skdcache.sampling import build_sampler
+    from skdcache.sources import TeacherDraws
+
+    text = (Path(__file__).parents[1] / "docs" / "sampling.md").read_text()
+    assert "every micro-batch when" not in text and "optimizer step" in text
+    draws = TeacherDraws("skd", build_sampler("uniform", 4, seed=0), 4, grad_accum=3)
+    assert all(len({draws(3 * s + m).single for m in range(3)}) == 1 for s in range(20))

@@ -248,3 +248,24 @@ def _find_key(key: str, root: CacheRoot) -> Path:
     if len(found) > 1:
         raise CacheError(f"key {key} matches {len(found)} teacher caches in {root}; give more of it")
     return found[0] if found else Path(key)
+
+
+def pull_root(url: str, local: str | Path | CacheRoot | None, names: list[str] | None = None) -> list[CacheEntry]:
+    """Mirror the groups published at `url` (optionally only teachers `names`) into the local cache root `local`,
+    each downloaded whole, checked block by block and renamed into place (an interrupted pull resumes)."""
+    from skdcache.cache.remote import RemoteRoot
+    from skdcache.cache.store import ensure_writable_root
+
+    source = open_root(url)
+    if not source.is_remote:
+        raise CacheError(f"{url} is a local cache root; pull copies a remote one (s3://, gs://, https://)")
+    target = open_root(local)
+    if target.is_remote:
+        raise CacheError(f"--cache {target}: pull into a local folder")
+    remote = RemoteRoot(source.url, target.path)
+    found = [(fp, d, m) for fp, d, m in remote.manifests() if not names or m.teacher.name in names]
+    if not found:
+        named = f" of teacher(s) {', '.join(names)}" if names else ""
+        raise CacheError(f"no complete teacher cache{named} published at {url}; `skdcache ls --cache {url}` lists it")
+    ensure_writable_root(target.path)  # only once the listing worked: a bad URL leaves no folder behind
+    return [CacheEntry(remote.fetch(fp, m.cache_key), d, m) for fp, d, m in found]

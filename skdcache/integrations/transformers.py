@@ -155,8 +155,17 @@ class SkdTrainer(Trainer):
             raise SkdError(f"mode single needs exactly one teacher, got {self.teacher_names}; pass teachers=[NAME]")
         self.draws = TeacherDraws(mode, sampler, len(caches), self.args.gradient_accumulation_steps)
         self.source = CachedTargets([str(c.path) for c in caches])
-        self.teacher_histogram: Counter[str] = Counter()
+        self._drawn: Counter[str] = Counter()  # adaptive samplers only: their draws are not a function of the step
         self.skd_history: list[dict] = []  # one record per micro-batch: step, teacher, loss and its parts
+
+    @property
+    def teacher_histogram(self) -> Counter[str]:
+        """Teachers drawn, one per optimizer step, over every finished step (those before a resume too)."""
+        if not self.draws.fixed:
+            return self._drawn
+        micro = self.args.gradient_accumulation_steps
+        choices = (self.draws(step * micro).single for step in range(self.state.global_step))
+        return Counter(self.teacher_names[c] for c in choices if c is not None)
 
     def _check_rows(self, dataset) -> None:
         if ROW_COLUMN in dataset.column_names and list(dataset[ROW_COLUMN]) != list(range(len(dataset))):
@@ -193,7 +202,7 @@ class SkdTrainer(Trainer):
             record = {"step": self.state.global_step + 1, "loss": float(loss.detach()), **parts}
             if choice.single is not None:
                 record["teacher"] = self.teacher_names[choice.single]
-                self.teacher_histogram[record["teacher"]] += 1
+                self._drawn[record["teacher"]] += 1
             self.skd_history.append(record)
         return (loss, outputs) if return_outputs else loss
 
