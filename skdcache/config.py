@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from skdcache.fields import check_ranges, flag
 from skdcache.models import check_model_path
 
 MODES = ("skd", "single", "average", "none", "online")
+# how a run is shown or restarted, not what it trains: a rerun that differs only in these reuses the finished run
+NOT_SETTINGS = {"progress", "overwrite", "resume", "num_workers"}
 
 
 @dataclass
@@ -86,7 +89,24 @@ class TrainConfig:
         out = Path(self.output)
         if out.exists() and not out.is_dir():
             raise SkdError(f"--output {out} is a file; pass a folder for the run")
-        if (out / "run.json").exists() and not (self.resume or self.overwrite):
+        self.finished_record()
+
+    def finished_record(self) -> dict | None:
+        """The run.json in --output when it holds this very run (same settings): a rerun of the same command
+        reuses it. Refuses, in one line, a finished run with other settings (unless --overwrite / --resume)."""
+        out = Path(self.output)
+        if self.overwrite or self.resume or not (out / "run.json").exists():
+            return None
+        try:
+            record = json.loads((out / "run.json").read_text())
+            old = {k: v for k, v in record["config"].items() if k not in NOT_SETTINGS}
+        except (OSError, ValueError, KeyError, AttributeError):
+            old, record = {}, None
+        new = {k: v for k, v in json.loads(json.dumps(self.to_dict())).items() if k not in NOT_SETTINGS}
+        if old != new:
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             raise SkdError(
-                f"--output {out} holds a finished run (run.json); pass --overwrite to replace it, or another --output"
+                f"--output {out} holds a finished run with other settings ({', '.join(changed)}); pass --overwrite "
+                "to replace it, or another --output"
             )
+        return record

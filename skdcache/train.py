@@ -8,6 +8,7 @@ constructed: targets come from the cache through the same `TargetSource` interfa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -45,11 +46,22 @@ from skdcache.student import (
 )
 from skdcache.student_aware import FitSampler
 
+log = logging.getLogger("skdcache")
+
 __all__ = ["MODES", "Run", "TrainConfig", "fit", "prepare", "train"]
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Python API of `skdcache train`: returns the run record also written to OUTPUT/run.json."""
+    """Python API of `skdcache train`: returns the run record also written to OUTPUT/run.json.
+
+    A finished run of the same settings in `cfg.output` is returned as it is (rerunning a command is safe); a
+    finished run of other settings is refused unless `cfg.overwrite` (or `cfg.resume`).
+    """
+    cfg.check()
+    finished = cfg.finished_record()
+    if finished is not None:
+        log.info("%s holds this finished run: reused (pass --overwrite to train it again)", cfg.output)
+        return {**finished, "rank": rank_and_size()[0]}
     return fit(prepare(cfg))
 
 

@@ -209,3 +209,24 @@ def test_help_groups_flags_and_says_ranges(command):
     assert "--cache PATH|URL" in result.output and "Other options" not in result.output
     if command == "train":
         assert "Optimisation:" in result.output and "Range: in [0, 1]" in result.output
+
+
+def test_rerunning_train_reuses_its_finished_run_and_other_settings_need_overwrite(cached, tmp_path):
+    """The README's commands run twice: the same train command reuses its finished run; a finished run of other
+    settings in --output is refused in one line naming --overwrite, which retrains it."""
+    cache, _ = cached
+    out = tmp_path / "run"
+    args = ["-q", "train", "--data", str(tmp_path / "data"), "--cache", str(cache)]
+    args += ["--student", str(tmp_path / "small"), "--output", str(out), "--max-steps", "2", "--batch-size", "16", "--num-workers", "0", "--device", "cpu"]
+    args += ["--max-length", "32"]
+    runner = CliRunner()
+    assert runner.invoke(cli, args).exit_code == 0
+    stamp = (out / "run.json").stat().st_mtime_ns
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 0 and "final:" in again.output and (out / "run.json").stat().st_mtime_ns == stamp
+    other = runner.invoke(cli, [*args, "--alpha", "0.7"])
+    assert other.exit_code == 2 and "--overwrite" in other.stderr and "alpha" in other.stderr, other.stderr
+    assert (out / "run.json").stat().st_mtime_ns == stamp
+    replaced = runner.invoke(cli, [*args, "--alpha", "0.7", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "run.json").read_text())["config"]["alpha"] == 0.7
