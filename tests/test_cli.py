@@ -217,8 +217,8 @@ def test_rerunning_train_reuses_its_finished_run_and_other_settings_need_overwri
     cache, _ = cached
     out = tmp_path / "run"
     args = ["-q", "train", "--data", str(tmp_path / "data"), "--cache", str(cache)]
-    args += ["--student", str(tmp_path / "small"), "--output", str(out), "--max-steps", "2", "--batch-size", "16", "--num-workers", "0", "--device", "cpu"]
-    args += ["--max-length", "32"]
+    args += ["--student", str(tmp_path / "small"), "--output", str(out), "--max-steps", "2", "--batch-size", "16"]
+    args += ["--num-workers", "0", "--device", "cpu", "--max-length", "32"]
     runner = CliRunner()
     assert runner.invoke(cli, args).exit_code == 0
     stamp = (out / "run.json").stat().st_mtime_ns
