@@ -150,7 +150,10 @@ def verify_any_root(root: str | Path | CacheRoot | None, names: list[str] | None
     root = open_root(root)
     if root.is_remote:
         remote = root.remote()
-        for fp, _, m in remote.manifests():
+        published = remote.manifests()
+        if not published:  # a mistyped URL must not pass as an empty, healthy root
+            raise CacheError(f"no teacher cache published at {root}; check --cache (`skdcache ls --cache URL`)")
+        for fp, _, m in published:
             if not names or m.teacher["name"] in names:
                 remote.fetch(fp, m.cache_key)
         if not root.path.is_dir():
