@@ -327,7 +327,12 @@ def train(obj, nproc, teachers, teacher_path, **kw) -> None:
 
 @cli.command()
 @click.argument("url")
-@cache_option
+@click.option(
+    "--cache",
+    metavar="PATH",
+    default=None,
+    help="Local cache root to mirror into [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
+)
 @click.option("--teacher", "teachers", multiple=True, help="Only these teacher names (repeatable).")
 @quiet_option
 def pull(url, cache, teachers) -> None:
