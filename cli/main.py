@@ -1,7 +1,8 @@
 """The `skdcache` command line: parse flags, make one library call, render the result.
 
 Installed as `skdcache.cli`. Flag defaults come from the library's dataclasses (cli/options.py); the library
-validates; known errors print as one line (ERRORS, exit 2). Set SKDCACHE_DEBUG=1 to see the traceback.
+validates; known errors print as one line (cli/shell.py: ERRORS, exit 2). Set SKDCACHE_DEBUG=1 to see the traceback.
+The cache-root commands (ls, info, verify, pull) live in cli/cache_commands.py.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -21,9 +20,9 @@ from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.precompute import TargetOptions
 from skdcache.train import MODES, TrainConfig
 
+from .cache_commands import info, ls_command, pull, verify
 from .launch import rerun_under_torchrun
 from .options import (
-    cache_option,
     config_option,
     data_options,
     data_spec,
@@ -32,53 +31,9 @@ from .options import (
     quiet_option,
     sectioned,
 )
+from .shell import SkdGroup, echo_table
 
 HEADS = ("auto", *ARCH_SUFFIX_TO_HEAD.values())
-
-# known exceptions -> (exit status, one-line message); the first matching type wins
-ERRORS: list[tuple[type[BaseException], int, Callable[[BaseException], str]]] = [
-    (SkdError, 2, lambda exc: f"error: {exc}"),  # CacheError included: the message names the fix
-    (click.exceptions.Abort, 130, lambda exc: "aborted"),
-    (KeyboardInterrupt, 130, lambda exc: "interrupted; rerun the same command to resume"),
-]
-
-
-def one_line_errors(invoke: Callable[[], object]) -> object:
-    """Run the command line: a bad flag or a known error is one line on stderr and exit 2 (ERRORS)."""
-    try:
-        return invoke()
-    except click.UsageError as exc:  # bad flags: one line naming the flag, and where to read about it
-        command = exc.ctx.command_path if exc.ctx is not None else "skdcache"
-        click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except BaseException as exc:
-        status = next(((code, message) for kind, code, message in ERRORS if isinstance(exc, kind)), None)
-        if status is None or (isinstance(exc, SkdError) and os.environ.get("SKDCACHE_DEBUG") == "1"):
-            raise
-        click.echo(status[1](exc), err=True)
-        sys.exit(status[0])
-
-
-class SkdGroup(click.Group):
-    """The `skdcache` group: errors print as one line however it is invoked (console script, CliRunner)."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        def invoke():
-            return super(SkdGroup, self).main(args, prog_name, complete_var, standalone_mode=False, **extra)
-
-        result = one_line_errors(invoke)
-        if standalone_mode:
-            sys.exit(result if isinstance(result, int) else 0)
-        return result
-
-
-def echo_table(rows: list[dict]) -> None:
-    from skdcache.report import text_table
-
-    click.echo(text_table(rows), nl=False)
 
 
 @click.group(cls=SkdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -175,83 +130,6 @@ def precompute(obj, teacher, head, nproc, **kw) -> None:
         echo_table([r.row() for r in results])
 
 
-@cli.command(name="ls")
-@cache_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (full paths and keys, sizes in bytes).")
-@quiet_option
-def ls_command(cache, as_json) -> None:
-    """List cached datasets and teachers with their state and size on disk.
-
-    \b
-    Example:
-      skdcache ls --cache .skdcache
-    """
-    from skdcache.cache.catalog import json_row, list_root, summary_row
-    from skdcache.cache.roots import open_root
-
-    root = open_root(cache)
-    entries = list_root(root)
-    if as_json:
-        click.echo(json.dumps([json_row(e) for e in entries], indent=2))
-    else:
-        click.echo(f"cache root: {root}")
-        echo_table([summary_row(e) for e in entries])
-
-
-@cli.command()
-@click.argument("path")
-@cache_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@quiet_option
-def info(path, cache, as_json) -> None:
-    """Show one teacher cache: manifest, arrays, bytes per example and per token.
-
-    PATH is a teacher cache folder, or the key `skdcache ls` prints (with --cache).
-
-    \b
-    Example:
-      skdcache info .skdcache/<dataset>/<key>
-      skdcache info <key> --cache .skdcache
-    """
-    from skdcache.cache.catalog import cache_info
-
-    described = cache_info(path, cache)
-    if as_json:
-        click.echo(json.dumps(described.to_dict(), indent=2))
-        return
-    for key, value in described.fields().items():
-        click.echo(f"{key}: {value}")
-    click.echo("")
-    echo_table(described.table())
-    click.echo(f"total: {described.total()}")
-
-
-@cli.command()
-@cache_option
-@click.option("--teacher", "teachers", multiple=True, help="Only these teacher names.")
-@quiet_option
-def verify(cache, teachers) -> None:
-    """Re-read every block of every teacher cache and check counts and checksums.
-
-    Exits with status 1 when anything is damaged, naming the block and array.
-
-    \b
-    Example:
-      skdcache verify --cache .skdcache
-    """
-    from skdcache.cache.catalog import verify_any_root
-
-    report = verify_any_root(cache, list(teachers) or None)
-    for path, problems in report.items():
-        click.echo(f"{'OK  ' if not problems else 'FAIL'} {path}")
-        for p in problems:
-            click.echo(f"     {p}")
-    bad = sum(bool(problems) for problems in report.values())
-    click.echo(f"{len(report) - bad} of {len(report)} teacher caches healthy")
-    if bad:
-        sys.exit(1)
-
-
 @cli.command(
     cls=sectioned(
         {
@@ -326,33 +204,6 @@ def train(obj, nproc, teachers, teacher_path, **kw) -> None:
 
 
 @cli.command()
-@click.argument("url")
-@click.option(
-    "--cache",
-    metavar="PATH",
-    default=None,
-    help="Local cache root to mirror into [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
-)
-@click.option("--teacher", "teachers", multiple=True, help="Only these teacher names (repeatable).")
-@quiet_option
-def pull(url, cache, teachers) -> None:
-    """Mirror a remote cache root (s3://, gs://, https://) into a local one, verified and resumable.
-
-    Each teacher cache is downloaded whole, checked block by block against its checksums, and only then
-    put in place; an interrupted pull continues where it stopped. The local root then serves `train`,
-    SkdTrainer(cache=...), `ls` and `verify` like any other.
-
-    \b
-    Example:
-      skdcache pull s3://team-bucket/skd --cache .skdcache
-    """
-    from skdcache.cache.catalog import pull_root, summary_row
-
-    entries = pull_root(url, cache, list(teachers) or None)
-    echo_table([{**summary_row(e), "path": str(e.path)} for e in entries])
-
-
-@cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--plots", type=click.Path(file_okay=False), default=None, help="Write PNG plots here.")
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
@@ -399,6 +250,10 @@ def demo(obj, output, fresh) -> None:
     from skdcache.demo import run_demo
 
     run_demo(output, fresh=fresh, progress=obj["progress"])
+
+
+for command in (ls_command, info, verify, pull):
+    cli.add_command(command)
 
 
 def main() -> None:

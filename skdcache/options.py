@@ -8,6 +8,7 @@ from skdcache.cache import format as fmt
 from skdcache.data import TextRows
 from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
+from skdcache.models import detect_head, load_config, resolve_model_dir
 from skdcache.teachers import TeacherSpec
 
 
@@ -100,3 +101,13 @@ def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
         sample_temperature=float(opts.sample_temperature) if sampled else None,
         sample_seed=opts.sample_seed if sampled else None,
     )
+
+
+def preflight(spec: TeacherSpec, rows: TextRows, opts: TargetOptions) -> None:
+    """The checks of `_precompute_local` that need only the teacher's config: a bad teacher path, a label or
+    vocabulary mismatch or a bad option fails in one line before the cache root exists."""
+    model_dir = resolve_model_dir(spec.source, spec.revision)
+    config = load_config(model_dir, spec.name, opts.trust_remote_code)
+    head = detect_head(config, spec.head)
+    check_teacher(spec, config, head, rows, opts)
+    target_spec(head, config, opts)

@@ -26,7 +26,7 @@ from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_
 from skdcache.cache.manifest import DatasetInfo, TeacherInfo, read_manifest
 from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
-from skdcache.cache.store import WriterLock, ensure_writable_root, write_json
+from skdcache.cache.store import WriterLock, ensure_writable_root, remove_empty_tree, write_json
 from skdcache.cache.writer import CacheWriter
 from skdcache.chat import render_chat
 from skdcache.data import DataSpec, TextRows, load_rows, tokenize
@@ -36,7 +36,7 @@ from skdcache.errors import CacheError, GroupIncomplete, SkdError
 from skdcache.evaluate import evaluate_teacher
 from skdcache.fields import check_ranges
 from skdcache.models import check_model_path, detect_head, load_config, load_tokenizer, resolve_model_dir
-from skdcache.options import TargetOptions, check_teacher, target_spec
+from skdcache.options import TargetOptions, check_teacher, preflight, target_spec
 from skdcache.provenance import dataset_record, package_versions, teacher_location
 from skdcache.reduce import label_permutation
 from skdcache.teachers import TeacherSpec, load_teacher
@@ -293,24 +293,6 @@ def precompute(
             results.append(result)
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty cache root behind
-            _remove_empty_dirs(root)
+            remove_empty_tree(root)
         raise
     return results
-
-
-def preflight(spec: TeacherSpec, rows: TextRows, opts: TargetOptions) -> None:
-    """The checks of `_precompute_local` that need only the teacher's config: a bad teacher path, a label or
-    vocabulary mismatch or a bad option fails in one line before the cache root exists."""
-    model_dir = resolve_model_dir(spec.source, spec.revision)
-    config = load_config(model_dir, spec.name, opts.trust_remote_code)
-    head = detect_head(config, spec.head)
-    check_teacher(spec, config, head, rows, opts)
-    target_spec(head, config, opts)
-
-
-def _remove_empty_dirs(root: Path) -> None:
-    for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            path.rmdir()
-    with contextlib.suppress(OSError):
-        root.rmdir()

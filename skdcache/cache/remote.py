@@ -92,18 +92,11 @@ class RemoteRoot:
         except CacheError:
             raise
         except Exception as exc:  # credentials, permissions, an unreachable endpoint: one line, not a traceback
-            raise self._refused("list", exc) from exc
+            raise transport.refused(self.url, "list", exc) from exc
         names = {p.rstrip("/").rsplit("/", 1)[-1] for p in listing}
         return sorted(n for n in names if n and "?" not in n and "#" not in n and n not in (".", ".."))
 
-    def _refused(self, verb: str, exc: BaseException) -> CacheError:
-        return CacheError(
-            f"cannot {verb} {self.url}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "(check the URL and credentials, e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL)"
-        )
-
-    def check_readable(self) -> None:
-        """Fail in one line (bad URL, missing credentials) before any data is loaded: list the root once."""
+    def check_readable(self) -> None:  # a bad URL or missing credentials: one line, before any data is loaded
         self._names(self.base)
 
     def _json(self, path: str) -> dict | None:
@@ -115,7 +108,7 @@ class RemoteRoot:
         except CacheError:
             raise
         except Exception as exc:  # credentials, permissions: one line, as for listings
-            raise self._refused("read", exc) from exc
+            raise transport.refused(self.url, "read", exc) from exc
 
     def _listing(self, prefix: str) -> dict[str, int | None]:
         """Every file below `prefix` (relative path -> size; None where the server does not say), fresh."""
@@ -259,7 +252,7 @@ class RemoteRoot:
         except CacheError:
             raise
         except Exception as exc:
-            raise self._refused("write to", exc) from exc
+            raise transport.refused(self.url, "write to", exc) from exc
 
     def publish(self, group: Path) -> None:
         """Upload a complete local group: data files first, then dataset.json, then the group's zarr.json.
