@@ -1,7 +1,8 @@
 """The `skdcache` command line: parse flags, make one library call, render the result.
 
 Installed as `skdcache.cli`. Flag defaults come from the library's dataclasses (cli/options.py); the library
-validates; known errors print as one line (ERRORS, exit 2). Set SKDCACHE_DEBUG=1 to see the traceback.
+validates; known errors print as one line (cli/shell.py: ERRORS, exit 2). Set SKDCACHE_DEBUG=1 to see the traceback.
+The cache-root commands (ls, info, verify, pull) live in cli/cache_commands.py.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -21,26 +20,23 @@ from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.precompute import TargetOptions
 from skdcache.train import MODES, TrainConfig
 
+from .cache_commands import info, ls_command, pull, verify
 from .launch import rerun_under_torchrun
-from .options import cache_option, config_option, data_options, data_spec, dataclass_options, pick
+from .options import (
+    config_option,
+    data_options,
+    data_spec,
+    dataclass_options,
+    pick,
+    quiet_option,
+    sectioned,
+)
+from .shell import SkdGroup, echo_table
 
 HEADS = ("auto", *ARCH_SUFFIX_TO_HEAD.values())
 
-# known exceptions -> (exit status, one-line message); the first matching type wins
-ERRORS: list[tuple[type[BaseException], int, Callable[[BaseException], str]]] = [
-    (SkdError, 2, lambda exc: f"error: {exc}"),  # CacheError included: the message names the fix
-    (click.exceptions.Abort, 130, lambda exc: "aborted"),
-    (KeyboardInterrupt, 130, lambda exc: "interrupted; rerun the same command to resume"),
-]
 
-
-def echo_table(rows: list[dict]) -> None:
-    from skdcache.report import text_table
-
-    click.echo(text_table(rows), nl=False)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=SkdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="skdcache")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
@@ -57,35 +53,59 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     hf_logging.set_verbosity_error()
 
 
-@cli.command()
+DATA = "config data data_config split text_column text_pair_column label_column no_labels messages_column "
+DATA += "chat_template limit max_length eval_split"
+RUNNING = "device nproc quiet"
+
+
+@cli.command(
+    cls=sectioned(
+        {
+            "Data": DATA,
+            "Teachers and cache": "teacher head trust_remote_code cache repair",
+            "Targets stored": "top_k targets samples sample_temperature sample_seed hidden_layers hidden_tokens "
+            "mlm_probability mask_seed rows_per_block",
+            "Running": "batch_size " + RUNNING,
+        }
+    )
+)
 @config_option
 @data_options(TargetOptions)
 @click.option("--teacher", "teacher", multiple=True, help="NAME=PATH_OR_HUB_ID[@REVISION] (repeat for a team).")
-@click.option("--head", type=click.Choice(HEADS), default="auto", show_default=True)
+@click.option(
+    "--head", type=click.Choice(HEADS), default="auto", show_default=True, help="Teacher head; auto: from its config."
+)
 @dataclass_options(
     TargetOptions,
     {
-        "top_k": {"help": "Token-level heads: top-k log-probs kept (topk, hybrid)."},
+        "top_k": {},
         "targets": {
             "type": click.Choice(TARGET_KINDS),
             "help": "Token-level targets: topk (+tail), sampled (unbiased draws), hybrid (top-k + tail draws).",
         },
-        "samples": {"help": "sampled/hybrid: teacher draws per position."},
-        "sample_temperature": {"help": "sampled/hybrid: T of the draws; train with the same --temperature."},
+        "samples": {},
+        "sample_temperature": {},
         "sample_seed": {},
         "hidden_layers": {"help": "Also store hidden states: last, all, or a list like 2,4,6."},
-        "hidden_tokens": {"type": click.Choice(["cls", "all"])},
+        "hidden_tokens": {"type": click.Choice(["cls", "all"]), "help": "Hidden states of: cls token, all tokens."},
         "mlm_probability": {},
         "mask_seed": {},
         "eval_split": {"help": "Labelled split for the teacher metric."},
         "batch_size": {},
         "device": {"help": "auto, cpu, cuda or cuda:N."},
-        "rows_per_block": {"help": "Rows per shard (power of two)."},
+        "rows_per_block": {},
         "trust_remote_code": {"help": "Allow model code from the model repository."},
         "repair": {"help": "Verify complete caches and recompute only their damaged blocks."},
     },
 )
-@click.option("--nproc", type=int, default=1, show_default=True, help="Processes (runs this command under torchrun).")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes (runs this command under torchrun).",
+)
+@quiet_option
 @click.pass_obj
 def precompute(obj, teacher, head, nproc, **kw) -> None:
     """Run every teacher once over the data and cache its targets.
@@ -100,86 +120,30 @@ def precompute(obj, teacher, head, nproc, **kw) -> None:
     from skdcache.precompute import precompute as run
     from skdcache.teachers import TeacherSpec
 
-    if nproc > 1:  # the same command, one copy per process, ranks splitting the blocks
-        rerun_under_torchrun(nproc)
     team = [replace(TeacherSpec.parse(text), head=head) for text in teacher]
     opts = TargetOptions(**pick(TargetOptions, kw), progress=obj["progress"])
+    opts.check()  # bad values fail here, before torchrun starts or anything is loaded
+    if nproc > 1:  # the same command, one copy per process, ranks splitting the blocks
+        rerun_under_torchrun(nproc)
     results = run(data_spec(kw), team, kw["cache"], opts)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         echo_table([r.row() for r in results])
 
 
-@cli.command(name="ls")
-@cache_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def ls_command(cache, as_json) -> None:
-    """List cached datasets and teachers with their state and size on disk.
-
-    \b
-    Example:
-      skdcache ls --cache .skdcache
-    """
-    from skdcache.cache.catalog import list_root, summary_row
-    from skdcache.cache.roots import open_root
-
-    root = open_root(cache)
-    rows = [summary_row(e) for e in list_root(root)]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        click.echo(f"cache root: {root}")
-        echo_table(rows)
-
-
-@cli.command()
-@click.argument("path")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def info(path, as_json) -> None:
-    """Show one teacher cache: manifest, arrays, bytes per example and per token.
-
-    \b
-    Example:
-      skdcache info .skdcache/<dataset>/<key>
-    """
-    from skdcache.cache.catalog import cache_info
-
-    described = cache_info(path)
-    if as_json:
-        click.echo(json.dumps(described.to_dict(), indent=2))
-        return
-    for key, value in described.fields().items():
-        click.echo(f"{key}: {value}")
-    click.echo("")
-    echo_table(described.table())
-    click.echo(f"total: {described.total()}")
-
-
-@cli.command()
-@cache_option
-@click.option("--teacher", "teachers", multiple=True, help="Only these teacher names.")
-def verify(cache, teachers) -> None:
-    """Re-read every block of every teacher cache and check counts and checksums.
-
-    Exits with status 1 when anything is damaged, naming the block and array.
-
-    \b
-    Example:
-      skdcache verify --cache .skdcache
-    """
-    from skdcache.cache.catalog import verify_any_root
-
-    report = verify_any_root(cache, list(teachers) or None)
-    for path, problems in report.items():
-        click.echo(f"{'OK  ' if not problems else 'FAIL'} {path}")
-        for p in problems:
-            click.echo(f"     {p}")
-    bad = sum(bool(problems) for problems in report.values())
-    click.echo(f"{len(report) - bad} of {len(report)} teacher caches healthy")
-    if bad:
-        sys.exit(1)
-
-
-@cli.command()
+@cli.command(
+    cls=sectioned(
+        {
+            "Data": DATA + " eval_rows test_split",
+            "Cache and teachers": "cache teachers teacher_path",
+            "Student": "student student_layers student_head freeze_embeddings trust_remote_code",
+            "Targets and loss": "mode temperature alpha beta layer_map full_logits",
+            "Sampling": "sampling sampling_temperature pilot_steps learned_lr",
+            "Optimisation": "epochs max_steps batch_size grad_accum lr weight_decay warmup_ratio grad_clip seed",
+            "Output": "output overwrite resume eval_every",
+            "Running": "num_workers " + RUNNING,
+        }
+    )
+)
 @config_option
 @data_options(TrainConfig)
 @dataclass_options(
@@ -188,9 +152,9 @@ def verify(cache, teachers) -> None:
 @click.option("--teachers", default="all", show_default=True, help="Comma list of cached teacher names, or all.")
 @dataclass_options(
     TrainConfig,
-    "student student_layers student_head freeze_embeddings mode sampling sampling_temperature output epochs "
-    "max_steps batch_size lr weight_decay warmup_ratio grad_clip grad_accum temperature alpha beta layer_map "
-    "eval_every seed num_workers device pilot_steps learned_lr full_logits resume trust_remote_code",
+    "student student_layers student_head freeze_embeddings mode sampling sampling_temperature output overwrite "
+    "epochs max_steps batch_size lr weight_decay warmup_ratio grad_clip grad_accum temperature alpha beta "
+    "layer_map eval_every seed num_workers device pilot_steps learned_lr full_logits resume trust_remote_code",
     student_head={"type": click.Choice(HEADS)},
     mode={"type": click.Choice(MODES)},
     output={"type": click.Path(file_okay=False)},
@@ -201,7 +165,14 @@ def verify(cache, teachers) -> None:
     metavar="NAME=PATH",
     help="online: where a teacher's model is now, if it moved since precompute (repeatable).",
 )
-@click.option("--nproc", type=int, default=1, show_default=True, help="DDP processes (reruns under torchrun).")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="DDP processes (reruns under torchrun).",
+)
+@quiet_option
 @click.pass_obj
 def train(obj, nproc, teachers, teacher_path, **kw) -> None:
     """Train a student from cached teachers (one sampled teacher per step).
@@ -213,14 +184,15 @@ def train(obj, nproc, teachers, teacher_path, **kw) -> None:
     """
     from skdcache.train import train as run
 
-    if nproc > 1:  # the same command, one replica per process, each reading its slice of every batch
-        if kw["batch_size"] % nproc:  # before torchrun starts: the library checks it again in every rank
-            raise SkdError(f"--batch-size {kw['batch_size']} is the global batch: use a multiple of --nproc {nproc}")
-        rerun_under_torchrun(nproc)
     names = None if teachers in ("all", "", None) else [n.strip() for n in teachers.split(",")]
     fields = pick(TrainConfig, {k: v for k, v in kw.items() if k != "data"})
     moved = list(teacher_path) or None
     cfg = TrainConfig(data=data_spec(kw), teachers=names, teacher_path=moved, progress=obj["progress"], **fields)
+    cfg.check()  # bad values fail here, before torchrun starts or anything is loaded
+    if nproc > 1:  # the same command, one replica per process, each reading its slice of every batch
+        if kw["batch_size"] % nproc:  # before torchrun starts: the library checks it again in every rank
+            raise SkdError(f"--batch-size {kw['batch_size']} is the global batch: use a multiple of --nproc {nproc}")
+        rerun_under_torchrun(nproc)
     record = run(cfg)
     if record.get("rank", 0) != 0:
         return  # under torchrun, rank 0 reports
@@ -235,6 +207,7 @@ def train(obj, nproc, teachers, teacher_path, **kw) -> None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--plots", type=click.Path(file_okay=False), default=None, help="Write PNG plots here.")
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
+@quiet_option
 def report(runs, plots, markdown) -> None:
     """Compare training runs side by side and plot their curves.
 
@@ -244,7 +217,13 @@ def report(runs, plots, markdown) -> None:
     """
     from skdcache.report import load_runs, markdown_table, plot_runs, summary_rows
 
-    records = load_runs([Path(r) for r in runs])
+    folders = [Path(r) for r in runs if (Path(r) / "run.json").exists()]  # `runs/*` may match runs/plots
+    skipped = [r for r in runs if not (Path(r) / "run.json").exists()]
+    if not folders:
+        raise SkdError(f"no run folder (with run.json) among {', '.join(runs)}; pass `skdcache train --output` folders")
+    if skipped:
+        click.echo(f"skipped (no run.json): {', '.join(skipped)}", err=True)
+    records = load_runs(folders)
     rows = summary_rows(records)
     if markdown:
         click.echo(markdown_table(rows), nl=False)
@@ -255,8 +234,11 @@ def report(runs, plots, markdown) -> None:
 
 
 @cli.command()
-@click.option("--output", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option(
+    "--output", type=click.Path(file_okay=False), default="demo-out", show_default=True, help="Folder of the demo runs."
+)
 @click.option("--fresh", is_flag=True, help="Retrain teachers and students even if their runs exist.")
+@quiet_option
 @click.pass_obj
 def demo(obj, output, fresh) -> None:
     """Run the whole workflow on the bundled tweets with real pretrained encoders (about 5-10 min on CPU).
@@ -270,18 +252,12 @@ def demo(obj, output, fresh) -> None:
     run_demo(output, fresh=fresh, progress=obj["progress"])
 
 
+for command in (ls_command, info, verify, pull):
+    cli.add_command(command)
+
+
 def main() -> None:
-    try:
-        cli(standalone_mode=False)
-    except click.ClickException as exc:  # bad flags: click's own message and status
-        exc.show()
-        sys.exit(exc.exit_code)
-    except BaseException as exc:
-        status = next(((code, message) for kind, code, message in ERRORS if isinstance(exc, kind)), None)
-        if status is None or (isinstance(exc, SkdError) and os.environ.get("SKDCACHE_DEBUG") == "1"):
-            raise
-        click.echo(status[1](exc), err=True)
-        sys.exit(status[0])
+    cli()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ several commands share (`--config`, `--cache`, the data flags) are defined here 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import click
 import tomllib
 
 from skdcache.data import DataSpec
+from skdcache.fields import range_text
 
 SCALARS = (bool, int, float, str)
 
@@ -48,6 +50,9 @@ def field_option(cls: type, name: str, flag: str | None = None, dest: str | None
     if "help" in field.metadata:  # the dataclass documents its own fields (e.g. skdcache.config.flag)
         settings["help"] = field.metadata["help"]
     settings.update(kw)
+    limits = range_text(field.metadata)  # the range the library checks (skdcache.fields), said once
+    if limits and "help" in settings:
+        settings["help"] = f"{settings['help']} Range: {limits}."
     return click.option(flag or "--" + name.replace("_", "-"), dest or name, **settings)
 
 
@@ -85,6 +90,14 @@ def _load_config(ctx: click.Context, _param, value: str | None):
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read {value}: {exc}") from exc
     defaults = {k.replace("-", "_"): v for k, v in raw.items()}
+    known = {p.name for p in ctx.command.params if p.name not in ("config", "help", "quiet")} | {"teachers"}
+    for key in defaults:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise click.BadParameter(
+                f"unknown key {key!r} in {value}{hint}; keys mirror the flags of `skdcache {ctx.command.name}`"
+            )
     teachers = defaults.pop("teachers", None)
     if isinstance(teachers, dict):  # [teachers] table: name = "path"
         defaults["teacher"] = [f"{k}={v}" for k, v in teachers.items()]
@@ -105,7 +118,7 @@ config_option = click.option(
 cache_option = click.option(
     "--cache",
     "cache",
-    type=click.Path(file_okay=False),
+    metavar="PATH|URL",
     default=None,
     help="Cache root: a path, file:// or fsspec URL (s3://, https://) [default: $SKDCACHE_HOME or ~/.cache/skdcache].",
 )
@@ -120,8 +133,8 @@ def data_options(options_cls: type) -> Callable:
                 DataSpec, "source", "--data", "data", help="Hub dataset name, a directory of splits, or a file."
             ),
             field_option(DataSpec, "config_name", "--data-config", "data_config", help="Hub dataset configuration."),
-            field_option(DataSpec, "split"),
-            field_option(DataSpec, "text_column"),
+            field_option(DataSpec, "split", help="Split to use (a file name train/validation/test in a folder)."),
+            field_option(DataSpec, "text_column", help="Column holding the text."),
             field_option(DataSpec, "text_pair_column", help="Second text column for sentence-pair tasks."),
             field_option(DataSpec, "label_column", help="Class names, ints, or floats (regression)."),
             click.option("--no-labels", is_flag=True, help="The data has no labels (token-level targets only)."),
@@ -144,7 +157,7 @@ def data_options(options_cls: type) -> Callable:
                 show_default=True,
                 help="Chat data: the end-of-turn marker after each assistant message carries loss too.",
             ),
-            field_option(DataSpec, "limit", help="Use only the first N rows of the split."),
+            field_option(DataSpec, "limit"),
             field_option(options_cls, "max_length"),
             cache_option,
         ]
@@ -168,3 +181,39 @@ def data_spec(kw: dict) -> DataSpec:
         chat_template=kw["chat_template"],
         end_of_turn=kw["end_of_turn"],
     )
+
+
+def quiet_option(f: Callable) -> Callable:
+    """`-q` after the subcommand too (`skdcache train -q ...`), as before it."""
+
+    def callback(ctx: click.Context, _param, value: bool) -> None:
+        if value and ctx.obj is not None:
+            ctx.obj["progress"] = False
+
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=callback, help="No progress bars.")(
+        f
+    )
+
+
+class SectionedCommand(click.Command):
+    """A command whose `--help` lists its flags in titled sections (`sections`: title -> parameter names);
+    flags not named in any section are listed last, under "Other options"."""
+
+    sections: dict[str, list[str]] = {}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        placed: set[str] = set()
+        helps = [p.name for p in self.get_params(ctx) if p is self.get_help_option(ctx)]
+        rest = [n for n in records if n not in helps]
+        for title, names in [*self.sections.items(), ("Other options", rest), ("Help", helps)]:
+            rows = [records[n] for n in names if records.get(n) and n not in placed]
+            placed.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def sectioned(sections: dict[str, str]) -> type[SectionedCommand]:
+    """A `SectionedCommand` class for `@cli.command(cls=...)`; each section is a space-separated name list."""
+    return type("Sectioned", (SectionedCommand,), {"sections": {k: v.split() for k, v in sections.items()}})

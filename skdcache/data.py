@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from skdcache import fields
 from skdcache.errors import SkdError
 from skdcache.tables import available_splits, load_split
 
@@ -28,7 +29,7 @@ class DataSpec:
     text_pair_column: str | None = None
     label_column: str | None = "label"
     config_name: str | None = None
-    limit: int | None = None
+    limit: int | None = fields.flag(None, "Use only the first N rows of the split.", min=1)
     messages_column: str | None = None  # chat data: a list of {"role", "content"} per row (docs/chat-data.md)
     chat_template: str | None = None  # a Jinja file overriding the tokenizer's chat template
     end_of_turn: bool = True  # chat data: the end-of-turn marker after each assistant content carries loss too

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from skdcache.cache.catalog import dir_bytes, human_bytes
@@ -50,7 +50,7 @@ def _run_or_reuse(cfg: TrainConfig, fresh: bool) -> tuple[dict, str]:
     record = Path(cfg.output) / "run.json"
     if record.exists() and not fresh:
         return json.loads(record.read_text()), "reused"
-    return train(cfg), "trained"
+    return train(replace(cfg, overwrite=True)), "trained"
 
 
 def run_demo(output: str | Path = "demo-out", fresh: bool = False, progress: bool = True) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -66,7 +68,22 @@ def heldout_loss(model, inputs: StudentInputs, rows: np.ndarray, objective, devi
 def evaluate_teacher(
     teacher: LoadedTeacher, rows: TextRows, max_length: int, batch_size: int, device, perm
 ) -> dict | None:
-    """The teacher's metric on a labelled split: teacher-rank sampling ranks teachers by it."""
+    """The teacher's metric on the eval split: teacher-rank sampling ranks teachers by it. Classifiers and
+    regressors are scored on the labels; causal LMs by next-token accuracy, as `skdcache train` scores students
+    (on the assistant tokens of chat rows)."""
+    if teacher.head == "causal":
+        pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
+        inputs = StudentInputs(tokenize(teacher.tokenizer, rows, max_length), None, "causal", pad_id)
+        values = evaluate(teacher.model, inputs, SimpleNamespace(head="causal", task="lm"), device, batch_size)
+        values.pop("primary")
+        return {
+            "split": rows.spec.split,
+            "name": "token_accuracy",
+            "value": values["token_accuracy"],
+            "all": values,
+            "n_rows": len(rows),
+            "dataset_fingerprint": rows.fingerprint,
+        }
     if teacher.head != "sequence" or rows.labels is None:
         return None
     enc = tokenize(teacher.tokenizer, rows, max_length)

@@ -24,11 +24,28 @@ def auto_class(head: str):
     return getattr(transformers, AUTO_CLASSES[head])
 
 
+def looks_local(source: str) -> bool:
+    """A path rather than a hub id: ./x, ../x, /x, ~/x, a/b/c, or a/b whose first part is a local folder."""
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        return True
+    return "/" in source and Path(source.split("/", 1)[0]).is_dir()
+
+
+def check_model_path(source: str, what: str) -> None:
+    """Refuse a local-looking model path that does not exist, before anything is loaded."""
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise SkdError(f"{what}{source} does not exist; pass a local directory or a hub id available offline")
+
+
 def resolve_model_dir(source: str, revision: str | None = None) -> Path:
     """A local directory, or the offline hub snapshot of `source`; never downloads unless online."""
     path = Path(source).expanduser()
     if path.is_dir():
+        if not (path / "config.json").exists() and (path / "student" / "config.json").exists():
+            return path / "student"  # a `skdcache train --output` folder: its best student is in student/
         return path
+    if looks_local(source):
+        raise SkdError(f"model path {source} does not exist; pass a local directory or a hub id available offline")
     try:
         from huggingface_hub import snapshot_download
 

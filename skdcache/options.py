@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from skdcache.cache import format as fmt
 from skdcache.data import TextRows
 from skdcache.errors import SkdError
+from skdcache.fields import check_ranges, flag
+from skdcache.models import detect_head, load_config, resolve_model_dir
 from skdcache.teachers import TeacherSpec
 
 
@@ -14,23 +16,34 @@ from skdcache.teachers import TeacherSpec
 class TargetOptions:
     """What to store and how to run (the precompute flags that are not data or team)."""
 
-    max_length: int = 128
-    top_k: int = 32  # topk / hybrid: exact teacher log-probs kept per position
+    max_length: int = flag(128, "Tokens per row; longer rows are truncated.", min=1)
+    top_k: int = flag(32, "Token-level heads: top-k log-probs kept per position (topk, hybrid).", min=1)
     targets: str = "topk"  # token-level heads: topk | sampled | hybrid (docs/token-targets.md)
-    samples: int = 32  # sampled / hybrid: teacher draws per position
-    sample_temperature: float = 2.0  # sampled / hybrid: T of the draws; train must use the same --temperature
-    sample_seed: int = 0
+    samples: int = flag(32, "sampled/hybrid: teacher draws per position.", min=1, max=65535)
+    sample_temperature: float = flag(2.0, "sampled/hybrid: T of the draws; train with the same --temperature.", above=0)
+    sample_seed: int = flag(0, "sampled/hybrid: seed of the draws.", min=0)
     hidden_layers: str | None = None  # "last" | "all" | "1,3,6" | None
     hidden_tokens: str = "cls"
-    mlm_probability: float = 0.15
-    mask_seed: int = 0
-    batch_size: int = 64
+    mlm_probability: float = flag(0.15, "MLM teachers: fraction of tokens masked.", above=0, below=1)
+    mask_seed: int = flag(0, "MLM teachers: seed of the masks.", min=0)
+    batch_size: int = flag(64, "Rows per teacher forward pass.", min=1)
     device: str = "auto"
-    rows_per_block: int = fmt.ROWS_PER_BLOCK
+    rows_per_block: int = flag(fmt.ROWS_PER_BLOCK, "Rows per shard (a power of two).", min=1)
     eval_split: str | None = "validation"
     trust_remote_code: bool = False
     progress: bool = True
     repair: bool = False  # re-verify complete caches and recompute only their damaged blocks
+
+    def check(self) -> None:
+        """Refuse a bad option in one line naming the flag, before any model is loaded or anything written."""
+        check_ranges(self)
+        rpb = self.rows_per_block
+        if rpb & (rpb - 1):
+            raise SkdError(f"--rows-per-block {rpb} must be a power of two (e.g. 1024)")
+        if self.targets not in fmt.TARGET_KINDS:
+            raise SkdError(f"--targets {self.targets!r}: choose one of {', '.join(fmt.TARGET_KINDS)}")
+        if self.hidden_tokens not in ("cls", "all"):
+            raise SkdError(f"--hidden-tokens {self.hidden_tokens!r}: choose cls or all")
 
 
 def parse_hidden_layers(value: str | None, n_layers: int) -> tuple[int, ...]:
@@ -88,3 +101,13 @@ def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
         sample_temperature=float(opts.sample_temperature) if sampled else None,
         sample_seed=opts.sample_seed if sampled else None,
     )
+
+
+def preflight(spec: TeacherSpec, rows: TextRows, opts: TargetOptions) -> None:
+    """The checks of `_precompute_local` that need only the teacher's config: a bad teacher path, a label or
+    vocabulary mismatch or a bad option fails in one line before the cache root exists."""
+    model_dir = resolve_model_dir(spec.source, spec.revision)
+    config = load_config(model_dir, spec.name, opts.trust_remote_code)
+    head = detect_head(config, spec.head)
+    check_teacher(spec, config, head, rows, opts)
+    target_spec(head, config, opts)

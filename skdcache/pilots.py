@@ -39,6 +39,7 @@ PILOT_IGNORES = frozenset(
         "pilot_steps",
         "learned_lr",
         "resume",
+        "overwrite",
         "progress",
         "num_workers",
         "beta",
@@ -107,6 +108,7 @@ def pilot_metrics(
                 output=str(out),
                 eval_every=steps,
                 resume=False,
+                overwrite=True,
                 beta=0.0,
             )
             final = run(pilot)["final"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from skdcache.cache.catalog import find_teacher_caches, list_caches
+from skdcache.cache.catalog import existing_root, find_teacher_caches, list_caches
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
 from skdcache.chat import check_template, render_chat
@@ -58,6 +58,11 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
         raise SkdError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     if cfg.batch_size % world:
         raise SkdError(f"--batch-size {cfg.batch_size} is the global batch: use a multiple of {world} ranks")
+    root = open_root(cfg.cache)
+    if cfg.mode != "none" and root.is_remote:  # bad URL or credentials: one line, before the data is loaded
+        root.remote().check_readable()
+    elif cfg.mode != "none":
+        existing_root(root.path)
     rows = load_rows(cfg.data)
     eval_rows = None
     if cfg.eval_split and cfg.eval_split in available_splits(cfg.data):

@@ -26,6 +26,13 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def loss_key(records: Sequence[RunRecord]) -> str:
+    """What loss.png plots: "ce" (the label cross-entropy every labelled run logs, whatever its objective) when
+    every run has it, else each run's own "loss"."""
+    has_ce = all(any(isinstance(m.get("ce"), int | float) for m in r.metrics) for r in records)
+    return "ce" if has_ce else "loss"
+
+
 def plot_runs(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
     """Write loss/metric/teachers/learned PNGs for the runs that have the data; return the files written."""
     import matplotlib
@@ -45,15 +52,22 @@ def plot_runs(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    # (a) training loss, smoothed over ~2% of the run so sampled-teacher noise does not hide the trend
+    # (a) training loss, smoothed over ~2% of the run so sampled-teacher noise does not hide the trend. Runs
+    # optimise different objectives (labels only vs alpha*KD + (1-alpha)*CE), so the plot shows a quantity they
+    # share: the label cross-entropy part ("ce"), and the total loss only when some run has no labels.
     with_loss = [r for r in records if any(isinstance(m.get("loss"), int | float) for m in r.metrics)]
+    key = loss_key(with_loss)
     if with_loss:
         fig, ax = plt.subplots(figsize=(8, 5))
         for r in with_loss:
-            points = [(m["step"], float(m["loss"])) for m in r.metrics if isinstance(m.get("loss"), int | float)]
+            points = [(m["step"], float(m[key])) for m in r.metrics if isinstance(m.get(key), int | float)]
             steps, losses = zip(*points, strict=True)
             ax.plot(steps, moving_average(losses, round(0.02 * len(losses))), label=r.name, linewidth=1.2)
-        ax.set(title="Training loss (moving average, ~2% of steps)", xlabel="step", ylabel="loss")
+        if key == "ce":
+            title, ylabel = "Label cross-entropy on training batches (moving average, ~2% of steps)", "label CE"
+        else:
+            title, ylabel = "Training loss, each run's own objective (moving average, ~2% of steps)", "loss"
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         save(fig, "loss.png")

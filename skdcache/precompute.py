@@ -25,7 +25,7 @@ from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_
 from skdcache.cache.manifest import DatasetInfo, TeacherInfo, read_manifest
 from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
-from skdcache.cache.store import WriterLock, ensure_writable_root, write_json
+from skdcache.cache.store import WriterLock, ensure_writable_root, remove_empty_tree, write_json
 from skdcache.cache.writer import CacheWriter
 from skdcache.chat import render_chat
 from skdcache.data import DataSpec, TextRows, load_rows, tokenize
@@ -33,8 +33,9 @@ from skdcache.device import pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, GroupIncomplete, SkdError
 from skdcache.evaluate import evaluate_teacher
-from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
-from skdcache.options import TargetOptions, check_teacher, target_spec
+from skdcache.fields import check_ranges
+from skdcache.models import check_model_path, detect_head, load_config, load_tokenizer, resolve_model_dir
+from skdcache.options import TargetOptions, check_teacher, preflight, target_spec
 from skdcache.provenance import dataset_record, package_versions, teacher_location
 from skdcache.reduce import label_permutation
 from skdcache.stages import StageClock
@@ -242,8 +243,8 @@ def _existing_manifest(group_path: Path) -> fmt.Manifest | None:
 def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:
     from skdcache.data import available_splits
 
-    if not opts.eval_split or data.label_column is None or opts.eval_split == data.split:
-        return None
+    if not opts.eval_split or opts.eval_split == data.split:
+        return None  # unlabelled rows are loaded too: causal teachers are scored by next-token accuracy
     if opts.eval_split not in available_splits(data):
         return None
     return load_rows(dataclasses.replace(data, split=opts.eval_split, limit=None))
@@ -260,24 +261,33 @@ def precompute(
     `cache_root` is anything `open_root` accepts: a path, ``~/x``, ``file:///x`` or a remote URL.
     """
     opts = opts or TargetOptions()
-    rpb = opts.rows_per_block
-    if rpb < 1 or rpb & (rpb - 1):
-        raise SkdError(f"--rows-per-block {rpb} must be a power of two (e.g. 1024)")
+    opts.check()
+    check_ranges(data, {"source": "--data"})
     if not team:
         raise SkdError("no teacher given; pass --teacher NAME=PATH (repeatable) or --config team.toml")
     names = [t.name for t in team]
     if len(set(names)) != len(names):
         raise SkdError(f"teacher names must be unique, got {names}")
+    for spec in team:
+        check_model_path(spec.source, f"--teacher {spec.name}=")
     where = open_root(cache_root)
     remote = where.remote() if where.is_remote else None
     if remote is not None and rank_and_size()[0] == 0:
         remote.check_writable()
-    root = ensure_writable_root(where.path)
     rows = load_rows(data)
     eval_rows = load_eval_rows(data, opts)
+    for spec in team:  # every teacher's model and options checked before the cache root is touched
+        preflight(spec, rows, opts)
+    created = not where.path.exists()
+    root = ensure_writable_root(where.path)
     results = []
-    for spec in team:
-        result = precompute_teacher(spec, rows, root, opts, eval_rows, remote)
-        log.info("%s: %s in %.1fs -> %s", spec.name, result.status, result.seconds, result.path)
-        results.append(result)
+    try:
+        for spec in team:
+            result = precompute_teacher(spec, rows, root, opts, eval_rows, remote)
+            log.info("%s: %s in %.1fs -> %s", spec.name, result.status, result.seconds, result.path)
+            results.append(result)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty cache root behind
+            remove_empty_tree(root)
+        raise
     return results

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
 from skdcache.errors import SkdError
+from skdcache.models import looks_local
 
 SPLIT_FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLIT_NAMES = ("train", "validation", "test")
@@ -53,8 +55,10 @@ def load_split(spec, split: str):
         if split != "train":
             raise SkdError(f"a single file has only the 'train' split; drop --split {split}")
         return _load_local(SPLIT_FILE_FORMATS[suffix], path, "train")
-    if os.sep in spec.source or spec.source.startswith("."):
-        raise SkdError(f"data path {spec.source} does not exist; check --data")
+    near = difflib.get_close_matches(spec.source, os.listdir("."), n=1, cutoff=0.75) if "/" not in spec.source else []
+    if looks_local(spec.source) or near:  # a path typo, not a hub name: no minute of hub retries
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise SkdError(f"data path {spec.source} does not exist{hint}; check --data")
     try:
         return datasets.load_dataset(spec.source, spec.config_name, split=split)
     except Exception as exc:  # the hub raises many types; one line is what the user needs

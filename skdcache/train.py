@@ -8,6 +8,7 @@ constructed: targets come from the cache through the same `TargetSource` interfa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -46,17 +47,29 @@ from skdcache.student import (
 )
 from skdcache.student_aware import FitSampler
 
+log = logging.getLogger("skdcache")
+
 __all__ = ["MODES", "Run", "TrainConfig", "fit", "prepare", "train"]
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Python API of `skdcache train`: returns the run record also written to OUTPUT/run.json."""
+    """Python API of `skdcache train`: returns the run record also written to OUTPUT/run.json.
+
+    A finished run of the same settings in `cfg.output` is returned as it is (rerunning a command is safe); a
+    finished run of other settings is refused unless `cfg.overwrite` (or `cfg.resume`).
+    """
+    cfg.check()
+    finished = cfg.finished_record()
+    if finished is not None:
+        log.info("%s holds this finished run: reused (pass --overwrite to train it again)", cfg.output)
+        return {**finished, "rank": rank_and_size()[0]}
     return fit(prepare(cfg))
 
 
 def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = None) -> Run:
     """Build a run: its plan, teacher distribution (student-rank pilots run here, through `run_pilot`),
     checked student and objective, and the source of its teacher targets."""
+    cfg.check()
     rank, world = rank_and_size()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -122,6 +135,8 @@ def fit(run: Run) -> dict:
     `eval_every` steps, and the run record at the end."""
     cfg, model, plan = run.cfg, run.model, run.plan
     run.out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite and not cfg.resume and run.rank == 0:  # the replaced run's record must not outlive it
+        (run.out / "run.json").unlink(missing_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(run.projector.parameters()) if run.projector is not None else []
     optimizer, scheduler = _optimizer(params, cfg, plan.total_steps)

@@ -68,7 +68,7 @@ def test_rerun_says_cached(cached, tmp_path):
     assert result.exit_code == 0 and sum(" cached " in line for line in result.output.splitlines()) == 2
 
 
-@pytest.mark.parametrize("command", ["precompute", "train", "ls", "info", "verify", "report", "demo"])
+@pytest.mark.parametrize("command", ["precompute", "train", "ls", "info", "verify", "pull", "report", "demo"])
 def test_every_help_shows_an_example(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "Example:" in result.output and f"skdcache {command}" in result.output
@@ -172,3 +172,61 @@ def test_known_errors_are_one_line_with_status_2(argv, message, monkeypatch, cap
         main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+
+
+# ---- what `ls` prints, `info` takes ------------------------------------------------------------------------------
+def test_info_takes_the_key_ls_prints_and_ls_json_has_paths_and_byte_sizes(cached):
+    cache, _ = cached
+    runner = CliRunner()
+    rows = json.loads(runner.invoke(cli, ["ls", "--cache", str(cache), "--json"]).output)
+    assert len(rows) == 2 and all(Path(r["path"]).is_dir() and isinstance(r["size"], int) for r in rows), rows
+    assert all(len(r["key"]) > 12 and r["metric"]["name"] == "accuracy" for r in rows)
+    table = runner.invoke(cli, ["ls", "--cache", str(cache)]).output
+    short = rows[0]["key"][:12]
+    assert short in table
+    info = runner.invoke(cli, ["info", short, "--cache", str(cache)])
+    assert info.exit_code == 0 and f"cache_key: {rows[0]['key']}" in info.output, info.output
+    dataset = Path(rows[0]["path"]).parent
+    wrong_level = runner.invoke(cli, ["info", str(dataset)])
+    assert wrong_level.exit_code == 2 and "dataset folder" in wrong_level.stderr and short in wrong_level.stderr
+
+
+def test_a_train_output_folder_is_a_teacher(tmp_path):
+    """`--teacher X=<a train --output folder>`: its model is the student/ subfolder."""
+    from skdcache.models import resolve_model_dir
+
+    run = tmp_path / "run"
+    make_model(run / "student", "sequence", seed=1)
+    assert resolve_model_dir(str(run)) == run / "student"
+
+
+@pytest.mark.parametrize("command", ["train", "precompute"])
+def test_help_groups_flags_and_says_ranges(command):
+    result = CliRunner().invoke(cli, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for title in ("Data:", "Running:", "Help:"):
+        assert title in result.output
+    assert "--cache PATH|URL" in result.output and "Other options" not in result.output
+    if command == "train":
+        assert "Optimisation:" in result.output and "Range: in [0, 1]" in result.output
+
+
+def test_rerunning_train_reuses_its_finished_run_and_other_settings_need_overwrite(cached, tmp_path):
+    """The README's commands run twice: the same train command reuses its finished run; a finished run of other
+    settings in --output is refused in one line naming --overwrite, which retrains it."""
+    cache, _ = cached
+    out = tmp_path / "run"
+    args = ["-q", "train", "--data", str(tmp_path / "data"), "--cache", str(cache)]
+    args += ["--student", str(tmp_path / "small"), "--output", str(out), "--max-steps", "2", "--batch-size", "16"]
+    args += ["--num-workers", "0", "--device", "cpu", "--max-length", "32"]
+    runner = CliRunner()
+    assert runner.invoke(cli, args).exit_code == 0
+    stamp = (out / "run.json").stat().st_mtime_ns
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 0 and "final:" in again.output and (out / "run.json").stat().st_mtime_ns == stamp
+    other = runner.invoke(cli, [*args, "--alpha", "0.7"])
+    assert other.exit_code == 2 and "--overwrite" in other.stderr and "alpha" in other.stderr, other.stderr
+    assert (out / "run.json").stat().st_mtime_ns == stamp
+    replaced = runner.invoke(cli, [*args, "--alpha", "0.7", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "run.json").read_text())["config"]["alpha"] == 0.7

@@ -3,6 +3,7 @@ draws and losses from the checkpoint on, within an epoch and across an epoch bou
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,10 @@ def test_resumed_run_equals_the_uninterrupted_one(seq_team, stop: int, tmp_path:
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
         assert x["kd"] == pytest.approx(y["kd"], abs=1e-5)
     assert full.state.global_step == resumed.state.global_step == STEPS
+    # the histogram counts every step of the run, the ones before the resume too
+    assert (
+        resumed.teacher_histogram
+        == full.teacher_histogram
+        == first.teacher_histogram + Counter(x["teacher"] for x in got)
+    )
+    assert sum(full.teacher_histogram.values()) == STEPS

@@ -301,3 +301,38 @@ def test_example_runs_offline(tmp_path: Path, data: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "student" / "config.json").exists()
     assert "teachers drawn" in done.stdout
+
+
+def test_trainer_beta_trains_the_hidden_state_loss(data, tmp_path: Path):
+    """SkdTrainer(beta=...): the hidden-state loss `skdcache train --beta` adds, its projection trained with the
+    model (a submodule of it, so the Trainer's optimizer and checkpoints hold it)."""
+    spec = DataSpec(str(data))
+    teacher = spread(make_model(tmp_path / "t", layers=2, hidden=48, seed=5), 8.0)
+    opts = TargetOptions(max_length=MAX_LENGTH, hidden_layers="all", rows_per_block=64, progress=False)
+    precompute(spec, [TeacherSpec("t", str(teacher))], tmp_path / "cache", opts)
+    student = make_model(tmp_path / "s", layers=1, seed=6)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=BATCH,
+        max_steps=3,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    trainer = SkdTrainer(
+        model=transformers.AutoModelForSequenceClassification.from_pretrained(student),
+        args=args,
+        train_dataset=hf_dataset(data),
+        processing_class=transformers.AutoTokenizer.from_pretrained(student),
+        cache=tmp_path / "cache",
+        mode="single",
+        beta=1.0,
+    )
+    before = [p.detach().clone() for p in trainer.skd_projector.parameters()]
+    trainer.train()
+    assert len(trainer.skd_history) == 3 and all(r["hidden"] > 0 for r in trainer.skd_history)
+    after = list(trainer.skd_projector.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))

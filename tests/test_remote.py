@@ -203,3 +203,43 @@ def test_memory_root_round_trip(team, mirror, tmp_path):
     shutil.rmtree(mirror)
     out = _train(team, url, tmp_path / "mem")
     assert out["steps"] == 4 and len(out["teachers"]) == 2
+
+
+def test_pull_mirrors_a_remote_root_into_a_local_one(team, mirror, tmp_path):
+    """`skdcache pull URL --cache LOCAL`: every published group mirrored whole and verified; a second pull
+    reuses them; a root with nothing published is refused in one line and leaves no folder."""
+    from click.testing import CliRunner
+    from skdcache.cli.main import cli
+
+    from skdcache.cache.catalog import verify_root
+
+    url = "memory://skd-pull-root"
+    precompute(DataSpec(str(team["data"])), team["teachers"], url, OPTS)
+    local = tmp_path / "pulled"
+    first = CliRunner().invoke(cli, ["-q", "pull", url, "--cache", str(local)])
+    assert first.exit_code == 0, first.output
+    report = verify_root(local)
+    assert len(report) == 2 and all(problems == [] for problems in report.values()), report
+    stamps = {p: p.stat().st_mtime_ns for p in local.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    again = CliRunner().invoke(cli, ["-q", "pull", url, "--cache", str(local), "--teacher", "a"])
+    assert again.exit_code == 0 and " a " in again.output and " b " not in again.output, again.output
+    assert {p: p.stat().st_mtime_ns for p in local.rglob("*") if p.is_file() and p.suffix != ".lock"} == stamps
+    empty = CliRunner().invoke(cli, ["pull", "memory://nothing-published", "--cache", str(tmp_path / "none")])
+    assert empty.exit_code == 2 and len(empty.stderr.strip().splitlines()) == 1, empty.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_skd_trainer_reads_a_remote_root(team, mirror, tmp_path):
+    """SkdTrainer(cache=URL) mirrors the team it needs, as `skdcache train --cache URL` does."""
+    pytest.importorskip("transformers")
+    from test_integration_hf import cfg_for, trainer_for
+
+    url = "memory://skd-trainer-root"
+    precompute(DataSpec(str(team["data"])), team["teachers"], url, OPTS)
+    shutil.rmtree(mirror, ignore_errors=True)
+    cfg = cfg_for(DataSpec(str(team["data"])), team["student"], url, tmp_path / "hf")
+    cfg.max_steps = 2
+    trainer = trainer_for(cfg, "sequence", tmp_path / "hf")
+    trainer.train()
+    assert sum(trainer.teacher_histogram.values()) == 2
+    assert sorted(trainer.teacher_names) == ["a", "b"]

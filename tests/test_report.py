@@ -197,3 +197,28 @@ def test_load_runs_without_run_json(tmp_path: Path) -> None:
     with pytest.raises(SkdError, match="run.json") as info:
         load_runs([unfinished])
     assert str(unfinished) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_loss_plot_shows_a_quantity_every_run_shares(runs: list[Path], tmp_path: Path) -> None:
+    """Labels-only and KD runs optimise different totals: loss.png plots their common label CE."""
+    from skdcache.plots import loss_key
+
+    assert loss_key(load_runs(runs)) == "ce"
+    no_ce = write_run(tmp_path, "lm", mode="skd")
+    metrics = no_ce / "metrics.jsonl"
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "ce"}) + "\n" for x in lines))
+    assert loss_key(load_runs([*runs, no_ce])) == "loss"
+
+
+def test_report_glob_including_its_plots_folder_runs_twice(runs: list[Path], tmp_path: Path) -> None:
+    """`skdcache report runs/* --plots runs/plots`: the second time the glob also matches runs/plots."""
+    from click.testing import CliRunner
+    from skdcache.cli.main import cli
+
+    plots = runs[0].parent / "plots"
+    for _ in range(2):
+        folders = sorted(str(p) for p in runs[0].parent.iterdir() if p.is_dir())
+        result = CliRunner().invoke(cli, ["report", *folders, "--plots", str(plots)])
+        assert result.exit_code == 0, result.output
+    assert "skipped (no run.json)" in result.stderr and (plots / "loss.png").exists()

@@ -338,3 +338,16 @@ def test_small_to_large_says_when_team_order_decides(caplog) -> None:
         sampler_for_run(cfg, _team([5, None, 5, 7]), None)
     text = " | ".join(r.getMessage() for r in caplog.records)
     assert "no recorded size for t1" in text and "t0, t2 have the same size" in text
+
+
+def test_docs_say_one_teacher_per_optimizer_step():
+    """docs/sampling.md once said a teacher is drawn per micro-batch under --grad-accum; it is per step."""
+    from pathlib import Path
+
+    from skdcache.sampling import build_sampler
+    from skdcache.sources import TeacherDraws
+
+    text = (Path(__file__).parents[1] / "docs" / "sampling.md").read_text()
+    assert "every micro-batch when" not in text and "optimizer step" in text
+    draws = TeacherDraws("skd", build_sampler("uniform", 4, seed=0), 4, grad_accum=3)
+    assert all(len({draws(3 * s + m).single for m in range(3)}) == 1 for s in range(20))

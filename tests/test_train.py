@@ -218,6 +218,17 @@ def test_skd_from_cache_equals_online_token_level_at_t2(team: str, request, tmp_
     assert max(x["kd"] for x in a) > 1e-2
 
 
+def test_causal_teams_get_a_teacher_metric_so_teacher_rank_works(causal: Team, tmp_path: Path):
+    """Precompute scores causal teachers by next-token accuracy on the validation split, as train scores students."""
+    from skdcache.cache.catalog import list_caches
+
+    metrics = {e.name: e.manifest.metric for e in list_caches(causal.cache)}
+    assert set(metrics) == {"l1", "l2"}
+    assert all(m is not None and m.name == "token_accuracy" and 0 <= m.value <= 1 for m in metrics.values())
+    record = train(causal.cfg(tmp_path / "rank", sampling="teacher-rank", max_steps=2))
+    assert record["steps"] == 2 and sum(record["teacher_histogram"].values()) == 2
+
+
 def test_online_targets_equal_cached_targets_mlm(mlm: Team, tmp_path: Path):
     """What `online` computes for a batch (masked positions, top-k ids, fp16 log-probs, tail) is the cached data."""
     from skdcache.live import LiveTargets

@@ -137,7 +137,7 @@ def list_root(root: str | Path | CacheRoot | None) -> list[CacheEntry]:
     """Teacher caches of any root: a folder's groups, or the groups published at a URL (sizes as stored there)."""
     root = open_root(root)
     if not root.is_remote:
-        return list_caches(root.path)
+        return list_caches(existing_root(root.path))
     remote = root.remote()
     return [
         CacheEntry(root.path / fp / m.cache_key, d, m, stored_bytes=remote.stored_bytes(fp, m.cache_key))
@@ -150,10 +150,38 @@ def verify_any_root(root: str | Path | CacheRoot | None, names: list[str] | None
     root = open_root(root)
     if root.is_remote:
         remote = root.remote()
-        for fp, _, m in remote.manifests():
+        published = remote.manifests()
+        if not published:  # a mistyped URL must not pass as an empty, healthy root
+            raise CacheError(f"no teacher cache published at {root}; check --cache (`skdcache ls --cache URL`)")
+        for fp, _, m in published:
             if not names or m.teacher["name"] in names:
                 remote.fetch(fp, m.cache_key)
-    return verify_root(root.path, names)
+        if not root.path.is_dir():
+            return {}
+        return verify_root(root.path, names)
+    return verify_root(existing_root(root.path), names)
+
+
+def existing_root(path: Path) -> Path:
+    """A local cache root that exists: a typo in --cache must not read as an empty, healthy root."""
+    if not path.is_dir():
+        raise CacheError(f"no cache root at {path}; check --cache (`skdcache precompute` creates it)")
+    return path
+
+
+def json_row(entry: CacheEntry) -> dict:
+    """`ls --json`: the table's row with the full path and key, and sizes and metrics as numbers."""
+    row = summary_row(entry)
+    row["path"] = str(entry.path)
+    row["dataset"] = entry.path.parent.name
+    m = entry.manifest
+    if m is None:
+        return row
+    row["key"] = m.cache_key
+    row["size"] = entry.stored_bytes if entry.stored_bytes is not None else dir_bytes(entry.path)
+    row["params"] = m.teacher.num_parameters
+    row["metric"] = {"name": m.metric.name, "value": m.metric.value} if m.metric else None
+    return row
 
 
 @dataclass
@@ -192,12 +220,55 @@ class CacheInfo:
         return f"{human_bytes(total)}, {total / self.manifest.dataset['n_rows']:.1f} B/example"
 
 
-def cache_info(group: str | Path) -> CacheInfo:
-    """One teacher cache folder (a path, ``~`` or ``file://``), as listed by `skdcache ls`."""
+def cache_info(group: str | Path, cache: str | Path | CacheRoot | None = None) -> CacheInfo:
+    """One teacher cache: its folder (a path, ``~`` or ``file://``) or the key `skdcache ls` prints (a prefix
+    of it is enough) under the cache root `cache`."""
     root = open_root(group)
     if root.is_remote:
         raise CacheError(f"{group}: info reads a local teacher cache; run `skdcache verify --cache URL` to mirror it")
-    if not root.path.is_dir():
-        raise CacheError(f"{root.path} is not a directory; pass a teacher cache folder (ROOT/<dataset>/<key>)")
-    manifest = read_manifest(root.path)
-    return CacheInfo(root.path, manifest, array_sizes(root.path, manifest))
+    path = root.path
+    if not path.is_dir() and "/" not in str(group):
+        path = _find_key(str(group), open_root(cache))
+    if not path.is_dir():
+        raise CacheError(
+            f"{path} is not a directory; pass a teacher cache folder (ROOT/<dataset>/<key>) or a key `ls` prints"
+        )
+    if not (path / "zarr.json").exists():
+        if (path / fmt.DATASET_FILE).exists():
+            keys = sorted(p.name[:12] for p in path.iterdir() if (p / "zarr.json").exists())
+            raise CacheError(f"{path} is a dataset folder, not a teacher cache; pass one of its keys: {keys}")
+        if any((p / fmt.DATASET_FILE).exists() for p in path.iterdir() if p.is_dir()):
+            raise CacheError(f"{path} is a cache root; `skdcache ls --cache {path}` lists its teacher caches")
+    manifest = read_manifest(path)
+    return CacheInfo(path, manifest, array_sizes(path, manifest))
+
+
+def _find_key(key: str, root: CacheRoot) -> Path:
+    """The teacher cache whose key starts with `key` under a local root (the 12 characters `ls` shows)."""
+    if root.is_remote or not root.path.is_dir():
+        return Path(key)
+    found = [e.path for e in list_caches(root.path) if e.path.name.startswith(key)]
+    if len(found) > 1:
+        raise CacheError(f"key {key} matches {len(found)} teacher caches in {root}; give more of it")
+    return found[0] if found else Path(key)
+
+
+def pull_root(url: str, local: str | Path | CacheRoot | None, names: list[str] | None = None) -> list[CacheEntry]:
+    """Mirror the groups published at `url` (optionally only teachers `names`) into the local cache root `local`,
+    each downloaded whole, checked block by block and renamed into place (an interrupted pull resumes)."""
+    from skdcache.cache.remote import RemoteRoot
+    from skdcache.cache.store import ensure_writable_root
+
+    source = open_root(url)
+    if not source.is_remote:
+        raise CacheError(f"{url} is a local cache root; pull copies a remote one (s3://, gs://, https://)")
+    target = open_root(local)
+    if target.is_remote:
+        raise CacheError(f"--cache {target}: pull into a local folder")
+    remote = RemoteRoot(source.url, target.path)
+    found = [(fp, d, m) for fp, d, m in remote.manifests() if not names or m.teacher.name in names]
+    if not found:
+        named = f" of teacher(s) {', '.join(names)}" if names else ""
+        raise CacheError(f"no complete teacher cache{named} published at {url}; `skdcache ls --cache {url}` lists it")
+    ensure_writable_root(target.path)  # only once the listing worked: a bad URL leaves no folder behind
+    return [CacheEntry(remote.fetch(fp, m.cache_key), d, m) for fp, d, m in found]

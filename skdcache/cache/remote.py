@@ -92,12 +92,12 @@ class RemoteRoot:
         except CacheError:
             raise
         except Exception as exc:  # credentials, permissions, an unreachable endpoint: one line, not a traceback
-            raise CacheError(
-                f"cannot list {self.url}: {type(exc).__name__}: {exc} (check the URL and credentials, "
-                "e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL)"
-            ) from exc
+            raise transport.refused(self.url, "list", exc) from exc
         names = {p.rstrip("/").rsplit("/", 1)[-1] for p in listing}
         return sorted(n for n in names if n and "?" not in n and "#" not in n and n not in (".", ".."))
+
+    def check_readable(self) -> None:  # a bad URL or missing credentials: one line, before any data is loaded
+        self._names(self.base)
 
     def _json(self, path: str) -> dict | None:
         """A small JSON file, or None when it is missing or is not JSON (e.g. an HTML page at that name)."""
@@ -105,6 +105,10 @@ class RemoteRoot:
             return json.loads(self._retry(f"reading {path}", lambda: self.fs.cat_file(path)))
         except (FileNotFoundError, ValueError):
             return None
+        except CacheError:
+            raise
+        except Exception as exc:  # credentials, permissions: one line, as for listings
+            raise transport.refused(self.url, "read", exc) from exc
 
     def _listing(self, prefix: str) -> dict[str, int | None]:
         """Every file below `prefix` (relative path -> size; None where the server does not say), fresh."""
@@ -248,10 +252,7 @@ class RemoteRoot:
         except CacheError:
             raise
         except Exception as exc:
-            raise CacheError(
-                f"cannot write to {self.url}: {type(exc).__name__}: {exc} (check the URL and "
-                "credentials, e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL)"
-            ) from exc
+            raise transport.refused(self.url, "write to", exc) from exc
 
     def publish(self, group: Path) -> None:
         """Upload a complete local group: data files first, then dataset.json, then the group's zarr.json.

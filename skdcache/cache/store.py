@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 
 from skdcache.errors import CacheError, SkdError
@@ -101,3 +102,12 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def remove_empty_tree(root: Path) -> None:
+    """Remove `root` and the folders under it, where empty (a failed run's leftovers; files are kept)."""
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with suppress(OSError):
+            path.rmdir()
+    with suppress(OSError):
+        root.rmdir()

@@ -155,3 +155,12 @@ def relative(path: str, prefix: str) -> str:
     if ".." in rel.split("/"):
         raise CacheError(f"remote file {path} escapes its cache group")
     return rel
+
+
+def refused(url: str, verb: str, exc: BaseException) -> CacheError:
+    """One line for a request the store refused (credentials, permissions, a wrong URL), naming what to check."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return CacheError(
+        f"cannot {verb} {url}: {type(exc).__name__}: {first} (check the URL and credentials, "
+        "e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL)"
+    )

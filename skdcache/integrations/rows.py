@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from skdcache.cache.catalog import list_caches, select_teachers
+from skdcache.cache.catalog import existing_root, list_caches, select_teachers
 from skdcache.cache.manifest import DatasetInfo
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
+from skdcache.cache.selection import CacheEntry
 from skdcache.chat import check_template, render_chat
 from skdcache.config import TrainConfig
 from skdcache.data import DataSpec, TextRows, chat_rows, fingerprint_rows
-from skdcache.errors import SkdError
+from skdcache.errors import CacheError, SkdError
 from skdcache.plan import open_team
 
 ROW_COLUMN = "skd_row"
@@ -101,21 +102,30 @@ def open_dataset_team(
             f"train_dataset is a {type(dataset).__name__}: pass the datasets.Dataset the caches were built from"
         )
     root = open_root(str(cache))
-    if root.is_remote:
-        raise SkdError(f"{cache}: pass a local cache root (mirror a remote one with `skdcache train` first)")
-    entries = [e for e in list_caches(root.path) if e.manifest and (teachers is None or e.name in teachers)]
+    if root.is_remote:  # published groups, by their manifests; open_team mirrors the chosen ones whole
+        remote = root.remote()
+        listed = [CacheEntry(root.path / fp / m.cache_key, d, m) for fp, d, m in remote.manifests()]
+    else:
+        listed = list_caches(existing_root(root.path))
+    entries = [e for e in listed if e.manifest and (teachers is None or e.name in teachers)]
     if not entries:
         named = f" named {', '.join(teachers)}" if teachers else ""
-        raise SkdError(f"no teacher cache{named} in {root.path}; run `skdcache precompute` on this data first")
+        raise SkdError(f"no teacher cache{named} in {root}; run `skdcache precompute` on this data first")
     setups = {_setup(e.manifest.dataset): e for e in entries}
     rows = None
     for entry in setups.values():
         rows = dataset_rows(dataset, entry.manifest.dataset, tokenizer, chat_template)
-        if select_teachers(entries, rows.fingerprint, None, str(root.path)):
+        if select_teachers(entries, rows.fingerprint, None, str(root)):
             break
     else:  # no cache was built from these rows: say why with the cache's own check
+        if root.is_remote:
+            raise CacheError(
+                f"no teacher at {root} was cached from these rows (dataset {rows.fingerprint[:12]}); pass the "
+                "dataset precompute read, unshuffled and unfiltered"
+            )
         TeacherCache(entries[0].path).check_dataset(rows.fingerprint, len(rows))
-    cfg = TrainConfig(data=rows.spec, student="", output="", cache=str(root.path), teachers=teachers, mode=mode)
+    cache_root = str(root) if root.is_remote else str(root.path)
+    cfg = TrainConfig(data=rows.spec, student="", output="", cache=cache_root, teachers=teachers, mode=mode)
     return rows, open_team(cfg, rows)
 
 

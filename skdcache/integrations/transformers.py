@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer
 
+from skdcache.config import TrainConfig
 from skdcache.errors import SkdError
+from skdcache.fields import check_values
 from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
 from skdcache.loader import StepSchedule, StudentInputs, model_inputs, student_batch
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
-from skdcache.objective import build_objective, step_loss
+from skdcache.objective import build_objective, build_projectors, step_loss
 from skdcache.plan import fixed_sampler
 from skdcache.reduce import float32_vocab_projection
 from skdcache.sampling import Sampler
@@ -103,6 +105,9 @@ class SkdTrainer(Trainer):
         mode: skd (one sampled teacher per step), single, or average (all teachers' mean).
         sampling: uniform | teacher-rank | weights=a,b,c, as `skdcache train --sampling`.
         temperature, alpha: the KD temperature and the weight of the KD term (1 - alpha weighs the labels).
+        beta, layer_map: the weight of the hidden-state loss against teachers cached with hidden layers, and its
+            student:teacher layer map, as `skdcache train --beta/--layer-map`. Its projections are trained
+            with the model: they are a submodule of it (`skd_projector`), so checkpoints and resumes keep them.
         max_length: the student's truncation; default the cache's (token-level targets require it).
         chat_template: chat data: the template (text or file) to render the messages with; default the
             tokenizer's. It must be the one the caches were computed with.
@@ -128,11 +133,16 @@ class SkdTrainer(Trainer):
         sampling_temperature: float = 0.05,
         temperature: float = 2.0,
         alpha: float = 0.5,
+        beta: float = 0.0,
+        layer_map: str | None = None,
         max_length: int | None = None,
         sampler: Sampler | None = None,
         chat_template: str | None = None,
         **kwargs,
     ):
+        check_values(
+            TrainConfig, temperature=temperature, alpha=alpha, beta=beta, sampling_temperature=sampling_temperature
+        )
         if mode not in CACHE_MODES:
             raise SkdError(f"mode {mode!r}: SkdTrainer reads caches, choose one of {', '.join(CACHE_MODES)}")
         dataset = kwargs.pop("train_dataset", None)
@@ -158,9 +168,10 @@ class SkdTrainer(Trainer):
         float32_vocab_projection(self.model, head)  # under autocast (bf16=True), as the teachers' logits were
         model_config = _base_model(self.model).config
         _check_head(self.model, head)
-        check_student_matches_teachers(caches, tokenizer, max_length, 0.0, getattr(model_config, "num_labels", None))
+        check_student_matches_teachers(caches, tokenizer, max_length, beta, getattr(model_config, "num_labels", None))
         task = "lm" if head != "sequence" else rows.task
-        self.objective = build_objective(head, task, caches, model_config, temperature, alpha, 0.0, None, mode)
+        self.objective = build_objective(head, task, caches, model_config, temperature, alpha, beta, layer_map, mode)
+        self.skd_projector = _attach_projector(self, caches, model_config.hidden_size)
         self.teacher_names = [c.name for c in caches]
         if mode == "skd" and sampler is None:
             sampler = fixed_sampler(sampling, caches, self.args.seed, sampling_temperature)
@@ -168,8 +179,17 @@ class SkdTrainer(Trainer):
             raise SkdError(f"mode single needs exactly one teacher, got {self.teacher_names}; pass teachers=[NAME]")
         self.draws = TeacherDraws(mode, sampler, len(caches), self.args.gradient_accumulation_steps)
         self.source = CachedTargets([str(c.path) for c in caches])
-        self.teacher_histogram: Counter[str] = Counter()
+        self._drawn: Counter[str] = Counter()  # adaptive samplers only: their draws are not a function of the step
         self.skd_history: list[dict] = []  # one record per micro-batch: step, teacher, loss and its parts
+
+    @property
+    def teacher_histogram(self) -> Counter[str]:
+        """Teachers drawn, one per optimizer step, over every finished step (those before a resume too)."""
+        if not self.draws.fixed:
+            return self._drawn
+        micro = self.args.gradient_accumulation_steps
+        choices = (self.draws(step * micro).single for step in range(self.state.global_step))
+        return Counter(self.teacher_names[c] for c in choices if c is not None)
 
     def _check_rows(self, dataset) -> None:
         if ROW_COLUMN in dataset.column_names and list(dataset[ROW_COLUMN]) != list(range(len(dataset))):
@@ -199,15 +219,32 @@ class SkdTrainer(Trainer):
         rows = inputs[ROW_COLUMN].cpu().numpy()
         device = inputs["input_ids"].device
         targets = [t.to(device) for t in self.source.targets(rows, choice)]
-        outputs = model(**model_inputs(inputs))
-        loss, parts = step_loss(self.objective, outputs, inputs, targets, None, choice.single)
+        outputs = model(**model_inputs(inputs), output_hidden_states=self.objective.beta > 0)
+        loss, parts = step_loss(self.objective, outputs, inputs, targets, self.skd_projector, choice.single)
         if model.training:
             record = {"step": self.state.global_step + 1, "loss": float(loss.detach()), **parts}
             if choice.single is not None:
                 record["teacher"] = self.teacher_names[choice.single]
-                self.teacher_histogram[record["teacher"]] += 1
+                self._drawn[record["teacher"]] += 1
             self.skd_history.append(record)
         return (loss, outputs) if return_outputs else loss
+
+
+def _attach_projector(trainer: SkdTrainer, caches, student_width: int):
+    """beta > 0: the learned student-to-teacher projections, made a submodule of the model so the Trainer's
+    optimizer, checkpoints and device placement take them along."""
+    projector = build_projectors(trainer.objective, caches, student_width)
+    if projector is None:
+        return None
+    optimizer = trainer.optimizer
+    if optimizer is not None:
+        raise SkdError(
+            "beta > 0 trains hidden-state projections with the model: let the Trainer build the optimizer "
+            "(drop optimizers=)"
+        )
+    model = _base_model(trainer.model)
+    model.add_module("skd_projector", projector.to(next(model.parameters()).device))
+    return projector
 
 
 def _base_model(model):
