@@ -11,6 +11,7 @@ import numpy as np
 import zarr
 
 from skdcache.cache import format as fmt
+from skdcache.cache import idcoding
 from skdcache.cache.store import atomic_write, fsync_path, fsync_tree
 from skdcache.errors import CacheError
 
@@ -91,7 +92,7 @@ class CacheWriter:
         sums: dict[str, str] = {}
         touched: list[Path] = []
         for name, spec in self.layout.arrays.items():
-            values = np.asarray(data[name], dtype=spec.dtype)
+            values = idcoding.encode(spec.coding, np.asarray(data[name], dtype=spec.dtype))  # as stored
             lo, hi = self._region(name, start, stop)
             if values.shape[0] != hi - lo:
                 raise CacheError(f"block {block} of {name}: {values.shape[0]} rows for a region of {hi - lo}")
