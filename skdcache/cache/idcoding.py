@@ -30,9 +30,13 @@ def coding_for(name: str) -> str | None:
     return CODED_ARRAYS.get(name)
 
 
+def _native(values: np.ndarray) -> np.ndarray:
+    """Contiguous, in the machine's byte order (what zarr and the direct reader return here)."""
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))
+
+
 def _uint_view(values: np.ndarray) -> np.ndarray:
-    order = values.dtype.byteorder if values.dtype.byteorder in "<>" else "="
-    return values.view(np.dtype(f"u{values.dtype.itemsize}").newbyteorder(order))
+    return values.view(np.dtype(f"u{values.dtype.itemsize}"))
 
 
 def encode(coding: str | None, values: np.ndarray) -> np.ndarray:
@@ -41,7 +45,7 @@ def encode(coding: str | None, values: np.ndarray) -> np.ndarray:
         return values
     if coding != DELTA:
         raise ValueError(f"unknown token array coding {coding!r}")
-    values = np.ascontiguousarray(values)
+    values = _native(values)
     if values.ndim < 2 or values.shape[-1] < 2:
         return values.copy()
     u = _uint_view(values)
@@ -56,7 +60,7 @@ def decode(coding: str | None, values: np.ndarray) -> np.ndarray:
         return values
     if coding != DELTA:
         raise ValueError(f"unknown token array coding {coding!r}")
-    values = np.ascontiguousarray(values)
+    values = _native(values)
     if values.ndim < 2 or values.shape[-1] < 2:
         return values.copy()
     u = _uint_view(values)
