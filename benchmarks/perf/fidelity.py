@@ -171,17 +171,33 @@ def bytes_only(caches: dict[tuple[str, float], Path], n_rows: int, out: Path) ->
                 "tokens": int(cache.index["token_index"][:, 1].sum()),
                 "bytes_per_token": token_bytes_per_token(path, cache.manifest),
                 "arrays_per_token": arrays,
+                "reads_rows_per_s": read_rate(cache),
             }
         )
     record = {"rows": n_rows, "max_length": MAX_LENGTH, "results": results, "date": time.strftime("%Y-%m-%d")}
     out.write_text(json.dumps(record, indent=2) + "\n")
     names = sorted({n for r in results for n in r["arrays_per_token"]})
-    print("| targets | T | format | " + " | ".join(names) + " | bytes/token |")
-    print("|---|---:|---:|" + "---:|" * len(names) + "---:|")
+    print("| targets | T | format | " + " | ".join(names) + " | bytes/token | reads (rows/s) |")
+    print("|---|---:|---:|" + "---:|" * len(names) + "---:|---:|")
     for r in results:
         per = " | ".join(f"{r['arrays_per_token'][n]:.2f}" if n in r["arrays_per_token"] else "-" for n in names)
-        total = r["bytes_per_token"]
-        print(f"| {r['kind']} | {r['temperature']:g} | v{r['format_version']} | {per} | **{total:.1f}** |")
+        total, reads, version = r["bytes_per_token"], r["reads_rows_per_s"], r["format_version"]
+        print(f"| {r['kind']} | {r['temperature']:g} | v{version} | {per} | **{total:.1f}** | {reads:,.0f} |")
+
+
+def read_rate(cache: TeacherCache, batches: int = 100, batch_rows: int = 32, rounds: int = 3) -> float:
+    """Rows/s of `cache.read` on random batches of `batch_rows` rows (what the training loader asks), one
+    thread, after one warm-up batch; the best of `rounds` (the machine may be shared)."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    cache.read(rng.integers(0, cache.n_rows, batch_rows))
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            cache.read(rng.integers(0, cache.n_rows, batch_rows))
+        best = min(best, time.perf_counter() - t0)
+    return batches * batch_rows / best
 
 
 def _loss_and_grad(logits: torch.Tensor, cached, full: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:
