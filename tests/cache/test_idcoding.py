@@ -23,7 +23,7 @@ import make_v1_cache as v1  # noqa: E402
 
 def _topk(rng, n: int, k: int, vocab: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ids per row (0 and vocab - 1 among them) and descending float16 log-probs, edge values included."""
-    ids = np.stack([rng.choice(vocab, k, replace=False) for _ in range(n)]).astype(dtype)
+    ids = np.stack([rng.choice(np.arange(1, vocab - 1), k, replace=False) for _ in range(n)]).astype(dtype)
     ids[0, :2] = [vocab - 1, 0]
     ids[1, -2:] = [0, vocab - 1]
     lp = (-np.sort(rng.exponential(rng.choice([0.01, 1.0, 30.0]), (n, k)), axis=1)).astype(np.float16)
@@ -38,11 +38,12 @@ def _sampled(rng, n: int, samples: int, vocab: int, dtype: str) -> tuple[np.ndar
     counts = np.zeros((n, samples), dtype=np.uint8)
     for t in range(n):
         m = int(rng.integers(1, samples + 1))
-        ids[t, :m] = np.sort(rng.choice(vocab, m, replace=False))
+        ids[t, :m] = np.sort(rng.choice(vocab, m, replace=False))  # may include 0 (first) and vocab - 1 (last)
         counts[t, :m] = 1
-    ids[0, 0], ids[1, :2], ids[2, 0] = 0, [0, vocab - 1], vocab - 1  # id 0 first, vocab - 1 last, alone
-    counts[0, 0], counts[1, :2], counts[2] = 1, 1, [1] + [0] * (samples - 1)
-    ids[2, 1:] = 0
+    ids[0, 0] = 0  # id 0 first
+    ids[1:3], counts[1:3] = 0, 0
+    ids[1, :2], counts[1, :2] = [0, vocab - 1], 1  # id 0 and vocab - 1, then padding
+    ids[2, 0], counts[2, 0] = vocab - 1, 1  # vocab - 1 alone
     return ids, counts
 
 
@@ -53,18 +54,31 @@ def test_delta_round_trips_token_targets(seed: int, vocab: int, dtype: str):
     n, k = int(rng.integers(4, 300)), int(rng.choice([1, 2, 8, 32, 64]))
     ids, lp = _topk(rng, n, max(k, 2), vocab, dtype)
     sids, counts = _sampled(rng, n, max(k, 3), vocab, dtype)
-    for values in (lp, sids, ids, lp[:, :1], sids[:0]):
-        coded = idcoding.encode(idcoding.DELTA, values)
+    cases = [(idcoding.DELTA, v) for v in (lp, sids, ids, lp[:, :1], sids[:0])]
+    cases += [(idcoding.GAPS, v) for v in (sids, sids[:, :1], sids[:0], np.sort(ids, axis=1))]
+    for coding, values in cases:
+        coded = idcoding.encode(coding, values)
         assert coded.shape == values.shape and coded.dtype == values.dtype
-        back = idcoding.decode(idcoding.DELTA, coded)
+        back = idcoding.decode(coding, coded)
         assert back.dtype == values.dtype
         np.testing.assert_array_equal(back.view(np.uint8), np.ascontiguousarray(values).view(np.uint8))  # bit for bit
     # what the coding is for: descending log-probs become small non-negative steps, sorted ids their gaps
     steps = idcoding.encode(idcoding.DELTA, lp[4:]).view(np.uint16)[:, 1:]
     assert (steps < 0x8000).all()
-    gaps = idcoding.encode(idcoding.DELTA, sids).astype(np.int64)[:, 1:]
+    gaps = idcoding.encode(idcoding.GAPS, sids).astype(np.int64)[:, 1:]
     valid = counts[:, 1:] > 0
-    assert (gaps[valid] >= 1).all() and (gaps[counts[:, :-1] == 0] == 0).all()
+    assert (gaps[valid] >= 1).all() and (gaps[~valid] == 0).all()  # padding stays 0, not 0 - last id
+
+
+@pytest.mark.parametrize(
+    "row",
+    [[5, 3, 0], [5, 5, 0], [5, 0, 7], [0, 0, 3]],  # descending, repeated, an id after padding, id 0 not first
+)
+def test_gaps_refuses_what_it_could_not_restore(row: list[int]):
+    ok = np.array([[0, 0, 0], [4, 0, 0], [0, 9, 65535]], dtype=np.uint16)  # id 0 alone, one id, 0 then ids
+    np.testing.assert_array_equal(idcoding.decode(idcoding.GAPS, idcoding.encode(idcoding.GAPS, ok)), ok)
+    with pytest.raises(ValueError, match="ascending"):
+        idcoding.encode(idcoding.GAPS, np.array([row] * 2, dtype=np.uint16))
 
 
 def test_delta_round_trips_any_bit_pattern():
@@ -85,10 +99,10 @@ def test_layout_records_codings_and_version():
     spec = fmt.TargetSpec.from_dict(v1.SPEC)
     layout, _ = fmt.plan_layout(spec, v1.N_ROWS, None, v1.VOCAB, None, v1.counts(), None, rows_per_block=v1.BLOCK)
     codings = {n: a.coding for n, a in layout.arrays.items() if a.coding}
-    assert codings == {"topk_logprobs": "delta", "sample_ids": "delta"}
+    assert codings == {"topk_logprobs": "delta", "sample_ids": "gaps"}
     assert layout.format_version == 2
     d = layout.to_dict()
-    assert d["arrays"]["sample_ids"]["coding"] == "delta" and "coding" not in d["arrays"]["topk_ids"]
+    assert d["arrays"]["sample_ids"]["coding"] == "gaps" and "coding" not in d["arrays"]["topk_ids"]
     assert fmt.layout_from_dict(d, v1.N_ROWS, spec) == layout
     # resuming / repairing a v1 cache keeps its (absent) codings, so it stays one consistent v1 cache
     old = json.loads((FIXTURES / "v1-hybrid" / "zarr.json").read_text())["attributes"]["skdcache"]["layout"]
@@ -169,10 +183,14 @@ def test_v1_and_v2_caches_read_the_same(tmp_path: Path):
         if name not in g1:
             continue
         stored, want = g2[name][start : start + count], g1[name][start : start + count]
-        if m2["layout"]["arrays"][name].get("coding") == "delta":
+        coding = m2["layout"]["arrays"][name].get("coding")
+        if coding is not None:  # the documented decode
             uint = np.dtype(f"u{stored.dtype.itemsize}")
             assert not np.array_equal(stored, want)
-            stored = np.cumsum(stored.view(uint), axis=-1, dtype=uint).view(stored.dtype)  # the documented decode
+            decoded = np.cumsum(stored.view(uint), axis=-1, dtype=uint)
+            if coding == "gaps":
+                decoded[:, 1:][stored[:, 1:] == 0] = 0
+            stored = decoded.view(stored.dtype)
         np.testing.assert_array_equal(stored, want)
 
 
