@@ -167,7 +167,7 @@ def bytes_only(caches: dict[tuple[str, float], Path], n_rows: int, out: Path) ->
                 "kind": name,
                 "temperature": t,
                 "format_version": cache.manifest.format_version,
-                "codings": {n: a.coding for n, a in cache.layout.arrays.items() if a.coding},
+                "codings": {n: a.coding for n, a in cache.layout.arrays.items() if getattr(a, "coding", None)},
                 "tokens": int(cache.index["token_index"][:, 1].sum()),
                 "bytes_per_token": token_bytes_per_token(path, cache.manifest),
                 "arrays_per_token": arrays,
