@@ -8,11 +8,9 @@ cache (content key = teacher weights + tokenizer + target spec + format version)
     <root>/<dataset_fp>/<cache_key>/           Zarr v3 group; attributes["skdcache"] is the manifest
         logits             [n_rows, n_labels]  float16   sequence-level logits (columns in dataset label order)
         topk_logprobs      [n_tok, k]          float16   log-softmax over the full vocabulary, top-k, descending
-                                                         (v2: stored "delta"-coded, see idcoding.py)
         topk_ids           [n_tok, k]          uint16 | uint32 (vocab > 65535)
         tail_logmass       [n_tok]             float16   log(1 - sum(exp(topk_logprobs)))
         sample_ids         [n_tok, N]          uint16 | uint32   sampled / hybrid: distinct drawn ids, then padding
-                                                         (v2: stored "delta"-coded)
         sample_counts      [n_tok, N]          uint8 | uint16    draws per id (0 = padding)
         sample_logprobs    [n_tok, N]          float16   log p_T of each drawn id (T = sample_temperature)
         positions          [n_tok]             uint16    position in the sequence of each token target
@@ -79,8 +77,7 @@ ROWS_PER_BLOCK = 1024
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One array of a teacher cache: its full shape, dtype, inner chunk and shard (along axis 0), and the
-    lossless coding its stored values carry (`idcoding`; None: stored as they are, as in every v1 cache)."""
+    """One array of a teacher cache: full shape, dtype, inner chunk, shard (axis 0), coding (idcoding.py)."""
 
     name: str
     shape: tuple[int, ...]
@@ -148,35 +145,23 @@ class Layout:
         return {
             "rows_per_block": self.rows_per_block,
             "n_blocks": self.n_blocks,
-            "arrays": {
-                a.name: {
-                    "shape": list(a.shape),
-                    "dtype": a.dtype,
-                    "chunks": list(a.chunks),
-                    "shards": list(a.shards),
-                    **({"coding": a.coding} if a.coding else {}),
-                }
-                for a in self.arrays.values()
-            },
+            "arrays": {a.name: _array_dict(a) for a in self.arrays.values()},
         }
 
     @property
-    def format_version(self) -> int:
-        """The version a cache of this layout is written as: 2 when an array is coded (an older skdcache must
-        refuse it, not read coded values as targets), else 1 (such a cache is exactly what v1 wrote)."""
+    def format_version(self) -> int:  # 2 when an array is coded (older skdcache must refuse it), else 1 as ever
         return FORMAT_VERSION if any(a.coding for a in self.arrays.values()) else 1
 
     def with_codings_of(self, layout: dict | None) -> Layout:
-        """This layout with the codings of an existing cache's layout (a manifest's `layout` object), so that
-        resuming or repairing a cache written before a coding existed keeps writing it as it was written."""
-        old = layout.get("arrays") if isinstance(layout, dict) else None
-        if not isinstance(old, dict):
-            return self
-        arrays = {
-            n: replace(a, coding=old[n].get("coding") if isinstance(old.get(n), dict) else a.coding)
-            for n, a in self.arrays.items()
-        }
+        """With the codings of a manifest's layout: resuming or repairing writes a cache as it was written."""
+        old = idcoding.codings_in(layout)
+        arrays = {n: replace(a, coding=old.get(n, a.coding)) for n, a in self.arrays.items()}
         return Layout(self.rows_per_block, self.n_rows, arrays)
+
+
+def _array_dict(a: ArraySpec) -> dict:
+    d = {"shape": list(a.shape), "dtype": a.dtype, "chunks": list(a.chunks), "shards": list(a.shards)}
+    return {**d, "coding": a.coding} if a.coding else d
 
 
 def plan_layout(
@@ -283,10 +268,9 @@ def _array_spec(name: str, a: object) -> ArraySpec:
     shape = tuple(parse_count(n, f"array {name} shape", 0, MAX_ELEMENTS) for n in lists["shape"])
     chunks = [parse_count(n, f"array {name} chunks", 1, MAX_ELEMENTS) for n in lists["chunks"]]
     shards = [parse_count(n, f"array {name} shards", 1, MAX_ELEMENTS) for n in lists["shards"]]
-    coding = a.get("coding")
-    if coding is not None and (coding not in idcoding.CODINGS or coding != idcoding.coding_for(name)):
-        raise damaged(f"array {name} has coding {coding!r}; this skdcache knows {idcoding.CODED_ARRAYS}")
-    spec = ArraySpec(name, shape, a["dtype"], chunks[0], shards[0], coding)
+    if a.get("coding") not in (None, idcoding.coding_for(name)):  # v2 token arrays (idcoding.py)
+        raise damaged(f"array {name} has coding {a['coding']!r}; this skdcache knows {idcoding.CODED_ARRAYS}")
+    spec = ArraySpec(name, shape, a["dtype"], chunks[0], shards[0], a.get("coding"))
     if spec.chunks != tuple(chunks) or spec.shards != tuple(shards) or shards[0] % chunks[0]:
         raise damaged(f"array {name}: chunks {chunks} and shards {shards} do not tile shape {list(shape)}")
     if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS or shards[0] // chunks[0] > 2**20:

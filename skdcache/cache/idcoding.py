@@ -31,6 +31,14 @@ def coding_for(name: str) -> str | None:
     return CODED_ARRAYS.get(name)
 
 
+def codings_in(layout: object) -> dict[str, str | None]:
+    """Array name -> coding in a manifest's `layout` object (absent: None); {} when it lists no arrays."""
+    arrays = layout.get("arrays") if isinstance(layout, dict) else None
+    if not isinstance(arrays, dict):
+        return {}
+    return {n: a.get("coding") if isinstance(a, dict) else None for n, a in arrays.items()}
+
+
 def _native(values: np.ndarray) -> np.ndarray:
     """Contiguous, in the machine's byte order (what zarr and the direct reader return here)."""
     return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))
