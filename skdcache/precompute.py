@@ -146,8 +146,10 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
             enc.lengths,
             opts.rows_per_block,
         )
+        if manifest is not None:  # resuming or repairing: keep the codings it was written with (v1: none)
+            layout = layout.with_codings_of(manifest.layout)
         manifest = fmt.Manifest(
-            format_version=fmt.FORMAT_VERSION,
+            format_version=layout.format_version,
             teacher=TeacherInfo(
                 name=spec.name,
                 source=spec.source,

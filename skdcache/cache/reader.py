@@ -10,6 +10,7 @@ import torch
 import zarr
 
 from skdcache.cache import format as fmt
+from skdcache.cache import idcoding
 from skdcache.cache.fastread import InMemory, ShardedRows, checked_slice
 from skdcache.cache.manifest import read_manifest
 from skdcache.errors import CacheError
@@ -200,7 +201,8 @@ class TeacherCache:
             tok = _expand(self.index["token_index"], rows)
             for name in fmt.TOKEN_ARRAYS:
                 if name in self.arrays:
-                    setattr(out, name, _tensor(self._gather(name, tok)))
+                    coding = self.layout.arrays[name].coding  # stored coded (v2): decoded here, the one place
+                    setattr(out, name, _tensor(idcoding.decode(coding, self._gather(name, tok))))
             out.token_counts = torch.from_numpy(self.index["token_index"][rows, 1].copy())
         if "hidden" in self.arrays:
             if "hidden_index" in self.index:

@@ -152,7 +152,7 @@ class RemoteRoot:
         except CacheError as exc:  # one damaged group must not hide the others from a listing
             log.warning("skipping %s: %s", path, exc)
             return None
-        if attrs and attrs.get("format_version") == fmt.FORMAT_VERSION and attrs.get("state") == "complete":
+        if attrs and attrs.get("format_version") in fmt.READABLE_VERSIONS and attrs.get("state") == "complete":
             return fmt.Manifest.from_dict(attrs)
         return None
 

@@ -14,6 +14,7 @@ import numpy as np
 import zarr
 
 from skdcache.cache import format as fmt
+from skdcache.cache import idcoding
 from skdcache.cache.shards import chunk_codec, encode_shard
 from skdcache.cache.store import atomic_write, fsync_path, fsync_tree
 from skdcache.errors import CacheError
@@ -119,7 +120,8 @@ class CacheWriter:
         jobs: list[Future] = []
         directories: set[Path] = set()
         for name, spec in self.layout.arrays.items():
-            values = np.ascontiguousarray(arrays[name], dtype=spec.dtype)
+            with self.clock.stage("encode"):  # the id / log-prob coding, when the array has one
+                values = np.ascontiguousarray(idcoding.encode(spec.coding, np.asarray(arrays[name], dtype=spec.dtype)))
             lo, hi = self._region(name, start, stop)
             if values.shape[0] != hi - lo:
                 raise CacheError(f"block {block} of {name}: {values.shape[0]} rows for a region of {hi - lo}")

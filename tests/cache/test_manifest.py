@@ -116,8 +116,8 @@ def test_unknown_keys_are_kept_and_bad_ones_named():
     assert "\n" not in str(info.value)
     with pytest.raises(CacheError, match="state 'done'"):
         Manifest.from_dict({**d, "state": "done"})
-    with pytest.raises(CacheError, match="cache format v2"):
-        Manifest.from_dict({**d, "format_version": 2})
+    with pytest.raises(CacheError, match="cache format v3"):
+        Manifest.from_dict({**d, "format_version": 3})
 
 
 def test_group_without_manifest_raises_group_incomplete(tmp_path: Path):
