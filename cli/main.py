@@ -54,7 +54,7 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 
 
 DATA = "config data data_config split text_column text_pair_column label_column no_labels messages_column "
-DATA += "chat_template limit max_length eval_split"
+DATA += "chat_template end_of_turn limit max_length eval_split"
 RUNNING = "device nproc quiet"
 
 
