@@ -73,6 +73,9 @@ class BatchTargets:
     hidden: torch.Tensor | None = None
 
 
+TOPK_FIELDS = ("topk_logprobs", "topk_ids", "tail_logmass")  # what `topk_with_tail` returns, in order
+
+
 def topk_with_tail(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full-vocabulary log-softmax, then top-k and the log of the mass left outside it.
 
@@ -160,12 +163,17 @@ def _reduce(out, head: str, batch, target_mask, spec: fmt.TargetSpec, label_perm
         result.logits = logits[:, label_permutation] if label_permutation is not None else logits
     elif full_logits:
         result.logits = out.logits[target_mask].float()
-    elif spec.sampled:
-        for name, values in sample_targets(out.logits[target_mask], spec, uniforms).items():
-            setattr(result, name, values)
     else:
-        values, ids, tail = topk_with_tail(out.logits[target_mask], spec.top_k)
-        result.topk_logprobs, result.topk_ids, result.tail_logmass = values, ids, tail
+        parts: dict[str, list[torch.Tensor]] = {}
+        for lo, logits in target_chunks(out.logits, target_mask):
+            if spec.sampled:
+                reduced = sample_targets(logits, spec, uniforms[lo : lo + len(logits)], chunk=max(1, len(logits)))
+            else:
+                reduced = dict(zip(TOPK_FIELDS, topk_with_tail(logits, spec.top_k), strict=True))
+            for name, values in reduced.items():
+                parts.setdefault(name, []).append(values)
+        for name, values in parts.items():
+            setattr(result, name, torch.cat(values))
     if hidden_layers:
         # select the stored tokens of each layer before stacking: a CLS cache needs 1/T of the copies
         if hidden_tokens == "cls":
@@ -174,6 +182,22 @@ def _reduce(out, head: str, batch, target_mask, spec: fmt.TargetSpec, label_perm
             keep = batch["attention_mask"].bool()  # [B, T]
             result.hidden = torch.stack([out.hidden_states[i][keep].float() for i in hidden_layers], dim=1)  # [n, L, H]
     return result
+
+
+def target_chunks(logits: torch.Tensor, target_mask: torch.Tensor, elements: int | None = None):
+    """(first position, logits [c, V]) at the target positions, `elements` logits at a time (default: 16 MB of
+    float32 on the CPU, 256 MB on an accelerator, where fewer, larger kernels matter more).
+
+    Never copies all target positions' logits at once (a causal batch of 64 x 64 tokens over a 49k vocabulary
+    is 800 MB per temporary): on the CPU each fresh temporary that large costs page faults, more than the
+    arithmetic, and small chunks also stay in cache across log-softmax, top-k and the tail sum.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    where = target_mask.reshape(-1).nonzero().squeeze(1)
+    elements = elements or (1 << 22 if logits.device.type == "cpu" else 1 << 26)
+    step = max(1, elements // max(1, flat.shape[-1]))
+    for lo in range(0, max(len(where), 1), step):  # an empty batch still yields one typed, empty chunk
+        yield lo, flat.index_select(0, where[lo : lo + step])
 
 
 def position_uniforms(rows: np.ndarray, counts: list[int], n_samples: int, seed: int) -> torch.Tensor:

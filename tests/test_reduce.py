@@ -116,3 +116,31 @@ def test_train_registers_the_student_projection(monkeypatch, tmp_path: Path):
     )
     train_module.train(cfg)
     assert seen and set(seen) == {torch.float32}
+
+
+@pytest.mark.parametrize("targets", ["topk", "sampled", "hybrid"])
+def test_chunked_reduction_equals_one_pass_over_all_positions(monkeypatch, targets: str):
+    """The reduction walks the target positions a few MB at a time; chunk boundaries change no value: the
+    targets equal one pass over every target position (ragged masks, chunks of 1, 3 and all positions)."""
+    from skdcache import reduce
+    from skdcache.reduce import BatchTargets, _reduce, position_uniforms, sample_targets, topk_with_tail
+
+    torch.manual_seed(0)
+    V = 50
+    logits = torch.randn(3, 7, V) * 3
+    mask = torch.rand(3, 7) > 0.4
+    sampled = {"samples": 6, "sample_temperature": 2.0, "sample_seed": 0} if targets != "topk" else {}
+    spec = TargetSpec("causal", 7, top_k=4, targets=targets, **sampled)
+    uniforms = position_uniforms([0, 1, 2], mask.sum(1).tolist(), 6, seed=0) if spec.sampled else None
+    if spec.sampled:
+        want = sample_targets(logits[mask], spec, uniforms)
+    else:
+        want = dict(zip(("topk_logprobs", "topk_ids", "tail_logmass"), topk_with_tail(logits[mask], 4), strict=True))
+    out = type("Out", (), {"logits": logits, "hidden_states": None})()
+    real = reduce.target_chunks
+    for elements in (1, 3 * V, 10**6):
+        monkeypatch.setattr(reduce, "target_chunks", lambda lg, m, e=elements: real(lg, m, e))
+        got = _reduce(out, "causal", {}, mask, spec, None, False, uniforms)
+        assert isinstance(got, BatchTargets)
+        for name, values in want.items():
+            assert torch.equal(getattr(got, name), values), (name, elements)

@@ -38,6 +38,7 @@ import zarr
 
 from skdcache.blocks import capture
 from skdcache.cache import format as fmt
+from skdcache.cache import idcoding
 from skdcache.cache.catalog import dir_bytes
 from skdcache.cache.manifest import read_manifest
 from skdcache.cache.writer import CacheWriter
@@ -159,7 +160,7 @@ def read_blocks(path: Path) -> tuple[fmt.Manifest, fmt.Layout, dict, list[dict[s
                 continue
             idx = fmt.index_array(name, layout.arrays)
             lo, hi = (start, stop) if idx is None else (int(index[idx][start, 0]), int(index[idx][stop - 1].sum()))
-            data[name] = group[name][lo:hi]
+            data[name] = idcoding.decode(layout.arrays[name].coding, group[name][lo:hi])  # as handed over
         blocks.append(data)
     return manifest, layout, index, blocks
 
