@@ -126,6 +126,11 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
     if world > 1 and opts.repair:
         raise SkdError("--repair runs in one process; drop --nproc / torchrun for it")
     with WriterLock(group_path) if rank == 0 else contextlib.nullcontext():
+        # another writer may have finished it between the look above and the lock: then it is only read
+        now = _existing_manifest(group_path) if rank == 0 and not opts.repair else None
+        if from_rank0_object(now is not None and now.state == "complete"):
+            manifest = read_manifest(group_path)
+            return PrecomputeResult(spec.name, group_path, "cached", time.perf_counter() - t0, manifest)
         device = pick_device(opts.device)
         if device.type == "cuda" and world > 1:
             device = torch.device("cuda", torch.cuda.current_device())

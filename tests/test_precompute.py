@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -411,6 +412,27 @@ def test_second_writer_is_refused(tmp_path: Path, data: Path, teachers: dict):
         assert not group.exists()
     [after] = precompute(spec, team, tmp_path / "cache", _opts())
     assert after.status == "computed" and after.path == group
+
+
+def test_a_cache_finished_by_another_writer_while_looking_is_only_read(
+    monkeypatch, tmp_path: Path, data: Path, teachers: dict
+):
+    """Two processes on one teacher: the second may look (incomplete) just before the first finishes and frees
+    the lock. Under the lock it looks again: it reports "cached" and rewrites nothing, not even the manifest."""
+    module = importlib.import_module("skdcache.precompute")  # the package exports a function of that name
+    spec, team = DataSpec(str(data)), [TeacherSpec("t", str(teachers["clf"]))]
+    [first] = precompute(spec, team, tmp_path / "cache", _opts())
+    before = {p: p.read_bytes() for p in first.path.rglob("*") if p.is_file()}
+    real, looks = module._existing_manifest, []
+
+    def stale_first_look(path):
+        looks.append(path)
+        return None if len(looks) == 1 else real(path)
+
+    monkeypatch.setattr(module, "_existing_manifest", stale_first_look)
+    [second] = precompute(spec, team, tmp_path / "cache", _opts())
+    assert len(looks) == 2 and second.status == "cached" and second.manifest == first.manifest
+    assert {p: p.read_bytes() for p in first.path.rglob("*") if p.is_file()} == before
 
 
 def _expect_error(tmp_path: Path, data: DataSpec, teacher: Path, opts: TargetOptions, *fragments: str) -> None:

@@ -45,6 +45,16 @@ def test_metadata_fuzz_small(tmp_path):
     assert results["by_outcome"]["train"].get("error_exit_2", 0) > 0  # some mutations must be refused
 
 
+def test_write_faults_small(tmp_path):
+    """Disk full mid-write (a tmpfs, where it can be mounted) and two writers at once, 2 seeded trials each (the
+    full run is benchmarks/reliability/write_faults.py)."""
+    outcomes = _fuzz_module("write_faults").fuzz(trials=2, seed=1, work=tmp_path)
+    assert outcomes["failures"] == [], outcomes["failures"]
+    assert outcomes["two_writers"]["equal"] == 2
+    if "skipped" not in outcomes["disk_full"]:
+        assert outcomes["disk_full"]["equal"] == outcomes["disk_full"]["failed_in_one_line"] == 2
+
+
 @pytest.fixture
 def built(tmp_path):
     data = tmp_path / "data"

@@ -246,6 +246,32 @@ def run_case(work: Path, name: str, data: Path, opts: TargetOptions, repeats: in
     return row
 
 
+def markdown(results: dict) -> str:
+    """The two tables of docs/performance.md's Capture section, from this benchmark's JSON."""
+    head = (
+        "| case | rows | target positions | cache | end to end: rows/s | positions/s | MB/s | CPU ms/row "
+        "| of which reduction | after reduction: positions/s | MB/s | disk MB/s | goal | met |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n"
+    )
+    lines = []
+    for c in results["cases"]:
+        pos = c["target_positions"]
+        lines.append(
+            f"| {c['case']} | {c['rows']:,} | {pos:,} | {c['cache_bytes'] / 1e6:,.1f} MB | {c['rows_per_s']:,.0f} "
+            f"| {c['positions_per_s']:,.0f} | {c['mb_per_s']:,.1f} | {c['cpu_ms_per_row']:.2f} "
+            f"| {c['reduce_cpu_ms_per_row']:.2f} | {c['after_reduction_positions_per_s']:,.0f} "
+            f"| {c['after_reduction_mb_per_s']:,.1f} | {c['disk_mb_per_s']:,.0f} | {c['goal']} "
+            f"| {'yes' if c['met'] else 'no'} |"
+        )
+    stages = [s for s in results["stages"] if any(s in c["pipeline_stages"] for c in results["cases"])]
+    split = "| case | " + " | ".join(stages) + " |\n|---|" + "---:|" * len(stages) + "\n"
+    for c in results["cases"]:
+        cells = [c["pipeline_stages"].get(s, {}) for s in stages]
+        shown = [f"{x.get('wall_s', 0):.2f} / {x.get('cpu_s', 0):.2f}" if x else "-" for x in cells]
+        split += f"| {c['case']} | " + " | ".join(shown) + " |\n"
+    return head + "\n".join(lines) + "\n\nSeconds per stage, end to end (wall / CPU, summed over threads):\n\n" + split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=16384)
@@ -258,7 +284,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".bench-work" / "capture"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance-capture.json"))
     parser.add_argument("--check", action="store_true", help="dry run: write the JSON next to the work dir")
+    parser.add_argument("--table", metavar="JSON", help="print the markdown tables of a written JSON and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     base = TargetOptions(
@@ -286,6 +316,7 @@ def main() -> None:
     results["loadavg_end"] = os.getloadavg()
     out = work / "check.json" if args.check else Path(args.out)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
     print(f"wrote {out}")
 
 
