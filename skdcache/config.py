@@ -11,7 +11,7 @@ from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
 from skdcache.models import check_model_path
 
-MODES = ("skd", "single", "average", "none", "online")
+MODES = ("skd", "single", "average", "none", "online", "route", "weight")
 # how a run is shown or restarted, not what it trains: a rerun that differs only in these reuses the finished run
 NOT_SETTINGS = {"progress", "overwrite", "resume", "num_workers"}
 
@@ -28,12 +28,15 @@ class TrainConfig:
     mode: str = flag(
         "skd",
         "skd: one sampled teacher per step | single | average (all teachers) | none (labels only) | online "
-        "(live teachers).",
+        "(live teachers) | route: one teacher per row, from cached per-row scores | weight: every teacher, "
+        "per-row CA-MKD weights.",
     )
     sampling: str = flag(
         "uniform",
         "uniform (safest under a capacity gap) | teacher-rank (the best-validated teacher's quality; "
-        "docs/results.md) | student-rank | student-fit | small-to-large | learned | weights=0.2,0.3,0.5",
+        "docs/results.md) | student-rank | student-fit | small-to-large | learned | weights=0.2,0.3,0.5. "
+        "--mode route: min-ce | confidence[=TAU] | ca-mkd | smallest-correct | uniform; --mode weight: ca-mkd | "
+        "confidence[=TAU] | uniform (docs/sampling.md).",
     )
     sampling_temperature: float = flag(0.05, "Rank samplers: p = softmax(metric / temperature).", above=0)
     student_layers: str | None = flag(None, "Keep only these layers: N (first N) or a list like 0,2.")
