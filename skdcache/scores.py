@@ -7,7 +7,8 @@ content they depend on (cache key, labels, `SCORES_VERSION`), written atomically
 
 Sequence classification (logits at T = 1): `ce` = -log p(label), `entropy` of p, `correct` = argmax == label,
 `margin` = p(label) - max over the other classes (negative when wrong). Regression (one output): `ce` = squared
-error, `correct` = |error| <= REGRESSION_TOLERANCE x std(labels), `entropy` and `margin` are NaN.
+error, `correct` = |error| <= REGRESSION_TOLERANCE x std(labels), `entropy` and `margin` are NaN. Token-level
+caches (MLM / causal) score against the rows' token ids: `skdcache.token_scores` gives the rules.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.store import atomic_write
 from skdcache.errors import SkdError
+from skdcache.token_scores import pack_ids, token_scores
 
 SCORES_VERSION = 1
 SCORE_NAMES = ("ce", "entropy", "correct", "margin")
@@ -72,12 +74,21 @@ def scores_path(cache: TeacherCache, labels: np.ndarray) -> Path:
 def teacher_scores(cache: TeacherCache, labels: np.ndarray, task: str | None = None) -> dict[str, np.ndarray]:
     """Scores of every row of `cache` against `labels` [n_rows]: read when stored, else computed once and stored.
 
+    Token-level caches take the rows' token ids instead (a list of n_rows id lists, as the student tokenises
+    them); the scores are then keyed on those ids.
+
     Args:
         task: classification | regression; default: regression when the labels are floats.
     """
+    if cache.targets.head != "sequence":  # token heads: `labels` are the rows' token ids (skdcache.token_scores)
+        packed = pack_ids(labels)
+        path = scores_path(cache, packed)
+        stored = read_scores(path, cache.n_rows)
+        if stored is None:
+            stored = token_scores(cache, labels)
+            write_scores(path, stored)
+        return stored
     labels = np.asarray(labels)
-    if cache.targets.head != "sequence":
-        raise SkdError(f"teacher {cache.name}: per-row scores cover sequence heads so far, not {cache.targets.head}")
     if labels.shape != (cache.n_rows,):
         raise SkdError(f"teacher {cache.name} holds {cache.n_rows} rows; got labels of shape {labels.shape}")
     path = scores_path(cache, labels)
