@@ -86,6 +86,15 @@ class TrainConfig:
         """Refuse a bad setting in one line naming the flag, before anything is loaded or written."""
         if self.mode not in MODES:
             raise SkdError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        rule = self.sampling.partition("=")[0]
+        if self.mode in ("skd", "online") and rule in ("min-ce", "confidence", "ca-mkd", "smallest-correct"):
+            raise SkdError(f"--sampling {self.sampling} picks a teacher per row: pass --mode route (or --mode weight)")
+        if self.mode in ("route", "weight") and self.beta > 0:
+            raise SkdError(f"--beta applies to one teacher per step, not --mode {self.mode}; drop --beta or use skd")
+        if self.mode in ("route", "weight"):
+            from skdcache.routing import parse_rule  # the rule's own check, before any data is read
+
+            parse_rule(self.sampling, self.mode)
         check_ranges(self)
         check_ranges(self.data, {"source": "--data"})
         check_model_path(self.student, "--student ")
