@@ -256,3 +256,30 @@ def test_draws_without_rows_are_refused_for_route():
     assert draws(0, np.array([1, 2])).per_row is not None
     assert TeacherChoice((0,), (0, 0)).single is None
     assert isinstance(CachedTargets([]).paths, list)
+
+
+@pytest.mark.parametrize("head", ["mlm", "causal"])
+def test_route_on_token_heads_reads_one_teacher_per_row(tmp_path: Path, monkeypatch, head: str):
+    write_split(tmp_path / "train.csv", 48, seed=1)
+    teachers = {f"{head}{i}": spread(make_model(tmp_path / f"t{i}", head, layers=i, seed=i), 3.0) for i in (1, 2)}
+    spec = DataSpec(str(tmp_path), label_column=None)
+    opts = TargetOptions(max_length=24, top_k=4, batch_size=64, rows_per_block=32, progress=False)
+    precompute(spec, [TeacherSpec(n, str(p)) for n, p in teachers.items()], tmp_path / "cache", opts)
+    student = make_model(tmp_path / "student", head, layers=1, seed=9)
+    config = TrainConfig(
+        data=spec, student=str(student), output=str(tmp_path / "out"), cache=str(tmp_path / "cache"), mode="route",
+        sampling="min-ce", max_steps=3, batch_size=8, num_workers=0, progress=False, max_length=24, device="cpu",
+        eval_split=None,
+    )  # fmt: skip
+    run = prepare(config)
+    calls: list[int] = []
+    read = TeacherCache.read
+
+    def counting(self, rows):
+        calls.append(len(np.asarray(rows).reshape(-1)))
+        return read(self, rows)
+
+    monkeypatch.setattr(TeacherCache, "read", counting)
+    record = fit(run)
+    assert sum(calls) == 3 * 8 and record["steps"] == 3
+    assert all(np.isfinite(x["kd"]) for x in steps(tmp_path / "out"))
