@@ -6,6 +6,7 @@ import json
 import sys
 
 import click
+import numpy as np
 
 from .options import cache_option, quiet_option
 from .shell import echo_table
@@ -50,16 +51,22 @@ def info(path, cache, as_json) -> None:
       skdcache info <key> --cache .skdcache
     """
     from skdcache.cache.catalog import cache_info
+    from skdcache.scores import stored_scores, summarize
 
     described = cache_info(path, cache)
     if as_json:
-        click.echo(json.dumps(described.to_dict(), indent=2))
+        scores = {
+            key: {k: float(np.nanmean(v)) for k, v in s.items()} for key, s in stored_scores(described.path).items()
+        }
+        click.echo(json.dumps({**described.to_dict(), "scores": scores}, indent=2))
         return
     for key, value in described.fields().items():
         click.echo(f"{key}: {value}")
     click.echo("")
     echo_table(described.table())
     click.echo(f"total: {described.total()}")
+    for key, scores in stored_scores(described.path).items():  # per-row scores beside the cache (--mode route)
+        click.echo(f"scores (labels {key[:8]}): {summarize(scores)}")
 
 
 @click.command()

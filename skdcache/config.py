@@ -11,7 +11,7 @@ from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
 from skdcache.models import check_model_path
 
-MODES = ("skd", "single", "average", "none", "online")
+MODES = ("skd", "single", "average", "none", "online", "route", "weight")
 # how a run is shown or restarted, not what it trains: a rerun that differs only in these reuses the finished run
 NOT_SETTINGS = {"progress", "overwrite", "resume", "num_workers"}
 
@@ -28,12 +28,15 @@ class TrainConfig:
     mode: str = flag(
         "skd",
         "skd: one sampled teacher per step | single | average (all teachers) | none (labels only) | online "
-        "(live teachers).",
+        "(live teachers) | route: one teacher per row, from cached per-row scores | weight: every teacher, "
+        "per-row CA-MKD weights.",
     )
     sampling: str = flag(
         "uniform",
         "uniform (safest under a capacity gap) | teacher-rank (the best-validated teacher's quality; "
-        "docs/results.md) | student-rank | student-fit | small-to-large | learned | weights=0.2,0.3,0.5",
+        "docs/results.md) | student-rank | student-fit | small-to-large | learned | weights=0.2,0.3,0.5. "
+        "--mode route: min-ce | confidence[=TAU] | ca-mkd | smallest-correct | uniform; --mode weight: ca-mkd | "
+        "confidence[=TAU] | uniform (docs/sampling.md).",
     )
     sampling_temperature: float = flag(0.05, "Rank samplers: p = softmax(metric / temperature).", above=0)
     student_layers: str | None = flag(None, "Keep only these layers: N (first N) or a list like 0,2.")
@@ -83,6 +86,15 @@ class TrainConfig:
         """Refuse a bad setting in one line naming the flag, before anything is loaded or written."""
         if self.mode not in MODES:
             raise SkdError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        rule = self.sampling.partition("=")[0]
+        if self.mode in ("skd", "online") and rule in ("min-ce", "confidence", "ca-mkd", "smallest-correct"):
+            raise SkdError(f"--sampling {self.sampling} picks a teacher per row: pass --mode route (or --mode weight)")
+        if self.mode in ("route", "weight") and self.beta > 0:
+            raise SkdError(f"--beta applies to one teacher per step, not --mode {self.mode}; drop --beta or use skd")
+        if self.mode in ("route", "weight"):
+            from skdcache.routing import parse_rule  # the rule's own check, before any data is read
+
+            parse_rule(self.sampling, self.mode)
         check_ranges(self)
         check_ranges(self.data, {"source": "--data"})
         check_model_path(self.student, "--student ")

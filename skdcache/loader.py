@@ -121,7 +121,7 @@ class StepBatches(Dataset):
         batch["step"], batch["rows"] = step, torch.from_numpy(rows)
         if self.read_ahead is not None:
             draws, source = self.read_ahead
-            batch["targets"] = source.targets(rows, draws(step))
+            batch["targets"] = source.targets(rows, draws(step, rows))
         return batch
 
 

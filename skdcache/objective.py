@@ -51,12 +51,17 @@ def label_loss(obj: Objective, logits: Tensor, batch: dict) -> Tensor:
 
 
 def soft_loss(obj: Objective, logits: Tensor, batch: dict, targets: list[Targets]) -> Tensor:
-    """KD term for one teacher's targets, or for the mean of several teachers' soft targets (`average`)."""
+    """KD term for one teacher's targets, or for the mean of several teachers' soft targets (`average`), or
+    their per-row weighted mixture (`weight`); targets routed per row (`route`) carry a `row_mask`."""
     if len(targets) > 1:
+        if targets[0].row_weight is not None:
+            return _weighted_sequence_loss(obj, logits, targets)
         if obj.head == "sequence":
             return _average_sequence_loss(obj, logits, targets)
         return torch.stack([soft_loss(obj, logits, batch, [t]) for t in targets]).mean()
     (target,) = targets
+    if target.row_mask is not None:
+        return _routed_loss(obj, logits, batch, target)
     if obj.head == "sequence":
         if obj.task == "regression":
             return regression_kd_loss(logits, target.logits)
@@ -84,6 +89,32 @@ def sparse_entries(target: Targets) -> tuple[Tensor, Tensor, Tensor]:
         weights = torch.cat([target.topk_logprobs.float().exp(), weights], dim=-1)
         logprobs = torch.cat([target.topk_logprobs, logprobs], dim=-1)
     return ids, weights, logprobs
+
+
+def _routed_loss(obj: Objective, logits: Tensor, batch: dict, target: Targets) -> Tensor:
+    """Per-row routing: the KD term of the rows that have a teacher (their targets hold only those rows), times
+    their share of the batch's rows (token heads: of its target tokens). A row without a teacher adds 0, and
+    every routed row weighs the same whatever its batch-mates drew."""
+    mask = target.row_mask  # [B] bool
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    routed = Targets(**{**vars(target), "row_mask": None})
+    if obj.head == "sequence":
+        return soft_loss(obj, logits[mask], {}, [routed]) * mask.float().mean()
+    tokens = batch["target_mask"]  # [B, T] bool
+    share = tokens[mask].sum() / tokens.sum().clamp_min(1)
+    return soft_loss(obj, logits[mask], {"target_mask": tokens[mask]}, [routed]) * share
+
+
+def _weighted_sequence_loss(obj: Objective, logits: Tensor, targets: list[Targets]) -> Tensor:
+    """Per-row weighting: KD from the mixture sum_k w_k(x) p_k(x) (regression: the weighted mean output)."""
+    w = torch.stack([t.row_weight for t in targets], dim=1).float()  # [B, K], rows sum to 1
+    if obj.task == "regression":
+        return regression_kd_loss(logits, (torch.stack([t.logits for t in targets], 1) * w[..., None]).sum(1))
+    T = obj.temperature
+    p = torch.stack([F.softmax(t.logits.float() / T, dim=-1) for t in targets], dim=1)  # [B, K, C]
+    mix = (p * w[..., None]).sum(1)  # [B, C]
+    return sequence_kd_loss(logits, T * torch.log(mix.clamp_min(1e-12)), T)
 
 
 def _average_sequence_loss(obj: Objective, logits: Tensor, targets: list[Targets]) -> Tensor:
@@ -172,8 +203,8 @@ def build_objective(
         cached = [c.targets for c in caches]
         if not cached or not all(t.hidden_layers for t in cached):
             raise SkdError("--beta > 0 needs teachers cached with --hidden-layers; precompute them with it")
-        if mode == "average":
-            raise SkdError("--beta applies to one teacher per step; use --mode skd/single/online with it")
+        if mode in ("average", "route", "weight"):
+            raise SkdError(f"--beta applies to one teacher per step, not --mode {mode}; use skd/single/online with it")
         hidden_tokens = cached[0].hidden_tokens
         if any(t.hidden_tokens != hidden_tokens for t in cached):
             raise SkdError("teachers were cached with different --hidden-tokens; precompute them alike")

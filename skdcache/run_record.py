@@ -108,7 +108,7 @@ def record_run(run: Run, state: TrainState, seconds: float, loop_seconds: float)
         "test_final": test_final,
         "best": state.best,
         "teacher_histogram": dict(state.histogram),
-        "sampler": describe(run.sampler) if run.sampler else None,
+        "sampler": describe(run.sampler) if run.sampler else run.draws.summary,
         "learned_history": state.history or None,
         "seconds": seconds,
         "steps_per_second": state.step / max(loop_seconds, 1e-9),

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from skdcache.loader import StepBatches, model_inputs, step_loader, student_batc
 from skdcache.objective import build_objective, build_projectors, soft_loss, step_loss
 from skdcache.plan import plan_run, sampler_for_run
 from skdcache.reduce import float32_vocab_projection
+from skdcache.routing import routing_for_run
 from skdcache.run_record import Run, record_run, save_student
 from skdcache.sampling import LearnedSampler
 from skdcache.sources import CachedTargets, TargetSource, TeacherChoice, TeacherDraws
@@ -76,7 +78,6 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
     plan = plan_run(cfg, rank, world)
     with torch.random.fork_rng(devices=[]):  # pilots must not shift this run's random stream
         sampler = sampler_for_run(cfg, plan, run_pilot or train)
-    draws = TeacherDraws(cfg.mode, sampler, len(plan.caches), cfg.grad_accum)
 
     spec = StudentSpec.parse(cfg.student, cfg.student_layers)
     model, tokenizer = build_student(
@@ -108,6 +109,9 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
     eval_inputs = (
         student_inputs(tokenizer, plan.eval_rows, plan.head, cfg.max_length, plan.caches) if labelled else None
     )
+    ids = inputs.enc.ids if plan.head != "sequence" else None
+    table, routing = routing_for_run(cfg.mode, cfg.sampling, plan.caches, plan.head, inputs.labels, ids)
+    draws = TeacherDraws(cfg.mode, sampler, len(plan.caches), cfg.grad_accum, table, cfg.seed, routing)
     test_inputs = None
     if plan.test_rows is not None:
         test_inputs = student_inputs(tokenizer, plan.test_rows, plan.head, cfg.max_length, plan.caches)
@@ -169,10 +173,11 @@ def fit(run: Run) -> dict:
     bar = tqdm(total=plan.total_steps, initial=state.step, desc=f"train {cfg.mode}", unit="step", disable=not show)
     t0, loop_t0 = time.perf_counter() - state.elapsed, time.perf_counter()
     reward = _heldout_reward(run)
+    routed: Counter = Counter()  # route: rows per teacher in the current optimizer step
     refresh_at = max(1, int(cfg.warmup_ratio * plan.total_steps))  # student-fit: end of warm-up, then each eval
     model.train()
     for i, batch in enumerate(loader):
-        choice = run.draws(batch["step"])  # 1. sample a teacher
+        choice = run.draws(batch["step"], batch["rows"].numpy())  # 1. sample a teacher (per row: route)
         targets = batch.get("targets")
         if targets is None:  # 2. read its targets (when the loader could not read them ahead)
             targets = run.source.targets(batch["rows"].numpy(), choice)
@@ -182,6 +187,7 @@ def fit(run: Run) -> dict:
         targets = [t.to(run.device) for t in targets]
         loss, parts = step_loss(run.objective, outputs, inputs, targets, run.projector, choice.single)  # 4. loss
         (loss / micro).backward()
+        routed.update(plan.names[t] if t >= 0 else "-" for t in choice.per_row or ())
         if (i + 1) % micro:
             continue
         average_gradients(params)  # 5. step
@@ -196,6 +202,10 @@ def fit(run: Run) -> dict:
         if choice.single is not None:
             state.histogram[plan.names[choice.single]] += 1
             record["teacher"] = plan.names[choice.single]
+        if choice.per_row is not None:  # route: this rank's rows per teacher over the step ("-": no teacher)
+            record["teacher_rows"] = dict(routed)
+            state.histogram.update(routed)
+            routed.clear()
         if reward is not None:  # learned sampling: reward the drawn teacher by the held-out loss it removed
             record["probs"] = reward(choice.single)
             state.history.append(record["probs"])

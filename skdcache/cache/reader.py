@@ -25,6 +25,7 @@ class Targets:
     logits [B, C] float32; token targets flattened in row order with `token_counts` [B]:
     topk_logprobs [n, k] float32, topk_ids [n, k] int64, tail_logmass [n] float32, positions [n] int64;
     hidden [B, L, H] (cls) or [n_hid, L, H] with `hidden_counts` [B] (all tokens), float32.
+    With `row_mask`, the arrays hold only the rows the mask marks, in batch order (per-row routing).
     """
 
     logits: torch.Tensor | None = None
@@ -38,6 +39,8 @@ class Targets:
     token_counts: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
     hidden_counts: torch.Tensor | None = None
+    row_mask: torch.Tensor | None = None  # [B] bool, per-row routing: rows that have a teacher (the others none)
+    row_weight: torch.Tensor | None = None  # [B] float32, per-row weighting: this teacher's weight on each row
 
     def to(self, device: torch.device) -> Targets:
         """The same targets on `device` (no copy on the CPU, where the cache reads them)."""
