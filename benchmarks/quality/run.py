@@ -59,11 +59,21 @@ CONFIGS: dict[str, dict] = {
     # opt-in (--configs): pilots cost one half-length run per teacher; learned lost on tweets before
     "skd-student-rank": {"mode": "skd", "sampling": "student-rank"},
     "skd-learned": {"mode": "skd", "sampling": "learned"},
+    # per row, from the cached scores (docs/sampling.md): route reads one teacher per row, weight reads all
+    "route-min-ce": {"mode": "route", "sampling": "min-ce"},
+    "route-confidence": {"mode": "route", "sampling": "confidence"},
+    "route-ca-mkd": {"mode": "route", "sampling": "ca-mkd"},
+    "route-smallest-correct": {"mode": "route", "sampling": "smallest-correct"},
+    "weight-ca-mkd": {"mode": "weight", "sampling": "ca-mkd"},
     # opt-in: the loss settings, for the short-budget question (is the default alpha / T safe?)
     "skd-uniform-T1": {"mode": "skd", "sampling": "uniform", "temperature": 1.0},
     "skd-uniform-alpha0.2": {"mode": "skd", "sampling": "uniform", "alpha": 0.2},
 }
-DEFAULT_CONFIGS = "none,single,average,skd-uniform,skd-teacher-rank,skd-student-fit,skd-small-to-large"
+DEFAULT_CONFIGS = ",".join(
+    ["none", "single", "average"]
+    + [f"skd-{s}" for s in ("uniform", "teacher-rank", "student-rank", "learned", "student-fit", "small-to-large")]
+    + ["route-min-ce", "route-confidence", "route-ca-mkd", "route-smallest-correct", "weight-ca-mkd"]
+)
 
 
 @dataclass(frozen=True)
