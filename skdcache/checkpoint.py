@@ -84,9 +84,10 @@ def save(out: Path, state: TrainState, model, projector, optimizer, scheduler, s
 
 
 def load(
-    out: Path, model, projector, optimizer, scheduler, sampler, device, rank: int, world: int, seed: int
+    out: Path, *, model, projector, optimizer, scheduler, sampler, device, rank: int, world: int, seed: int
 ) -> TrainState:
-    """Restore everything `save` wrote (a fresh state when there is no checkpoint yet)."""
+    """Restore everything `save` wrote (a fresh state when there is no checkpoint yet); keyword-only, as the
+    objects are many and several may be None."""
     ckpt = out / "checkpoint"
     if not (ckpt / "state.pt").exists():
         log.info("no checkpoint in %s: starting from step 0", ckpt)

@@ -183,6 +183,7 @@ def build_objective(
     task: str,
     caches: list[TeacherCache],
     student_config,
+    *,
     temperature: float,
     alpha: float,
     beta: float,

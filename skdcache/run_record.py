@@ -27,7 +27,7 @@ from skdcache.sources import TargetSource, TeacherDraws
 from skdcache.student import count_parameters
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything a run is made of, built by `prepare` in this order."""
 

@@ -89,7 +89,15 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
     float32_vocab_projection(model, plan.head)  # under autocast, as the teachers' logits were computed
     check_student_matches_teachers(plan.caches, tokenizer, cfg.max_length, cfg.beta, plan.num_labels)
     objective = build_objective(
-        plan.head, plan.task, plan.caches, model.config, cfg.temperature, cfg.alpha, cfg.beta, cfg.layer_map, cfg.mode
+        plan.head,
+        plan.task,
+        plan.caches,
+        model.config,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        layer_map=cfg.layer_map,
+        mode=cfg.mode,
     )
     projector = build_projectors(objective, plan.caches, model.config.hidden_size)
     projector = projector.to(device) if projector is not None else None
@@ -116,21 +124,21 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
     if plan.test_rows is not None:
         test_inputs = student_inputs(tokenizer, plan.test_rows, plan.head, cfg.max_length, plan.caches)
     return Run(
-        cfg,
-        plan,
-        device,
-        rank,
-        world,
-        sampler,
-        draws,
-        model,
-        tokenizer,
-        objective,
-        projector,
-        source,
-        inputs,
-        eval_inputs,
-        test_inputs,
+        cfg=cfg,
+        plan=plan,
+        device=device,
+        rank=rank,
+        world=world,
+        sampler=sampler,
+        draws=draws,
+        model=model,
+        tokenizer=tokenizer,
+        objective=objective,
+        projector=projector,
+        source=source,
+        inputs=inputs,
+        eval_inputs=eval_inputs,
+        test_inputs=test_inputs,
     )
 
 
@@ -149,15 +157,15 @@ def fit(run: Run) -> dict:
         try:
             state = checkpoint.load(
                 run.out,
-                model,
-                run.projector,
-                optimizer,
-                scheduler,
-                run.sampler,
-                run.device,
-                run.rank,
-                run.world,
-                cfg.seed,
+                model=model,
+                projector=run.projector,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                sampler=run.sampler,
+                device=run.device,
+                rank=run.rank,
+                world=run.world,
+                seed=cfg.seed,
             )
         except ValueError as exc:
             raise SkdError(f"--resume {run.out}: {exc}") from None

@@ -380,7 +380,18 @@ def test_checkpoint_is_one_file_so_a_kill_cannot_mix_steps(tmp_path):
     (tmp_path / "checkpoint" / "trainer.json").write_bytes(stale)  # as if killed before trainer.json was rewritten
     (tmp_path / "checkpoint" / "trainer.json").unlink()  # or before it was ever written
     fresh, opt2, sched2 = _tiny_training_state()
-    state = checkpoint.load(tmp_path, fresh, None, opt2, sched2, None, "cpu", 0, 1, 0)
+    state = checkpoint.load(
+        tmp_path,
+        model=fresh,
+        projector=None,
+        optimizer=opt2,
+        scheduler=sched2,
+        sampler=None,
+        device="cpu",
+        rank=0,
+        world=1,
+        seed=0,
+    )
     assert state.step == 6 and torch.equal(fresh.weight, model.weight)
     assert not list((tmp_path / "checkpoint").glob("*partial*"))
 
@@ -395,7 +406,21 @@ def test_resume_truncates_metrics_to_the_checkpoint_and_drops_torn_lines(tmp_pat
     checkpoint.truncate_metrics(log, 2)
     assert [json.loads(x) for x in log.read_text().splitlines()] == lines[:3]
     # killed before the first checkpoint: --resume starts at step 0, so no earlier step line may stay
-    assert checkpoint.load(tmp_path, None, None, None, None, None, "cpu", 0, 1, 0).step == 0
+    assert (
+        checkpoint.load(
+            tmp_path,
+            model=None,
+            projector=None,
+            optimizer=None,
+            scheduler=None,
+            sampler=None,
+            device="cpu",
+            rank=0,
+            world=1,
+            seed=0,
+        ).step
+        == 0
+    )
     assert log.read_text() == ""
 
 

@@ -170,7 +170,17 @@ class SkdTrainer(Trainer):
         _check_head(self.model, head)
         check_student_matches_teachers(caches, tokenizer, max_length, beta, getattr(model_config, "num_labels", None))
         task = "lm" if head != "sequence" else rows.task
-        self.objective = build_objective(head, task, caches, model_config, temperature, alpha, beta, layer_map, mode)
+        self.objective = build_objective(
+            head,
+            task,
+            caches,
+            model_config,
+            temperature=temperature,
+            alpha=alpha,
+            beta=beta,
+            layer_map=layer_map,
+            mode=mode,
+        )
         self.skd_projector = _attach_projector(self, caches, model_config.hidden_size)
         self.teacher_names = [c.name for c in caches]
         if mode == "skd" and sampler is None:
