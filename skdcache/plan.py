@@ -76,7 +76,9 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
             render_chat(r, tokenizer, cfg.data.chat_template) if r is not None else None
             for r in (rows, eval_rows, test_rows)
         )
-    caches = open_team(cfg, rows, rank) if cfg.mode != "none" else []
+    caches = (
+        open_team(rows, cfg.cache, cfg.teachers, single=cfg.mode == "single", rank=rank) if cfg.mode != "none" else []
+    )
     head = _student_head(cfg, rows, caches)
     if cfg.full_logits and (cfg.mode != "online" or head == "sequence"):
         raise SkdError("--full-logits is for --mode online with MLM/causal teachers (the cache stores top-k)")
@@ -103,17 +105,20 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
     )
 
 
-def open_team(cfg: TrainConfig, rows: TextRows, rank: int = 0) -> list[TeacherCache]:
-    """The teacher caches of these rows (mirrored first from a remote root), checked to form one team."""
-    root = open_root(cfg.cache)
+def open_team(
+    rows: TextRows, cache: str | None, teachers: list[str] | None, *, single: bool = False, rank: int = 0
+) -> list[TeacherCache]:
+    """The teacher caches of these rows in the `cache` root (mirrored first from a remote root), checked to form
+    one team; `teachers` picks them by name (None: every one), `single` asks for exactly one."""
+    root = open_root(cache)
     if root.is_remote:  # rank 0 chooses the groups, so every rank trains from the same ones
         remote = root.remote()
-        keys = remote.choose(rows.fingerprint, cfg.teachers) if rank == 0 else None
+        keys = remote.choose(rows.fingerprint, teachers) if rank == 0 else None
         keys = from_rank0_object(keys)
         paths = {name: remote.fetch(rows.fingerprint, key) for name, key in keys.items()}
     else:
-        paths = find_teacher_caches(root.path, rows.fingerprint, cfg.teachers)
-    if cfg.mode == "single" and len(paths) != 1:
+        paths = find_teacher_caches(root.path, rows.fingerprint, teachers)
+    if single and len(paths) != 1:
         raise SkdError(f"--mode single needs exactly one teacher, got {list(paths)}; pass --teachers NAME")
     if not paths and rows.messages is not None and not root.is_remote:
         cached = [e.manifest.dataset for e in list_caches(root.path) if e.manifest]

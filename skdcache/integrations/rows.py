@@ -17,7 +17,6 @@ from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
 from skdcache.cache.selection import CacheEntry
 from skdcache.chat import check_template, render_chat
-from skdcache.config import TrainConfig
 from skdcache.data import DataSpec, TextRows, chat_rows, fingerprint_rows
 from skdcache.errors import CacheError, SkdError
 from skdcache.plan import open_team
@@ -125,8 +124,7 @@ def open_dataset_team(
             )
         TeacherCache(entries[0].path).check_dataset(rows.fingerprint, len(rows))
     cache_root = str(root) if root.is_remote else str(root.path)
-    cfg = TrainConfig(data=rows.spec, student="", output="", cache=cache_root, teachers=teachers, mode=mode)
-    return rows, open_team(cfg, rows)
+    return rows, open_team(rows, cache_root, teachers, single=mode == "single")
 
 
 def _setup(info: DatasetInfo) -> tuple:
