@@ -9,9 +9,11 @@ all-token hidden states, 16-row blocks), each on a fresh cache root:
 - disk full: the root is a tmpfs (needs root, to mount it) sized to a seeded 10-90% of what the cache needs.
   `precompute` must fail with exit status 2 and exactly one stderr line saying "disk full"; the tmpfs is then grown
   and the same command rerun, which must finish ("resumed" when blocks had been finished before the disk filled).
-- two writers: a second `precompute` of the same teacher and root starts a seeded 0-100% of an uninterrupted
-  run's time after the first. Each process must either finish (exit 0) or be refused with one stderr line naming
-  "another process" (exit 2); at least one finishes, and a refused one, rerun, finds the cache complete.
+- two writers: a second `precompute` of the same teacher and root starts a seeded 0-50% of an uninterrupted
+  run's time after the first (a process spends its first seconds loading, so this spreads the second's lock
+  attempt over the first's writing phase and just after it). Each process must either finish (exit 0: it wrote
+  the cache, or found it complete) or be refused with one stderr line naming "another process" (exit 2); at
+  least one finishes, and a rerun finds the cache complete ("cached").
 
 Either way the final cache must hold exactly the reference arrays (an uninterrupted run on an ordinary disk) and
 pass `verify`: nothing lost, nothing served half-written.
@@ -104,23 +106,33 @@ def disk_full_trial(rng: random.Random, teacher: Path, data: Path, mount: Path, 
 
 
 def two_writers_trial(rng: random.Random, teacher: Path, data: Path, cache: Path, full_seconds: float) -> dict:
-    delay = rng.uniform(0, full_seconds)
+    delay = rng.uniform(0, full_seconds / 2)
     first = subprocess.Popen(command(teacher, data, cache), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(delay)
     second = subprocess.Popen(command(teacher, data, cache), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     outs = [(p.returncode, out.decode(), err.decode()) for p in (first, second) for out, err in [p.communicate()]]
     refused = sum(rc == 2 and one_line(err, "another process") for rc, _, err in outs)
+    said = [status(rc, out) for rc, out, _ in outs]
     finished = sum(rc == 0 for rc, _, _ in outs)
     rerun = subprocess.run(command(teacher, data, cache), env=ENV, capture_output=True, text=True)
     return {
         "delay_s": round(delay, 2),
         "finished": finished,
         "refused_in_one_line": refused,
+        "statuses": said,
         "as_expected": finished >= 1 and finished + refused == 2 and "cached" in rerun.stdout,
         "got": snapshot(cache) if rerun.returncode == 0 else {},
         "verify_clean": verify_clean(cache),
         "stderr": " | ".join(err[-300:] for _, _, err in outs if err),
     }
+
+
+def status(returncode: int, stdout: str) -> str:
+    """What a precompute process reported: computed / resumed / cached, refused (exit 2), or failed."""
+    if returncode == 2:
+        return "refused"
+    words = [w for w in ("computed", "resumed", "cached") if w in stdout.split()]  # the status column of its table
+    return words[0] if returncode == 0 and words else "failed"
 
 
 def verify_clean(cache: Path) -> bool:
@@ -140,7 +152,7 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
     rng = random.Random(seed)
     out: dict = {"trials": trials, "seconds_per_uninterrupted_run": full_seconds, "cache_bytes_on_tmpfs": needed}
     out["disk_full"] = {"trials": 0, "failed_in_one_line": 0, "blocks_kept": 0, "resumed": 0, "equal": 0}
-    out["two_writers"] = {"trials": 0, "refused_in_one_line": 0, "both_finished": 0, "equal": 0}
+    out["two_writers"] = {"trials": 0, "refused_in_one_line": 0, "both_finished": 0, "equal": 0, "statuses": {}}
     out["failures"] = []
     if not mountable:
         out["disk_full"]["skipped"] = "cannot mount a tmpfs here (needs root)"
@@ -164,6 +176,8 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
                 ok = result["as_expected"]
                 tally["refused_in_one_line"] += result["refused_in_one_line"]
                 tally["both_finished"] += result["finished"] == 2
+                pair = " + ".join(result["statuses"])
+                tally["statuses"][pair] = tally["statuses"].get(pair, 0) + 1
             if not (ok and equal and result["verify_clean"]):
                 out["failures"].append({"trial": trial, "scenario": scenario, **result})
             shown = {k: v for k, v in result.items() if k != "stderr"}
