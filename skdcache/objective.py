@@ -97,7 +97,7 @@ def _routed_loss(obj: Objective, logits: Tensor, batch: dict, target: Targets) -
     every routed row weighs the same whatever its batch-mates drew."""
     mask = target.row_mask  # [B] bool
     if not bool(mask.any()):
-        return logits.sum() * 0.0
+        return logits.sum() * 0.0 + 0.0  # connected to the graph; + 0.0 turns -0.0 into 0.0 in the logs
     routed = Targets(**{**vars(target), "row_mask": None})
     if obj.head == "sequence":
         return soft_loss(obj, logits[mask], {}, [routed]) * mask.float().mean()
