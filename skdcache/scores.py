@@ -31,13 +31,22 @@ REGRESSION_TOLERANCE = 0.25  # a regression prediction is "correct" within a qua
 READ_ROWS = 4096  # rows read per pass; the scores need the targets of every row once
 
 
-def sequence_scores(logits: np.ndarray, labels: np.ndarray, task: str) -> dict[str, np.ndarray]:
-    """Scores of one teacher from its logits [n, C] and the labels [n]; float32 [n] each."""
+def sequence_scores(
+    logits: np.ndarray, labels: np.ndarray, task: str, spread: float | None = None
+) -> dict[str, np.ndarray]:
+    """Scores of one teacher from its logits [n, C] and the labels [n]; float32 [n] each.
+
+    Args:
+        spread: regression: the standard deviation of ALL the labels (default: of these), so that scores read
+            in parts equal scores read at once.
+    """
     z = logits.astype(np.float64)
     y = np.asarray(labels)
+    if len(y) != len(z):
+        raise ValueError(f"{len(z)} rows of logits for {len(y)} labels")
     if task == "regression":
         err = z[:, 0] - y.astype(np.float64)
-        spread = float(np.std(y)) or 1.0
+        spread = (float(np.std(y)) if spread is None else spread) or 1.0
         nan = np.full(len(y), np.nan)
         out = {"ce": err**2, "entropy": nan, "correct": np.abs(err) <= REGRESSION_TOLERANCE * spread, "margin": nan}
     else:
@@ -96,14 +105,12 @@ def teacher_scores(cache: TeacherCache, labels: np.ndarray, task: str | None = N
     if stored is not None:
         return stored
     task = task or ("regression" if labels.dtype.kind == "f" else "classification")
-    parts = [
-        sequence_scores(cache.read(np.arange(lo, min(lo + READ_ROWS, cache.n_rows))).logits.numpy(), labels[lo:], task)
-        for lo in range(0, cache.n_rows, READ_ROWS)
-    ]
-    scores = {
-        k: np.concatenate([p[k][: min(READ_ROWS, cache.n_rows - i * READ_ROWS)] for i, p in enumerate(parts)])
-        for k in SCORE_NAMES
-    }
+    spread = float(np.std(labels)) if task == "regression" else None
+    parts = []
+    for lo in range(0, cache.n_rows, READ_ROWS):  # a few MB of logits at a time
+        rows = np.arange(lo, min(lo + READ_ROWS, cache.n_rows))
+        parts.append(sequence_scores(cache.read(rows).logits.numpy(), labels[rows], task, spread))
+    scores = {k: np.concatenate([p[k] for p in parts]) for k in SCORE_NAMES}
     write_scores(path, scores)
     return scores
 

@@ -121,3 +121,22 @@ def test_info_shows_stored_scores(seq):
     result = CliRunner().invoke(cli, ["info", str(caches[0].path)])
     assert result.exit_code == 0, result.output
     assert "scores" in result.output and "correct" in result.output
+
+
+@pytest.mark.parametrize("label_column,num_labels", [("label", 3), ("score", 1)])
+def test_scores_read_in_parts_equal_scores_read_at_once(
+    tmp_path: Path, data: Path, monkeypatch, label_column, num_labels
+):
+    """Caches larger than one read (READ_ROWS) are scored part by part: the same scores as one pass, regression's
+    tolerance included (it uses the spread of all the labels)."""
+    import skdcache.scores as scores_module
+
+    _, rows, caches = _team(tmp_path, data, "sequence", label_column=label_column, num_labels=num_labels)
+    for cache in caches:
+        whole = teacher_scores(cache, rows.labels)
+        scores_path(cache, rows.labels).unlink()
+        monkeypatch.setattr(scores_module, "READ_ROWS", 16)  # 70 rows: 5 parts, the last one short
+        parts = teacher_scores(cache, rows.labels)
+        monkeypatch.undo()
+        for name in whole:
+            np.testing.assert_array_equal(parts[name], whole[name])
