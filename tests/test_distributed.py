@@ -191,3 +191,19 @@ def test_ddp_from_the_cli(team, tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert ok.stdout.count("teachers sampled") == 1
     assert json.loads((tmp_path / "ok" / "run.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("sampling", ["confidence", "smallest-correct"])
+def test_ddp_route_matches_one_process(team, tmp_path, sampling):
+    """Per-row routing under DDP: each rank draws the teachers of its half of the global batch from (seed, step,
+    global row), so two ranks train the run one process trains (same losses and weights)."""
+    config = _config(team, "still", tmp_path / "one", mode="route", sampling=sampling)
+    one = train(TrainConfig(**{**config, "data": DataSpec(str(team["data"]))}))
+    done = _torchrun(_config(team, "still", tmp_path / "two", mode="route", sampling=sampling), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert two["world_size"] == 2 and two["steps"] == one["steps"] == 6
+    assert two["sampler"] == one["sampler"]  # the same routing table, built on every rank
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
