@@ -103,6 +103,7 @@ def team_table(
     table = route_table(rule, ce, correct, sizes, tau)
     summary = {
         "kind": f"{'weight' if weight else 'route'}:{rule}",
+        "teachers": [c.name for c in caches],  # the order of the lists below
         "temperature": tau if rule == "confidence" else None,
         "mean_probs": [round(float(x), 4) for x in table.mean(0)],
         "no_teacher_rows": int((table.sum(1) <= 0).sum()),

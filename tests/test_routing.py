@@ -169,6 +169,7 @@ def test_route_reads_exactly_one_teacher_per_row(team, tmp_path: Path, monkeypat
     assert sum(n for _, n in calls) == 6 * 16 - no_teacher  # one read per row that has a teacher, none twice
     assert sum(record["teacher_histogram"].values()) == 6 * 16
     assert record["sampler"]["kind"] == f"route:{rule.split('=')[0]}"
+    assert record["sampler"]["teachers"] == [c.name for c in run.caches]  # names the order of mean_probs
     if rule == "min-ce":  # the table's argmax, recomputed from the scores stored beside the caches
         assert record["sampler"]["no_teacher_rows"] == 0
 
