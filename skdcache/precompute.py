@@ -129,7 +129,7 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
         # another writer may have finished it between the look above and the lock: then it is only read
         now = _existing_manifest(group_path) if rank == 0 and not opts.repair else None
         if from_rank0_object(now is not None and now.state == "complete"):
-            manifest = read_manifest(group_path)
+            manifest = now if rank == 0 else read_manifest(group_path)
             return PrecomputeResult(spec.name, group_path, "cached", time.perf_counter() - t0, manifest)
         device = pick_device(opts.device)
         if device.type == "cuda" and world > 1:

@@ -167,7 +167,7 @@ def _reduce(out, head: str, batch, target_mask, spec: fmt.TargetSpec, label_perm
         parts: dict[str, list[torch.Tensor]] = {}
         for lo, logits in target_chunks(out.logits, target_mask):
             if spec.sampled:
-                reduced = sample_targets(logits, spec, uniforms[lo : lo + len(logits)], chunk=max(1, len(logits)))
+                reduced = sample_targets(logits, spec, uniforms[lo : lo + len(logits)])
             else:
                 reduced = dict(zip(TOPK_FIELDS, topk_with_tail(logits, spec.top_k), strict=True))
             for name, values in reduced.items():
@@ -207,9 +207,7 @@ def position_uniforms(rows: np.ndarray, counts: list[int], n_samples: int, seed:
     return torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, n_samples)))
 
 
-def sample_targets(
-    logits: torch.Tensor, spec: fmt.TargetSpec, uniforms: torch.Tensor, chunk: int = 256
-) -> dict[str, torch.Tensor]:
+def sample_targets(logits: torch.Tensor, spec: fmt.TargetSpec, uniforms: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sparse sampled targets of one batch's target positions (Sparse Logit Sampling, ACL 2025).
 
     `sampled`: N draws per position from the teacher's tempered distribution p_T (T = spec.sample_temperature).
@@ -217,35 +215,31 @@ def sample_targets(
     Draws are by inverse CDF in float64 at the given uniforms, then de-duplicated into (id, count) pairs.
 
     Args:
-        logits: [n, V] teacher logits at the target positions.
+        logits: [n, V] teacher logits at the target positions, a chunk at a time (`target_chunks`: the float64
+            CDF is [n, V]).
         uniforms: [n, N] float64 in [0, 1) (`position_uniforms`).
     Returns:
         sample_ids [n, N] long (unique ids first, then zero padding), sample_counts [n, N] long (0 = padding),
         sample_logprobs [n, N] float32 (log p_T of each id; 0 for padding); for `hybrid` also topk_logprobs
         [n, k], topk_ids [n, k] and tail_logmass [n], all at temperature T.
     """
-    n, n_samples = uniforms.shape
-    out: dict[str, list[torch.Tensor]] = {}
-    for lo in range(0, max(n, 1), chunk):  # an empty batch still returns typed, empty arrays
-        logp = F.log_softmax(logits[lo : lo + chunk].float() / spec.sample_temperature, dim=-1)  # [c, V]
-        probs = logp.double().exp()
-        if spec.targets == "hybrid":
-            values, ids = logp.topk(spec.top_k, dim=-1)
-            out.setdefault("topk_logprobs", []).append(values)
-            out.setdefault("topk_ids", []).append(ids)
-            out.setdefault("tail_logmass", []).append(torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1))
-            probs.scatter_(-1, ids, 0.0)  # draw from the tail only
-        cdf = probs.cumsum(dim=-1)  # [c, V] float64
-        u = uniforms[lo : lo + chunk].to(cdf.device) * cdf[:, -1:]
-        draws = torch.searchsorted(cdf, u.contiguous(), right=True).clamp_max(cdf.shape[-1] - 1)  # [c, N]
-        ordered, _ = draws.sort(dim=-1)
-        first = torch.ones_like(ordered, dtype=torch.bool)
-        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-        slot = first.long().cumsum(dim=-1) - 1  # the unique id's place in its row
-        counts = torch.zeros_like(ordered).scatter_add_(1, slot, torch.ones_like(ordered))
-        unique = torch.zeros_like(ordered).scatter_(1, slot, ordered)
-        lp = torch.where(counts > 0, logp.gather(-1, unique), torch.zeros_like(unique, dtype=logp.dtype))
-        out.setdefault("sample_ids", []).append(unique)
-        out.setdefault("sample_counts", []).append(counts)
-        out.setdefault("sample_logprobs", []).append(lp)
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    out: dict[str, torch.Tensor] = {}
+    logp = F.log_softmax(logits.float() / spec.sample_temperature, dim=-1)  # [n, V]
+    probs = logp.double().exp()
+    if spec.targets == "hybrid":
+        values, ids = logp.topk(spec.top_k, dim=-1)
+        out["topk_logprobs"], out["topk_ids"] = values, ids
+        out["tail_logmass"] = torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1)
+        probs.scatter_(-1, ids, 0.0)  # draw from the tail only
+    cdf = probs.cumsum(dim=-1)  # [n, V] float64
+    u = uniforms.to(cdf.device) * cdf[:, -1:]
+    draws = torch.searchsorted(cdf, u.contiguous(), right=True).clamp_max(cdf.shape[-1] - 1)  # [n, N]
+    ordered, _ = draws.sort(dim=-1)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    slot = first.long().cumsum(dim=-1) - 1  # the unique id's place in its row
+    counts = torch.zeros_like(ordered).scatter_add_(1, slot, torch.ones_like(ordered))
+    unique = torch.zeros_like(ordered).scatter_(1, slot, ordered)
+    lp = torch.where(counts > 0, logp.gather(-1, unique), torch.zeros_like(unique, dtype=logp.dtype))
+    out["sample_ids"], out["sample_counts"], out["sample_logprobs"] = unique, counts, lp
+    return out

@@ -9,17 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from skdcache.cache.format import TOKEN_ARRAYS
 from skdcache.cache.reader import Targets
-
-TOKEN_FIELDS = (
-    "topk_logprobs",
-    "topk_ids",
-    "tail_logmass",
-    "sample_ids",
-    "sample_counts",
-    "sample_logprobs",
-    "positions",
-)
 
 
 def merge_rows(parts: list[tuple[np.ndarray, Targets]], batch_size: int) -> Targets:
@@ -49,7 +40,7 @@ def merge_rows(parts: list[tuple[np.ndarray, Targets]], batch_size: int) -> Targ
         row_start = np.array([starts[owner[i]][local[i]] for i in routed], dtype=np.int64)
         row_count = np.array([counts[owner[i]][local[i]] for i in routed], dtype=np.int64)
         gather = torch.from_numpy(_expand(row_start, row_count))  # [n_tok_r] into the concatenation
-        for name in TOKEN_FIELDS:
+        for name in TOKEN_ARRAYS:  # the per-position fields of `Targets`
             if getattr(first, name) is not None:
                 setattr(out, name, torch.cat([getattr(t, name) for _, t in parts])[gather])
         out.token_counts = torch.from_numpy(row_count)

@@ -87,6 +87,13 @@ def snapshot(cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def verify_clean(cache: Path) -> bool:
+    """The root exists and `verify` finds nothing wrong in any of its teacher caches."""
+    from skdcache.cache.catalog import verify_root
+
+    return cache.exists() and all(not problems for problems in verify_root(cache).values())
+
+
 def markers(cache: Path) -> int:
     """Block markers on disk in the cache's (only) teacher group."""
     return len(list(cache.glob("*/*/_blocks/[0-9]*.json")))
@@ -139,15 +146,13 @@ def fuzz(trials: int, seed: int, work: Path) -> dict:
     block_seconds = (times[-1] - times[0]) / max(1, n_blocks - 1)  # the writing phase's time per block
     rng = random.Random(seed)
     outcomes = {"trials": 0, "equal": 0, "verify_clean": 0, "resumed": 0, "killed_mid_write": 0, "failures": []}
-    from skdcache.cache.catalog import verify_root
-
     for trial in range(trials):
         cache = work / f"trial-{trial}"
         result = run_trial(rng, teacher, data, cache, n_blocks, block_seconds)
         outcomes["trials"] += 1
         got = snapshot(cache) if result["returncode"] == 0 else {}
         equal = bool(got) and all(np.array_equal(got[k], expected[k]) for k in expected)
-        clean = all(not problems for problems in verify_root(cache).values())
+        clean = verify_clean(cache)
         outcomes["equal"] += equal
         outcomes["verify_clean"] += clean
         outcomes["resumed"] += "resumed" in result["stdout"]

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
 from benchmarks.reliability.campaign import run_campaign  # noqa: E402
-from benchmarks.reliability.kill_fuzz import build_fixture, command, markers, snapshot  # noqa: E402
+from benchmarks.reliability.kill_fuzz import build_fixture, command, markers, snapshot, verify_clean  # noqa: E402
 
 ENV = {**os.environ, "SKDCACHE_NO_PROGRESS": "1"}
 
@@ -133,12 +133,6 @@ def status(returncode: int, stdout: str) -> str:
         return "refused"
     words = [w for w in ("computed", "resumed", "cached") if w in stdout.split()]  # the status column of its table
     return words[0] if returncode == 0 and words else "failed"
-
-
-def verify_clean(cache: Path) -> bool:
-    from skdcache.cache.catalog import verify_root
-
-    return cache.exists() and all(not problems for problems in verify_root(cache).values())
 
 
 def fuzz(trials: int, seed: int, work: Path) -> dict:
