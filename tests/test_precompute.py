@@ -389,6 +389,34 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, teachers: di
     assert TeacherCache(resumed.path).manifest.state == "complete"
 
 
+def test_a_block_torn_mid_write_is_skipped_by_readers_and_rewritten_on_resume(tmp_path: Path, teachers: dict):
+    """kill -9 inside a shard write leaves a truncated row shard of an unfinished block: partial readers and
+    resume must not read it (they did, and failed as "damaged"), and resume rewrites it to what a fresh run has."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.csv", 64, seed=21)
+    spec, team, root = DataSpec(str(data), label_column=None), [TeacherSpec("c", str(teachers["causal"]))], tmp_path
+    [fresh] = precompute(spec, team, root / "fresh", _opts(**RESUME_OPTS))
+    group = root / "torn" / fresh.path.relative_to(root / "fresh")
+    shutil.copytree(fresh.path, group)
+    (group / "_blocks" / "000001.json").unlink()
+    torn = group / "token_index" / "c" / "1" / "0"
+    torn.write_bytes(torn.read_bytes()[:7])
+    meta = json.loads((group / "zarr.json").read_text())
+    meta["attributes"]["skdcache"]["state"] = "writing"
+    (group / "zarr.json").write_text(json.dumps(meta))
+
+    partial = TeacherCache(group, allow_incomplete=True)
+    assert partial.read([0, 40]).token_counts.min() > 0
+    with pytest.raises(CacheError, match="not written"):
+        partial.read([16])
+    [resumed] = precompute(spec, team, root / "torn", _opts(**RESUME_OPTS))
+    assert resumed.status == "resumed" and TeacherCache(group).verify() == []
+    got, want = _raw_arrays(group), _raw_arrays(fresh.path)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_resume_after_crash_while_creating_the_group(tmp_path: Path, data: Path, teachers: dict):
     """A kill between creating the group and writing its manifest leaves a bare group; rerunning recomputes it."""
     spec, team, root = DataSpec(str(data)), [TeacherSpec("t", str(teachers["clf"]))], tmp_path / "cache"

@@ -121,7 +121,7 @@ class TeacherCache:
     def _read_index(self, name: str) -> np.ndarray:
         """An index array [n_rows, 2] of (start, count); each range must lie inside the arrays it indexes."""
         try:
-            values = checked_slice(self.arrays[name], self.path / name, 0, self.n_rows)
+            values = self._read_complete_rows(name)
         except CacheError:
             raise
         except Exception as exc:  # a chunk that fails its checksum or does not decode
@@ -133,6 +133,17 @@ class TeacherCache:
             raise _damaged(f"index array {name} of {self.path} points outside its arrays ({extent} rows)")
         for block in self._blocks_failing_markers(name, values):
             self._damaged_rows[slice(*self.layout.block_rows(block))] = True
+        return values
+
+    def _read_complete_rows(self, name: str) -> np.ndarray:
+        """Row array `name` over complete blocks, zeros elsewhere: a block killed mid-write may leave a torn shard."""
+        array = self.arrays[name]
+        if self._complete_blocks.all():
+            return checked_slice(array, self.path / name, 0, self.n_rows)
+        values = np.zeros(array.shape, dtype=array.dtype)
+        for block in np.flatnonzero(self._complete_blocks):
+            lo, hi = self.layout.block_rows(int(block))
+            values[lo:hi] = checked_slice(array, self.path / name, lo, hi)
         return values
 
     def _rows(self, name: str):
