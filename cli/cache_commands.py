@@ -51,7 +51,7 @@ def info(path, cache, as_json) -> None:
       skdcache info <key> --cache .skdcache
     """
     from skdcache.cache.catalog import cache_info
-    from skdcache.scores import stored_scores, summarize
+    from skdcache.sampling.scores import stored_scores, summarize
 
     described = cache_info(path, cache)
     if as_json:

@@ -118,7 +118,7 @@ def precompute(obj, teacher, head, nproc, **kw) -> None:
     from dataclasses import replace
 
     from skdcache.precompute import precompute as run
-    from skdcache.teachers import TeacherSpec
+    from skdcache.teacher.load import TeacherSpec
 
     team = [replace(TeacherSpec.parse(text), head=head) for text in teacher]
     opts = TargetOptions(**pick(TargetOptions, kw), progress=obj["progress"])
@@ -148,7 +148,7 @@ def precompute(obj, teacher, head, nproc, **kw) -> None:
 @data_options(TrainConfig)
 @dataclass_options(
     TrainConfig, "eval_split eval_rows test_split"
-)  # help texts: the fields of skdcache.config.TrainConfig
+)  # help texts: the fields of skdcache.training.config.TrainConfig
 @click.option("--teachers", default="all", show_default=True, help="Comma list of cached teacher names, or all.")
 @dataclass_options(
     TrainConfig,
@@ -215,7 +215,7 @@ def report(runs, plots, markdown) -> None:
     Example:
       skdcache report runs/* --plots runs/plots
     """
-    from skdcache.report import load_runs, markdown_table, plot_runs, summary_rows
+    from skdcache.report.summary import load_runs, markdown_table, plot_runs, summary_rows
 
     folders = [Path(r) for r in runs if (Path(r) / "run.json").exists()]  # `runs/*` may match runs/plots
     skipped = [r for r in runs if not (Path(r) / "run.json").exists()]

@@ -52,6 +52,6 @@ class SkdGroup(click.Group):
 
 
 def echo_table(rows: list[dict]) -> None:
-    from skdcache.report import text_table
+    from skdcache.report.summary import text_table
 
     click.echo(text_table(rows), nl=False)

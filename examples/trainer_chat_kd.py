@@ -29,8 +29,8 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
+from skdcache.data.tables import load_split
 from skdcache.integrations.transformers import SkdTrainer
-from skdcache.tables import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 TWEETS = ROOT / "skdcache" / "demo_data" / "tweets-mini" / "train.csv"

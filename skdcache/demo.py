@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from skdcache.cache.catalog import dir_bytes, human_bytes
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.errors import SkdError
 from skdcache.precompute import TargetOptions, precompute
-from skdcache.report import load_runs, plot_runs
-from skdcache.teachers import TeacherSpec
+from skdcache.report.summary import load_runs, plot_runs
+from skdcache.teacher.load import TeacherSpec
 from skdcache.train import TrainConfig, train
 
 DEMO_DATA = Path(__file__).parent / "demo_data" / "tweets-mini"

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skdcache.blocks import capture, run_block, token_positions
 from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
 from skdcache.cache.manifest import DatasetInfo, TeacherInfo, read_manifest
@@ -27,19 +26,20 @@ from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import WriterLock, ensure_writable_root, remove_empty_tree, write_json
 from skdcache.cache.writer import CacheWriter
-from skdcache.chat import render_chat
-from skdcache.data import DataSpec, TextRows, load_rows, tokenize
+from skdcache.data.chat import render_chat
+from skdcache.data.rows import DataSpec, TextRows, load_rows, tokenize
 from skdcache.device import pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, GroupIncomplete, SkdError
-from skdcache.evaluate import evaluate_teacher
 from skdcache.fields import check_ranges
 from skdcache.models import check_model_path, detect_head, load_config, load_tokenizer, resolve_model_dir
-from skdcache.options import TargetOptions, check_teacher, preflight, target_spec
-from skdcache.provenance import dataset_record, package_versions, teacher_location
-from skdcache.reduce import label_permutation
 from skdcache.stages import StageClock
-from skdcache.teachers import TeacherSpec, load_teacher
+from skdcache.teacher.blocks import capture, run_block, token_positions
+from skdcache.teacher.load import TeacherSpec, load_teacher
+from skdcache.teacher.options import TargetOptions, check_teacher, preflight, target_spec
+from skdcache.teacher.provenance import dataset_record, package_versions, teacher_location
+from skdcache.teacher.reduce import label_permutation
+from skdcache.training.evaluate import evaluate_teacher
 
 log = logging.getLogger("skdcache")
 
@@ -248,7 +248,7 @@ def _existing_manifest(group_path: Path) -> fmt.Manifest | None:
 
 
 def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:
-    from skdcache.data import available_splits
+    from skdcache.data.rows import available_splits
 
     if not opts.eval_split or opts.eval_split == data.split:
         return None  # unlabelled rows are loaded too: causal teachers are scored by next-token accuracy

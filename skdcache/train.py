@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skdcache import checkpoint
-from skdcache.checkpoint import TrainState
-from skdcache.config import MODES, TrainConfig
 from skdcache.device import autocast_dtype, pick_device
+from skdcache.distill.objective import build_objective, build_projectors, soft_loss, step_loss
 from skdcache.distributed import (
     average_gradients,
     broadcast_module,
@@ -31,23 +29,25 @@ from skdcache.distributed import (
     rank_and_size,
 )
 from skdcache.errors import SkdError
-from skdcache.evaluate import evaluate, heldout_loss
-from skdcache.live import LiveTargets
-from skdcache.loader import StepBatches, model_inputs, step_loader, student_batch
-from skdcache.objective import build_objective, build_projectors, soft_loss, step_loss
-from skdcache.plan import plan_run, sampler_for_run
-from skdcache.reduce import float32_vocab_projection
-from skdcache.routing import routing_for_run
-from skdcache.run_record import Run, record_run, save_student
-from skdcache.sampling import LearnedSampler
-from skdcache.sources import CachedTargets, TargetSource, TeacherChoice, TeacherDraws
-from skdcache.student import (
+from skdcache.sampling.categorical import LearnedSampler
+from skdcache.sampling.routing import routing_for_run
+from skdcache.sampling.student_aware import FitSampler
+from skdcache.targets.live import LiveTargets
+from skdcache.targets.sources import CachedTargets, TargetSource, TeacherChoice, TeacherDraws
+from skdcache.teacher.reduce import float32_vocab_projection
+from skdcache.training import checkpoint
+from skdcache.training.checkpoint import TrainState
+from skdcache.training.config import MODES, TrainConfig
+from skdcache.training.evaluate import evaluate, heldout_loss
+from skdcache.training.loader import StepBatches, model_inputs, step_loader, student_batch
+from skdcache.training.plan import plan_run, sampler_for_run
+from skdcache.training.run_record import Run, record_run, save_student
+from skdcache.training.student import (
     StudentSpec,
     build_student,
     check_student_matches_teachers,
     student_inputs,
 )
-from skdcache.student_aware import FitSampler
 
 log = logging.getLogger("skdcache")
 

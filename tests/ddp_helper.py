@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import skdcache.train as train_module
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.train import TrainConfig, evaluate_and_checkpoint, train
 
 

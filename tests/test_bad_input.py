@@ -21,11 +21,11 @@ from conftest import make_model, write_split
 from skdcache.cli.main import cli
 
 from skdcache.cache.catalog import verify_root
-from skdcache.config import TrainConfig
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.fields import in_range, range_text
 from skdcache.precompute import TargetOptions, precompute
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
+from skdcache.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

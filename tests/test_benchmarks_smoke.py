@@ -78,7 +78,7 @@ def test_every_entry_point_answers_help(path: Path, monkeypatch):
 def test_quality_study_builds_disjoint_teacher_rows(tmp_path: Path):
     """`--teacher-rows disjoint`: the next `train_rows` rows after the students' ones, and the same eval splits."""
     from benchmarks.quality.run import teacher_data
-    from skdcache.data import DataSpec, load_rows
+    from skdcache.data.rows import DataSpec, load_rows
 
     data = tmp_path / "data"
     data.mkdir()

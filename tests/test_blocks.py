@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skdcache.blocks import check_finite
 from skdcache.errors import SkdError
+from skdcache.teacher.blocks import check_finite
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])

@@ -14,8 +14,8 @@ from conftest import WORDS, make_model, no_dropout, spread
 from test_integration_hf import cfg_for, step_lines, trainer_for
 
 from skdcache import DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
-from skdcache.chat import render_chat
-from skdcache.data import load_rows, tokenize
+from skdcache.data.chat import render_chat
+from skdcache.data.rows import load_rows, tokenize
 from skdcache.train import train
 
 datasets = pytest.importorskip("datasets")
@@ -145,8 +145,8 @@ def test_single_from_cache_equals_online_on_chat_rows(chat_team, tmp_path: Path)
 
 
 def test_label_loss_sits_on_assistant_tokens_only(chat_team):
-    from skdcache.loader import student_batch
-    from skdcache.student import student_inputs
+    from skdcache.training.loader import student_batch
+    from skdcache.training.student import student_inputs
 
     spec, _, student, _ = chat_team
     tok = transformers.AutoTokenizer.from_pretrained(student)

@@ -14,8 +14,8 @@ import pytest
 from conftest import make_tokenizer
 
 from skdcache import DataSpec, SkdError
-from skdcache.chat import assistant_spans, render_chat
-from skdcache.data import TextRows, fingerprint_rows, tokenize
+from skdcache.data.chat import assistant_spans, render_chat
+from skdcache.data.rows import TextRows, fingerprint_rows, tokenize
 
 transformers = pytest.importorskip("transformers")
 
@@ -213,7 +213,7 @@ def test_cli_switch_reaches_the_data_spec(tmp_path: Path):
 
 def test_a_cache_of_another_rule_or_an_older_version_is_named_in_one_line(tok):
     from skdcache.cache.manifest import DatasetInfo
-    from skdcache.chat import check_template
+    from skdcache.data.chat import check_template
 
     chats = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
     spec = DataSpec("<mem>", label_column=None, messages_column="messages")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import make_model, write_split
 from skdcache.cli.main import cli, main
 
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.precompute import TargetOptions
 from skdcache.train import TrainConfig, train
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import LABELS, make_tokenizer, write_split
 
 from skdcache import DataSpec, SkdError, load_rows
-from skdcache.data import mlm_positions, pad_batch, tokenize
+from skdcache.data.rows import mlm_positions, pad_batch, tokenize
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -15,9 +15,9 @@ import torch
 from conftest import make_model, no_dropout, spread, write_split
 
 from skdcache import TeacherCache
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.precompute import TargetOptions, precompute
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 from skdcache.train import TrainConfig, train
 
 

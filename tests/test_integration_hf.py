@@ -16,9 +16,9 @@ import torch
 from conftest import make_model, no_dropout, spread, write_split
 
 from skdcache import DataSpec, SkdError, TargetOptions, TeacherSpec, precompute
-from skdcache.loader import StepSchedule
-from skdcache.student import StudentSpec, build_student
 from skdcache.train import TrainConfig, _optimizer, train
+from skdcache.training.loader import StepSchedule
+from skdcache.training.student import StudentSpec, build_student
 
 datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")

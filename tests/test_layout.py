@@ -91,8 +91,8 @@ def test_the_graph_sees_the_imports_it_must() -> None:
     """Guard the parser itself: a graph that missed imports would pass the cycle test vacuously."""
     graph = import_graph()
     assert "skdcache.cli.main" in graph
-    assert "skdcache.sampling" in graph["skdcache.sources"]  # module level
-    assert "skdcache.report" in graph["skdcache.cli.main"]  # inside a command function
+    assert "skdcache.sampling.categorical" in graph["skdcache.targets.sources"]  # module level
+    assert "skdcache.report.summary" in graph["skdcache.cli.main"]  # inside a command function
 
 
 def test_find_cycle_reports_a_cycle() -> None:
@@ -114,3 +114,58 @@ def test_modules_stay_small() -> None:
         if lines > MAX_LINES and rel not in SIZE_ALLOWED:
             too_long[rel] = lines
     assert not too_long, f"modules over {MAX_LINES} lines (split them by job): {too_long}"
+
+
+# The pipeline, in order: a stage folder imports only from earlier stages and the foundation modules, never from a
+# later stage or a recipe. Recipes (flat entry points), integrations and the CLI sit on top and may import anything.
+STAGES = ["data", "cache", "teacher", "sampling", "targets", "distill", "training", "report"]
+FOUNDATION = {"errors", "version", "fields", "device", "distributed", "models", "stages"}
+TOP = {"", "__main__", "precompute", "train", "demo", "integrations", "cli"}
+
+
+def _place(module: str) -> str:
+    """The stage folder, foundation module or top-level entry a module belongs to (first name after skdcache.)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_has_a_place() -> None:
+    unplaced = {m for m in module_files() if _place(m) not in {*STAGES, *FOUNDATION, *TOP}}
+    assert not unplaced, f"modules outside the stage folders (give each a stage, see STAGES): {sorted(unplaced)}"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Edges against the pipeline order: data < cache < ... < report; foundation modules import only each other."""
+    rank = {stage: i for i, stage in enumerate(STAGES)}
+    upward = []
+    for importer, imported in sorted((a, b) for a, deps in graph.items() for b in deps):
+        src, dst = _place(importer), _place(imported)
+        if src in FOUNDATION:
+            ok = dst in FOUNDATION
+        elif src in rank:
+            ok = dst in FOUNDATION or (dst in rank and rank[dst] <= rank[src])
+        else:  # recipes, integrations and the CLI may import anything
+            continue
+        if not ok:
+            upward.append(f"{importer} -> {imported}")
+    return upward
+
+
+def test_no_upward_import_between_stages() -> None:
+    upward = upward_imports(import_graph())
+    assert not upward, "imports against the pipeline order:\n" + "\n".join(upward)
+
+
+def test_the_stage_rule_can_fail() -> None:
+    """Guard the rule itself: edges up the pipeline, from the foundation, or into a recipe are reported."""
+    graph = {
+        "skdcache.cache.reader": {"skdcache.training.plan", "skdcache.errors"},
+        "skdcache.errors": {"skdcache.data.rows"},
+        "skdcache.distill.losses": {"skdcache.train"},
+        "skdcache.train": {"skdcache.report.runs"},
+    }
+    assert upward_imports(graph) == [
+        "skdcache.cache.reader -> skdcache.training.plan",
+        "skdcache.distill.losses -> skdcache.train",
+        "skdcache.errors -> skdcache.data.rows",
+    ]

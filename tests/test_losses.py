@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from skdcache.losses import (
+from skdcache.distill.losses import (
     HiddenProjector,
     hidden_state_loss,
     regression_kd_loss,

@@ -21,7 +21,7 @@ import zarr
 from conftest import LABELS, make_model, spread, write_split
 
 from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
-from skdcache.data import mlm_positions
+from skdcache.data.rows import mlm_positions
 
 MAX_LENGTH = 24
 TOP_K = 8

@@ -103,7 +103,7 @@ def test_study_runs_on_a_new_dataset_with_only_column_flags(tmp_path: Path):
 
 def test_a_campaign_reuses_a_run_only_with_the_same_settings(tmp_path: Path):
     from benchmarks.reuse import finished_run
-    from skdcache.data import DataSpec
+    from skdcache.data.rows import DataSpec
     from skdcache.train import TrainConfig
 
     out = tmp_path / "runs" / "single-s1"

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from conftest import make_model
 
 from skdcache.cache.reader import Targets
-from skdcache.config import TrainConfig
-from skdcache.data import DataSpec
-from skdcache.objective import Objective, step_loss
-from skdcache.pilots import pilot_key, pilot_metrics
-from skdcache.sampling import LearnedSampler, from_weights
-from skdcache.sources import TeacherChoice, TeacherDraws
+from skdcache.data.rows import DataSpec
+from skdcache.distill.objective import Objective, step_loss
+from skdcache.sampling.categorical import LearnedSampler, from_weights
+from skdcache.targets.sources import TeacherChoice, TeacherDraws
+from skdcache.training.config import TrainConfig
+from skdcache.training.pilots import pilot_key, pilot_metrics
 
 
 # ---- teacher draws --------------------------------------------------------------------------------------------
@@ -134,9 +134,9 @@ class _RecordingSource:
 def _inputs(tmp_path: Path, n: int):
     from conftest import write_split
 
-    from skdcache.data import load_rows, tokenize
-    from skdcache.loader import StudentInputs
+    from skdcache.data.rows import load_rows, tokenize
     from skdcache.models import load_tokenizer
+    from skdcache.training.loader import StudentInputs
 
     write_split(tmp_path / "train.csv", n, seed=0)
     rows = load_rows(DataSpec(str(tmp_path)))
@@ -145,7 +145,7 @@ def _inputs(tmp_path: Path, n: int):
 
 
 def test_loader_reads_each_steps_rows_and_teacher_ahead(tmp_path: Path):
-    from skdcache.loader import StepBatches, StepSchedule
+    from skdcache.training.loader import StepBatches, StepSchedule
 
     inputs, rows = _inputs(tmp_path, 40)
     schedule = StepSchedule(len(rows), 8, seed=2)
@@ -168,8 +168,8 @@ def test_loader_reads_each_steps_rows_and_teacher_ahead(tmp_path: Path):
 
 
 def test_evaluate_is_the_accuracy_of_the_argmax(tmp_path: Path):
-    from skdcache.evaluate import evaluate
-    from skdcache.loader import student_batch
+    from skdcache.training.evaluate import evaluate
+    from skdcache.training.loader import student_batch
 
     inputs, rows = _inputs(tmp_path, 30)
     model = __import__("transformers").AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
@@ -184,7 +184,7 @@ def test_evaluate_is_the_accuracy_of_the_argmax(tmp_path: Path):
 
 def test_building_a_student_logs_no_tensor_parallel_noise(tmp_path: Path, capfd):
     """transformers 5 lists every layer as "not sharded" whenever a load runs with its logger quieted."""
-    from skdcache.student import StudentSpec, build_student
+    from skdcache.training.student import StudentSpec, build_student
 
     source = make_model(tmp_path / "student", "sequence", num_labels=3)
     build_student(StudentSpec.parse(str(source), None), "sequence", 2, None, "classification")

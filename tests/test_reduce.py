@@ -9,8 +9,8 @@ import torch
 from conftest import make_model, spread
 
 from skdcache.cache.format import TargetSpec
-from skdcache.reduce import teacher_forward
-from skdcache.teachers import TeacherSpec, load_teacher
+from skdcache.teacher.load import TeacherSpec, load_teacher
+from skdcache.teacher.reduce import teacher_forward
 
 
 @pytest.mark.parametrize("head", ["causal", "mlm"])
@@ -39,8 +39,8 @@ def test_student_vocabulary_projection_is_float32_under_autocast_and_its_kd_grad
     """The student gets the teacher's treatment: under bf16 autocast its logits come from a float32
     projection of the bf16 body's states, so the KD gradient equals a float64 projection's to ~1e-6, where
     the bf16 projection is off by ~1e-3 (logits of ~10, V = 4096); without autocast the hook changes nothing."""
-    from skdcache.losses import topk_kd_loss
-    from skdcache.reduce import float32_vocab_projection, topk_with_tail
+    from skdcache.distill.losses import topk_kd_loss
+    from skdcache.teacher.reduce import float32_vocab_projection, topk_with_tail
 
     torch.manual_seed(0)
     V, H, n = 4096, 64, 64
@@ -83,7 +83,7 @@ def test_train_registers_the_student_projection(monkeypatch, tmp_path: Path):
 
     import skdcache.train as train_module
     from skdcache import DataSpec, TargetOptions, precompute
-    from skdcache.config import TrainConfig
+    from skdcache.training.config import TrainConfig
 
     data = tmp_path / "data"
     data.mkdir()
@@ -122,8 +122,8 @@ def test_train_registers_the_student_projection(monkeypatch, tmp_path: Path):
 def test_chunked_reduction_equals_one_pass_over_all_positions(monkeypatch, targets: str):
     """The reduction walks the target positions a few MB at a time; chunk boundaries change no value: the
     targets equal one pass over every target position (ragged masks, chunks of 1, 3 and all positions)."""
-    from skdcache import reduce
-    from skdcache.reduce import BatchTargets, _reduce, position_uniforms, sample_targets, topk_with_tail
+    from skdcache.teacher import reduce
+    from skdcache.teacher.reduce import BatchTargets, _reduce, position_uniforms, sample_targets, topk_with_tail
 
     torch.manual_seed(0)
     V = 50

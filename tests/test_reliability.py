@@ -369,7 +369,7 @@ def test_checkpoint_is_one_file_so_a_kill_cannot_mix_steps(tmp_path):
     """A kill between the weights and trainer.json used to resume step-6 weights with step-3 loop state."""
     import torch
 
-    from skdcache import checkpoint
+    from skdcache.training import checkpoint
 
     model, optimizer, scheduler = _tiny_training_state()
     checkpoint.save(tmp_path, checkpoint.TrainState(step=3), model, None, optimizer, scheduler, None, 0, 1)
@@ -397,7 +397,7 @@ def test_checkpoint_is_one_file_so_a_kill_cannot_mix_steps(tmp_path):
 
 
 def test_resume_truncates_metrics_to_the_checkpoint_and_drops_torn_lines(tmp_path):
-    from skdcache import checkpoint
+    from skdcache.training import checkpoint
 
     lines = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "eval": {"accuracy": 0.5}}]
     lines += [{"step": 3, "loss": 0.8}]

@@ -19,10 +19,10 @@ import pytest
 from conftest import make_model, no_dropout, spread, write_split
 
 from skdcache.cache.remote import RemoteRoot
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.errors import CacheError
 from skdcache.precompute import TargetOptions, precompute
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 from skdcache.train import TrainConfig, train
 
 OPTS = TargetOptions(max_length=32, batch_size=64, rows_per_block=32, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from skdcache.errors import SkdError
-from skdcache.report import aggregate_rows, load_runs, markdown_table, plot_runs, summary_rows, text_table
+from skdcache.report.summary import aggregate_rows, load_runs, markdown_table, plot_runs, summary_rows, text_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEACHERS = ["bert-base", "roberta-base"]
@@ -201,7 +201,7 @@ def test_load_runs_without_run_json(tmp_path: Path) -> None:
 
 def test_loss_plot_shows_a_quantity_every_run_shares(runs: list[Path], tmp_path: Path) -> None:
     """Labels-only and KD runs optimise different totals: loss.png plots their common label CE."""
-    from skdcache.plots import loss_key
+    from skdcache.report.plots import loss_key
 
     assert loss_key(load_runs(runs)) == "ce"
     no_ce = write_run(tmp_path, "lm", mode="skd")

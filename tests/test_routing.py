@@ -15,11 +15,11 @@ from conftest import make_model, no_dropout, spread, write_split
 
 from skdcache import DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache.reader import Targets
-from skdcache.losses import sequence_kd_loss
-from skdcache.objective import Objective, soft_loss
-from skdcache.routing import ca_mkd_weights, draw_rows, route_table
-from skdcache.row_targets import merge_rows
-from skdcache.sources import CachedTargets, TeacherChoice, TeacherDraws
+from skdcache.distill.losses import sequence_kd_loss
+from skdcache.distill.objective import Objective, soft_loss
+from skdcache.sampling.routing import ca_mkd_weights, draw_rows, route_table
+from skdcache.targets.row_targets import merge_rows
+from skdcache.targets.sources import CachedTargets, TeacherChoice, TeacherDraws
 from skdcache.train import TrainConfig, evaluate_and_checkpoint, fit, prepare, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from skdcache.sampling import (
+from skdcache.sampling.categorical import (
     LearnedSampler,
     Sampler,
     build_sampler,
@@ -17,7 +17,7 @@ from skdcache.sampling import (
     from_weights,
     uniform,
 )
-from skdcache.student_aware import FitSampler, ScheduleSampler
+from skdcache.sampling.student_aware import FitSampler, ScheduleSampler
 
 N_DRAWS = 20_000
 N_SE = 4.0  # allowed deviation in standard errors sqrt(p (1 - p) / n); a false failure has odds ~1e-4
@@ -288,7 +288,7 @@ def test_student_aware_state_round_trip_through_json() -> None:
 
 def test_fixed_sampler_builds_known_distributions_and_refuses_loop_bound_ones() -> None:
     from skdcache.errors import SkdError
-    from skdcache.plan import fixed_sampler
+    from skdcache.training.plan import fixed_sampler
 
     team = [object(), object()]  # only their number matters for these kinds
     np.testing.assert_allclose(fixed_sampler("weights=1,3", team, 0, 0.05).probs(), [0.25, 0.75])
@@ -315,7 +315,7 @@ def test_too_large_a_team_is_refused_in_one_line_naming_the_limit(kind: str, mos
     from types import SimpleNamespace
 
     from skdcache import SkdError
-    from skdcache.plan import sampler_for_run
+    from skdcache.training.plan import sampler_for_run
 
     cfg = SimpleNamespace(mode="skd", sampling=kind, seed=0, learned_lr=0.1)
     assert sampler_for_run(cfg, _team([1] * most), None) is not None
@@ -328,13 +328,13 @@ def test_too_large_a_team_is_refused_in_one_line_naming_the_limit(kind: str, mos
 def test_small_to_large_says_when_team_order_decides(caplog) -> None:
     from types import SimpleNamespace
 
-    from skdcache.plan import sampler_for_run
+    from skdcache.training.plan import sampler_for_run
 
     cfg = SimpleNamespace(mode="skd", sampling="small-to-large", seed=0)
-    with caplog.at_level("WARNING", logger="skdcache.plan"):
+    with caplog.at_level("WARNING", logger="skdcache.training.plan"):
         sampler_for_run(cfg, _team([3, 1, 2]), None)
     assert not caplog.records
-    with caplog.at_level("WARNING", logger="skdcache.plan"):
+    with caplog.at_level("WARNING", logger="skdcache.training.plan"):
         sampler_for_run(cfg, _team([5, None, 5, 7]), None)
     text = " | ".join(r.getMessage() for r in caplog.records)
     assert "no recorded size for t1" in text and "t0, t2 have the same size" in text
@@ -344,8 +344,8 @@ def test_docs_say_one_teacher_per_optimizer_step():
     """docs/sampling.md once said a teacher is drawn per micro-batch under --grad-accum; it is per step."""
     from pathlib import Path
 
-    from skdcache.sampling import build_sampler
-    from skdcache.sources import TeacherDraws
+    from skdcache.sampling.categorical import build_sampler
+    from skdcache.targets.sources import TeacherDraws
 
     text = (Path(__file__).parents[1] / "docs" / "sampling.md").read_text()
     assert "every micro-batch when" not in text and "optimizer step" in text

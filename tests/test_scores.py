@@ -13,8 +13,8 @@ from conftest import make_model, spread, write_split
 
 from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache.catalog import find_teacher_caches
-from skdcache.data import load_rows
-from skdcache.scores import SCORES_DIR, scores_path, stored_scores, teacher_scores
+from skdcache.data.rows import load_rows
+from skdcache.sampling.scores import SCORES_DIR, scores_path, stored_scores, teacher_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,7 +83,7 @@ def test_scores_are_stored_beside_the_cache_keyed_by_content_and_reused(seq, mon
     other[0] = (other[0] + 1) % 3
     assert scores_path(cache, other) != path  # other labels, other file
 
-    import skdcache.scores as scores_module
+    import skdcache.sampling.scores as scores_module
 
     def boom(*a, **k):
         raise AssertionError("recomputed although stored")
@@ -129,7 +129,7 @@ def test_scores_read_in_parts_equal_scores_read_at_once(
 ):
     """Caches larger than one read (READ_ROWS) are scored part by part: the same scores as one pass, regression's
     tolerance included (it uses the spread of all the labels)."""
-    import skdcache.scores as scores_module
+    import skdcache.sampling.scores as scores_module
 
     _, rows, caches = _team(tmp_path, data, "sequence", label_column=label_column, num_labels=num_labels)
     for cache in caches:

@@ -11,8 +11,8 @@ from conftest import make_model, spread, write_split
 from transformers import AutoTokenizer
 
 from skdcache import DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
-from skdcache.data import load_rows, tokenize
-from skdcache.token_scores import pack_ids, token_scores
+from skdcache.data.rows import load_rows, tokenize
+from skdcache.sampling.token_scores import pack_ids, token_scores
 
 MAX_LENGTH = 24
 
@@ -34,7 +34,7 @@ def _cache(root: Path, tmp: Path, head: str, **opts) -> tuple[TeacherCache, list
 
 
 def _reference(cache: TeacherCache, ids: list[list[int]]) -> dict[str, list[float]]:
-    """Per row, position by position in plain float64: the definition in skdcache/token_scores.py."""
+    """Per row, position by position in plain float64: the definition in skdcache/sampling/token_scores.py."""
     t = cache.read(np.arange(cache.n_rows))
     vocab = cache.manifest.teacher.vocab_size
     out: dict[str, list[float]] = {k: [] for k in ("ce", "correct", "entropy", "margin")}
@@ -107,7 +107,7 @@ def test_token_scores_refuse_rows_of_other_data(rows_dir: Path, tmp_path: Path):
 
 
 def test_token_scores_are_stored_beside_the_cache_and_read_back(rows_dir: Path, tmp_path: Path, monkeypatch):
-    from skdcache import scores
+    from skdcache.sampling import scores
 
     cache, ids = _cache(rows_dir, tmp_path, "causal", top_k=4)
     first = scores.teacher_scores(cache, ids)

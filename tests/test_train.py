@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from conftest import LABELS, make_model, no_dropout, spread, write_split
 
-import skdcache.blocks
-import skdcache.live
-import skdcache.reduce
-import skdcache.teachers
+import skdcache.targets.live
+import skdcache.teacher.blocks
+import skdcache.teacher.load
+import skdcache.teacher.reduce
 from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
-from skdcache.loader import StepBatches, student_batch
-from skdcache.objective import step_loss
-from skdcache.sources import CachedTargets, TeacherChoice
+from skdcache.distill.objective import step_loss
+from skdcache.targets.sources import CachedTargets, TeacherChoice
 from skdcache.train import Run, TrainConfig, evaluate_and_checkpoint, fit, prepare, train
+from skdcache.training.loader import StepBatches, student_batch
 
 MAX_LENGTH = 32
 TOP_K = 8
@@ -231,7 +231,7 @@ def test_causal_teams_get_a_teacher_metric_so_teacher_rank_works(causal: Team, t
 
 def test_online_targets_equal_cached_targets_mlm(mlm: Team, tmp_path: Path):
     """What `online` computes for a batch (masked positions, top-k ids, fp16 log-probs, tail) is the cached data."""
-    from skdcache.live import LiveTargets
+    from skdcache.targets.live import LiveTargets
 
     trainer = prepare(mlm.cfg(tmp_path / "r"))
     online = LiveTargets(trainer.caches, trainer.plan.rows, trainer.device)
@@ -309,22 +309,22 @@ def test_cache_modes_construct_no_teacher(seq: Team, tmp_path: Path, monkeypatch
         return original_pm(cls, path, *args, **kwargs)
 
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(pm_from_pretrained))
-    original_load = skdcache.teachers.load_teacher
+    original_load = skdcache.teacher.load.load_teacher
 
     def load_teacher(spec, *args, **kwargs):
         loaded.append(spec.name)
         return original_load(spec, *args, **kwargs)
 
-    original_forward = skdcache.reduce.teacher_forward
+    original_forward = skdcache.teacher.reduce.teacher_forward
 
     def teacher_forward(*args, **kwargs):
         forwards.append(1)
         return original_forward(*args, **kwargs)
 
     precompute_module = importlib.import_module("skdcache.precompute")  # `skdcache.precompute` is the function
-    for module in (skdcache.live, precompute_module):
+    for module in (skdcache.targets.live, precompute_module):
         monkeypatch.setattr(module, "load_teacher", load_teacher)
-    for module in (skdcache.live, skdcache.blocks):
+    for module in (skdcache.targets.live, skdcache.teacher.blocks):
         monkeypatch.setattr(module, "teacher_forward", teacher_forward)
 
     teacher_dirs = {str(p.resolve()) for p in seq.teachers.values()}

@@ -45,7 +45,7 @@ def both(seq96, out: Path, ga: int, **budget):
 
 def native_rows(ga: int, steps: int) -> list[list[int]]:
     """The rows `skdcache train` reads: micro-batch m is batch m % 6 of pass m // 6, one permutation a pass."""
-    from skdcache.loader import StepSchedule
+    from skdcache.training.loader import StepSchedule
 
     schedule = StepSchedule(96, BATCH, 3)
     return [schedule.rows_for(m).tolist() for m in range(ga * steps)]

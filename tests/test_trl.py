@@ -24,7 +24,7 @@ pytestmark = [
 
 def sft_trainer(config, dataset, out: Path, **kw):
     from skdcache.integrations.transformers import SkdTrainer
-    from skdcache.student import StudentSpec, build_student
+    from skdcache.training.student import StudentSpec, build_student
 
     class SkdSFTTrainer(SkdTrainer, trl.SFTTrainer):
         pass
@@ -84,8 +84,8 @@ def test_sft_assistant_mask_equals_the_cache_mask_with_generation_blocks(chat_da
     from test_chat import TEMPLATE
 
     from skdcache import DataSpec
-    from skdcache.chat import render_chat
-    from skdcache.data import load_rows, tokenize
+    from skdcache.data.chat import render_chat
+    from skdcache.data.rows import load_rows, tokenize
 
     tok = make_tokenizer(tmp_path / "tok")
     spec = DataSpec(str(chat_data), label_column=None, messages_column="messages")

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from skdcache.cache.catalog import dir_bytes
-from skdcache.data import DataSpec, load_rows
+from skdcache.data.rows import DataSpec, load_rows
 from skdcache.precompute import TargetOptions, precompute_teacher
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, bare_forward, machine, make_rows  # noqa: E402

@@ -41,11 +41,11 @@ from smollm import prepare_smollm
 
 from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache.catalog import array_sizes, token_bytes_per_token
-from skdcache.data import load_rows, tokenize
-from skdcache.loader import StudentInputs, student_batch
-from skdcache.losses import sampled_kd_loss, sequence_kd_loss, topk_kd_loss
-from skdcache.objective import sparse_entries
-from skdcache.student import StudentSpec, build_student
+from skdcache.data.rows import load_rows, tokenize
+from skdcache.distill.losses import sampled_kd_loss, sequence_kd_loss, topk_kd_loss
+from skdcache.distill.objective import sparse_entries
+from skdcache.training.loader import StudentInputs, student_batch
+from skdcache.training.student import StudentSpec, build_student
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"

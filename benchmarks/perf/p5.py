@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 from benchmarks.reuse import finished_run  # noqa: E402
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 from skdcache.cache.catalog import token_bytes_per_token
-from skdcache.data import load_rows
+from skdcache.data.rows import load_rows
 from skdcache.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ def reference_nll(model: Path, record: Path) -> dict:
         return json.loads(record.read_text())
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from skdcache.student import keep_layers
+    from skdcache.training.student import keep_layers
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = load_rows(DataSpec(str(DATA), split="validation", label_column=None)).texts

@@ -33,7 +33,7 @@ import torch
 from skdcache.cache import format as fmt
 from skdcache.cache.catalog import dir_bytes
 from skdcache.cache.writer import CacheWriter
-from skdcache.sources import CachedTargets, TeacherChoice
+from skdcache.targets.sources import CachedTargets, TeacherChoice
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, machine  # noqa: E402

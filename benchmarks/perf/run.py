@@ -29,13 +29,13 @@ from skdcache.cache import format as fmt
 from skdcache.cache.catalog import dir_bytes
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.writer import CacheWriter
-from skdcache.data import DataSpec, load_rows, pad_batch, tokenize
+from skdcache.data.rows import DataSpec, load_rows, pad_batch, tokenize
 from skdcache.demo import DEMO_DATA, pretrained_encoder
 from skdcache.device import autocast_dtype
 from skdcache.precompute import TargetOptions, precompute, precompute_teacher
-from skdcache.sources import CachedTargets, TeacherChoice
-from skdcache.student import keep_layers
-from skdcache.teachers import TeacherSpec
+from skdcache.targets.sources import CachedTargets, TeacherChoice
+from skdcache.teacher.load import TeacherSpec
+from skdcache.training.student import keep_layers
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -47,8 +47,8 @@ from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 from skdcache.cache import format as fmt
 from skdcache.cache.catalog import array_sizes, dir_bytes
 from skdcache.cache.reader import TeacherCache
-from skdcache.data import load_rows, tokenize
-from skdcache.provenance import package_versions
+from skdcache.data.rows import load_rows, tokenize
+from skdcache.teacher.provenance import package_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"

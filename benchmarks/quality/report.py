@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from benchmarks.quality.stats import paired
-from skdcache.runs import load_runs
+from skdcache.report.runs import load_runs
 
 MARKER = "<!-- reading -->"
 COMPARE = ("largest single", "best single", "average", "none")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
 from benchmarks.reuse import finished_run  # noqa: E402
-from skdcache.config import TrainConfig  # noqa: E402
-from skdcache.data import DataSpec  # noqa: E402
+from skdcache.data.rows import DataSpec  # noqa: E402
 from skdcache.train import train  # noqa: E402
+from skdcache.training.config import TrainConfig  # noqa: E402
 
 
 def main() -> None:

@@ -39,10 +39,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
 from benchmarks.quality.report import write_reports  # noqa: E402
 from benchmarks.reuse import finished_run  # noqa: E402
-from skdcache.data import DataSpec, load_rows
+from skdcache.data.rows import DataSpec, load_rows
 from skdcache.demo import pretrained_encoder
 from skdcache.precompute import TargetOptions, precompute
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 from skdcache.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def team(args) -> dict[str, tuple[str, str | None]]:
 
 def teacher_data(args, data: DataSpec, work: Path) -> DataSpec:
     """The next `train_rows` train rows (after the students' ones) and the same eval splits, as parquet files."""
-    from skdcache.tables import load_split  # the loader every command uses, so formats and columns agree
+    from skdcache.data.tables import load_split  # the loader every command uses, so formats and columns agree
 
     folder = work / "teacher-rows"
     if not (folder / "train.parquet").exists():

@@ -1,1 +1,1 @@
-"""The teacher-output cache: format (what), store (where), writer and reader."""
+"""Stage 2, the teacher-output cache: format (what), store (where), writer and reader."""

@@ -16,10 +16,10 @@ from skdcache.cache.manifest import DatasetInfo
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
 from skdcache.cache.selection import CacheEntry
-from skdcache.chat import check_template, render_chat
-from skdcache.data import DataSpec, TextRows, chat_rows, fingerprint_rows
+from skdcache.data.chat import check_template, render_chat
+from skdcache.data.rows import DataSpec, TextRows, chat_rows, fingerprint_rows
 from skdcache.errors import CacheError, SkdError
-from skdcache.plan import open_team
+from skdcache.training.plan import open_team
 
 ROW_COLUMN = "skd_row"
 

@@ -16,18 +16,18 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer
 
-from skdcache.config import TrainConfig
+from skdcache.distill.objective import build_objective, build_projectors, step_loss
 from skdcache.errors import SkdError
 from skdcache.fields import check_values
 from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
-from skdcache.loader import StepSchedule, StudentInputs, model_inputs, student_batch
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
-from skdcache.objective import build_objective, build_projectors, step_loss
-from skdcache.plan import fixed_sampler
-from skdcache.reduce import float32_vocab_projection
-from skdcache.sampling import Sampler
-from skdcache.sources import CachedTargets, TeacherDraws
-from skdcache.student import check_student_matches_teachers, student_inputs
+from skdcache.sampling.categorical import Sampler
+from skdcache.targets.sources import CachedTargets, TeacherDraws
+from skdcache.teacher.reduce import float32_vocab_projection
+from skdcache.training.config import TrainConfig
+from skdcache.training.loader import StepSchedule, StudentInputs, model_inputs, student_batch
+from skdcache.training.plan import fixed_sampler
+from skdcache.training.student import check_student_matches_teachers, student_inputs
 
 __all__ = ["SkdCollator", "SkdTrainer", "StepOrderSampler", "with_row_index"]
 
@@ -111,7 +111,7 @@ class SkdTrainer(Trainer):
         max_length: the student's truncation; default the cache's (token-level targets require it).
         chat_template: chat data: the template (text or file) to render the messages with; default the
             tokenizer's. It must be the one the caches were computed with.
-        sampler: a ready `skdcache.sampling` sampler, instead of `sampling`.
+        sampler: a ready `skdcache.sampling.categorical` sampler, instead of `sampling`.
 
     `train_dataset` is the `datasets.Dataset` the caches were computed from (its text/label columns, in order);
     the `skd_row` column is added when missing. Eval datasets are used as usual (labels-only loss).

@@ -9,10 +9,10 @@ from conftest import make_model, write_split
 
 from skdcache.cache.catalog import cache_info, list_root, verify_any_root
 from skdcache.cache.remote import RemoteRoot
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.errors import CacheError
 from skdcache.precompute import TargetOptions, precompute
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 
 
 @pytest.fixture(scope="module")

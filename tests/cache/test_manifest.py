@@ -178,7 +178,7 @@ def test_precompute_records_the_teacher_location(tmp_path: Path, monkeypatch):
     from conftest import make_model, write_split
 
     from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
-    from skdcache.provenance import teacher_location
+    from skdcache.teacher.provenance import teacher_location
 
     make_model(tmp_path / "teachers" / "t", "sequence")
     (tmp_path / "data").mkdir()

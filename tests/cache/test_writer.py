@@ -9,9 +9,9 @@ import zarr
 
 from skdcache.cache import format as fmt
 from skdcache.cache.manifest import read_manifest
-from skdcache.data import DataSpec, load_rows
+from skdcache.data.rows import DataSpec, load_rows
 from skdcache.precompute import TargetOptions, precompute_teacher
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 from tests.conftest import make_model
 
 KINDS = {
@@ -66,7 +66,7 @@ def test_shards_equal_zarrs_own_writes(tmp_path, data_dir, kind):
 
 
 def test_token_places_match_a_row_by_row_copy():
-    from skdcache.blocks import _token_places
+    from skdcache.teacher.blocks import _token_places
 
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 6, 40)

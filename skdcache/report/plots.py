@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from skdcache.runs import RunRecord, sort_key
+from skdcache.report.runs import RunRecord, sort_key
 
 DPI = 120
 

@@ -2,7 +2,7 @@
 
 `TeacherDraws` decides once per step which teachers it uses (a `TeacherChoice`); a `TargetSource` turns rows
 and a choice into one `Targets` per chosen teacher. The cache (`CachedTargets`) and live teachers
-(`skdcache.live.LiveTargets`) implement the same method, so the loop and the loss never ask where targets
+(`skdcache.targets.live.LiveTargets`) implement the same method, so the loop and the loss never ask where targets
 came from and "online equals cache" holds by construction.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.routing import draw_rows
-from skdcache.row_targets import merge_rows
-from skdcache.sampling import Sampler
+from skdcache.sampling.categorical import Sampler
+from skdcache.sampling.routing import draw_rows
+from skdcache.targets.row_targets import merge_rows
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class TeacherDraws:
         sampler: the teacher distribution of skd / online.
         n_teachers: team size.
         grad_accum: micro-batches per optimizer step; all of them share the step's teacher.
-        table: route / weight: per-row probabilities or weights [n_rows, n_teachers] (`skdcache.routing`).
+        table: route / weight: per-row probabilities or weights [n_rows, n_teachers] (`skdcache.sampling.routing`).
         seed: route: the seed of the per-row draws.
         summary: route / weight: how the table was made, for the run record.
     """

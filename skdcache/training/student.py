@@ -11,10 +11,10 @@ from torch import nn
 
 from skdcache.cache.fingerprint import tokenizer_hash
 from skdcache.cache.reader import TeacherCache
-from skdcache.data import TextRows, tokenize
+from skdcache.data.rows import TextRows, tokenize
 from skdcache.errors import SkdError
-from skdcache.loader import StudentInputs
 from skdcache.models import auto_class, load_tokenizer, resolve_model_dir
+from skdcache.training.loader import StudentInputs
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from skdcache.sampler_base import check_kind, check_seed, draw_teacher
+from skdcache.sampling.base import check_kind, check_seed, draw_teacher
 
 
 class ScheduleSampler:

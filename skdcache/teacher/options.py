@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skdcache.cache import format as fmt
-from skdcache.data import TextRows
+from skdcache.data.rows import TextRows
 from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
 from skdcache.models import detect_head, load_config, resolve_model_dir
-from skdcache.teachers import TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 
 
 @dataclass

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.errors import SkdError
-from skdcache.losses import (
+from skdcache.distill.losses import (
     HiddenProjector,
     hidden_state_loss,
     regression_kd_loss,
@@ -27,6 +26,7 @@ from skdcache.losses import (
     topk_kd_loss,
     uniform_layer_map,
 )
+from skdcache.errors import SkdError
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from skdcache.blocks import length_batches
-from skdcache.data import TextRows, tokenize
+from skdcache.data.metrics import PRIMARY, task_metrics
+from skdcache.data.rows import TextRows, tokenize
 from skdcache.device import autocast_dtype
-from skdcache.loader import StudentInputs, model_inputs, student_batch
-from skdcache.metrics import PRIMARY, task_metrics
-from skdcache.objective import label_loss
-from skdcache.reduce import teacher_batch
-from skdcache.teachers import LoadedTeacher
+from skdcache.distill.objective import label_loss
+from skdcache.teacher.blocks import length_batches
+from skdcache.teacher.load import LoadedTeacher
+from skdcache.teacher.reduce import teacher_batch
+from skdcache.training.loader import StudentInputs, model_inputs, student_batch
 
 
 @torch.no_grad()

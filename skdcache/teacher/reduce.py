@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from skdcache.cache import format as fmt
-from skdcache.data import Encoded, TextRows, mlm_positions, pad_batch, target_mask
+from skdcache.data.rows import Encoded, TextRows, mlm_positions, pad_batch, target_mask
 from skdcache.errors import SkdError
 from skdcache.stages import StageClock
-from skdcache.teachers import LoadedTeacher
+from skdcache.teacher.load import LoadedTeacher
 
 
 def label_permutation(config, rows: TextRows) -> torch.Tensor | None:

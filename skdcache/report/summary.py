@@ -10,8 +10,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from skdcache.plots import moving_average, plot_runs
-from skdcache.runs import MODE_ORDER, NON_SAMPLING_MODES, RunRecord, load_runs, sort_key
+from skdcache.report.plots import moving_average, plot_runs
+from skdcache.report.runs import MODE_ORDER, NON_SAMPLING_MODES, RunRecord, load_runs, sort_key
 
 __all__ = [
     "MODE_ORDER",

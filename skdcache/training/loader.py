@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from skdcache.data import Encoded, mlm_positions, pad_batch, target_mask
-from skdcache.sources import TargetSource, TeacherDraws
+from skdcache.data.rows import Encoded, mlm_positions, pad_batch, target_mask
+from skdcache.targets.sources import TargetSource, TeacherDraws
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skdcache.data import TextRows
+from skdcache.data.rows import TextRows
 from skdcache.version import __version__
 
 

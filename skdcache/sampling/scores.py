@@ -1,6 +1,6 @@
 """Per-row teacher scores: how well each cached teacher does on each row, from its cached targets and the labels.
 
-Per-row routing (`skdcache.routing`) picks a teacher for every row from these numbers. They cost one pass over a
+Per-row routing (`sampling.routing`) picks a teacher for every row from these numbers. They cost one pass over a
 cache's rows and no teacher forward, so old caches get them too; they are stored BESIDE the teacher cache
 (`<root>/<dataset_fp>/.scores/<cache_key>.<labels_hash>.npz`), never inside its checksummed group, keyed by the
 content they depend on (cache key, labels, `SCORES_VERSION`), written atomically and read without pickle.
@@ -8,7 +8,7 @@ content they depend on (cache key, labels, `SCORES_VERSION`), written atomically
 Sequence classification (logits at T = 1): `ce` = -log p(label), `entropy` of p, `correct` = argmax == label,
 `margin` = p(label) - max over the other classes (negative when wrong). Regression (one output): `ce` = squared
 error, `correct` = |error| <= REGRESSION_TOLERANCE x std(labels), `entropy` and `margin` are NaN. Token-level
-caches (MLM / causal) score against the rows' token ids: `skdcache.token_scores` gives the rules.
+caches (MLM / causal) score against the rows' token ids: `skdcache.sampling.token_scores` gives the rules.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.store import atomic_write
 from skdcache.errors import SkdError
-from skdcache.token_scores import pack_ids, token_scores
+from skdcache.sampling.token_scores import pack_ids, token_scores
 
 SCORES_VERSION = 1
 SCORE_NAMES = ("ce", "entropy", "correct", "margin")
@@ -89,7 +89,9 @@ def teacher_scores(cache: TeacherCache, labels: np.ndarray, task: str | None = N
     Args:
         task: classification | regression; default: regression when the labels are floats.
     """
-    if cache.targets.head != "sequence":  # token heads: `labels` are the rows' token ids (skdcache.token_scores)
+    if (
+        cache.targets.head != "sequence"
+    ):  # token heads: `labels` are the rows' token ids (skdcache.sampling.token_scores)
         packed = pack_ids(labels)
         path = scores_path(cache, packed)
         stored = read_scores(path, cache.n_rows)

@@ -14,17 +14,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from skdcache.checkpoint import TrainState
-from skdcache.config import TrainConfig
+from skdcache.distill.objective import Objective
 from skdcache.distributed import barrier
 from skdcache.errors import SkdError
-from skdcache.evaluate import evaluate
-from skdcache.loader import StudentInputs
-from skdcache.objective import Objective
-from skdcache.plan import RunPlan
-from skdcache.sampling import Sampler, describe
-from skdcache.sources import TargetSource, TeacherDraws
-from skdcache.student import count_parameters
+from skdcache.sampling.categorical import Sampler, describe
+from skdcache.targets.sources import TargetSource, TeacherDraws
+from skdcache.training.checkpoint import TrainState
+from skdcache.training.config import TrainConfig
+from skdcache.training.evaluate import evaluate
+from skdcache.training.loader import StudentInputs
+from skdcache.training.plan import RunPlan
+from skdcache.training.student import count_parameters
 
 
 @dataclass(kw_only=True)

@@ -20,7 +20,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from skdcache.data import TextRows, fingerprint_rows
+from skdcache.data.rows import TextRows, fingerprint_rows
 from skdcache.errors import SkdError
 
 GENERATION_BLOCK = re.compile(r"{%-?\s*generation\s*-?%}")

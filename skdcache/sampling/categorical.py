@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from skdcache.learned import LearnedSampler
-from skdcache.sampler_base import Sampler, check_kind, check_seed, draw_teacher
+from skdcache.sampling.base import Sampler, check_kind, check_seed, draw_teacher
+from skdcache.sampling.learned import LearnedSampler
 
 __all__ = [
     "KINDS",

@@ -1,6 +1,6 @@
 """Per-row teacher routing: each row of a batch draws its own teacher from probabilities built on cached scores.
 
-The rules turn the team's per-row scores (`skdcache.scores`) into a table ``[n_rows, n_teachers]`` once per
+The rules turn the team's per-row scores (`skdcache.sampling.scores`) into a table ``[n_rows, n_teachers]`` once per
 run; a row's draw at a step is keyed on ``(seed, step, row)``, so it does not depend on which other rows share
 its batch, and a resumed run, every DDP rank and every loader worker agree without sharing RNG state. A row
 whose probabilities are all zero (`smallest-correct` where no teacher is right) gets no teacher (-1).
@@ -13,7 +13,7 @@ import numpy as np
 
 from skdcache.cache.reader import TeacherCache
 from skdcache.errors import SkdError
-from skdcache.scores import teacher_scores
+from skdcache.sampling.scores import teacher_scores
 
 ROUTE_RULES = ("min-ce", "confidence", "ca-mkd", "smallest-correct", "uniform")
 WEIGHT_RULES = ("ca-mkd", "confidence", "uniform")

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skdcache.data import DataSpec
+from skdcache.data.rows import DataSpec
 from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
 from skdcache.models import check_model_path
@@ -92,7 +92,7 @@ class TrainConfig:
         if self.mode in ("route", "weight") and self.beta > 0:
             raise SkdError(f"--beta applies to one teacher per step, not --mode {self.mode}; drop --beta or use skd")
         if self.mode in ("route", "weight"):
-            from skdcache.routing import parse_rule  # the rule's own check, before any data is read
+            from skdcache.sampling.routing import parse_rule  # the rule's own check, before any data is read
 
             parse_rule(self.sampling, self.mode)
         check_ranges(self)

@@ -10,12 +10,12 @@ import torch
 
 from skdcache.cache import format as fmt
 from skdcache.cache.writer import CacheWriter
-from skdcache.data import Encoded
+from skdcache.data.rows import Encoded
 from skdcache.device import autocast_dtype
 from skdcache.errors import SkdError
-from skdcache.reduce import position_uniforms, target_positions, teacher_batch, teacher_forward
 from skdcache.stages import StageClock
-from skdcache.teachers import LoadedTeacher
+from skdcache.teacher.load import LoadedTeacher
+from skdcache.teacher.reduce import position_uniforms, target_positions, teacher_batch, teacher_forward
 
 
 def token_positions(head: str, enc: Encoded, tokenizer, spec: fmt.TargetSpec) -> list[np.ndarray] | None:

@@ -17,8 +17,8 @@ from pathlib import Path
 from skdcache.cache.fingerprint import canonical_hash, hash_files, model_weights_hash
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.store import write_json
-from skdcache.config import TrainConfig
-from skdcache.data import TextRows
+from skdcache.data.rows import TextRows
+from skdcache.training.config import TrainConfig
 
 log = logging.getLogger("skdcache")
 

@@ -17,16 +17,16 @@ import numpy as np
 from skdcache.cache.catalog import existing_root, find_teacher_caches, list_caches
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
-from skdcache.chat import check_template, render_chat
-from skdcache.config import MODES, TrainConfig
-from skdcache.data import TextRows, available_splits, load_rows
+from skdcache.data.chat import check_template, render_chat
+from skdcache.data.rows import TextRows, available_splits, load_rows
 from skdcache.distributed import from_rank0_object
 from skdcache.errors import SkdError
-from skdcache.loader import StepSchedule
-from skdcache.pilots import pilot_metrics
-from skdcache.sampling import LearnedSampler, Sampler, build_sampler
-from skdcache.student import student_tokenizer
-from skdcache.student_aware import FitSampler, ScheduleSampler
+from skdcache.sampling.categorical import LearnedSampler, Sampler, build_sampler
+from skdcache.sampling.student_aware import FitSampler, ScheduleSampler
+from skdcache.training.config import MODES, TrainConfig
+from skdcache.training.loader import StepSchedule
+from skdcache.training.pilots import pilot_metrics
+from skdcache.training.student import student_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,18 @@ import numpy as np
 import torch
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.data import TextRows, tokenize
+from skdcache.data.rows import TextRows, tokenize
 from skdcache.device import autocast_dtype
 from skdcache.errors import SkdError
-from skdcache.reduce import label_permutation, position_uniforms, target_positions, teacher_batch, teacher_forward
-from skdcache.sources import TeacherChoice
-from skdcache.teachers import TeacherSpec, load_teacher
+from skdcache.targets.sources import TeacherChoice
+from skdcache.teacher.load import TeacherSpec, load_teacher
+from skdcache.teacher.reduce import (
+    label_permutation,
+    position_uniforms,
+    target_positions,
+    teacher_batch,
+    teacher_forward,
+)
 
 
 def find_teacher(cache: TeacherCache, moved: dict[str, str] | None = None) -> str:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skdcache import fields
+from skdcache.data.tables import available_splits, load_split
 from skdcache.errors import SkdError
-from skdcache.tables import available_splits, load_split
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def _tokenize_chat(tokenizer, rows: TextRows, max_length: int) -> Encoded:
     """Rendered conversations: no added special tokens (the template writes them), and a token is an assistant
     token when its characters overlap an assistant span."""
     if rows.spans is None:
-        raise SkdError("chat rows must be rendered with a chat template first (skdcache.chat.render_chat)")
+        raise SkdError("chat rows must be rendered with a chat template first (skdcache.data.chat.render_chat)")
     if not getattr(tokenizer, "is_fast", False):
         raise SkdError(f"chat data needs a fast tokenizer (character offsets); {type(tokenizer).__name__} is not")
     enc = tokenizer(

@@ -136,7 +136,7 @@ def sampled_kd_loss(
     """Token-level KD against a sparse teacher target: ids with the teacher mass each one stands for.
 
     ``loss = T^2 * sum_j w_j * (lp_j - log q_T(id_j))`` with ``q_T = softmax(student_logits / T)``. The
-    targets come from ``skdcache.reduce.sample_targets``: for ids drawn from the teacher's tempered
+    targets come from ``skdcache.teacher.reduce.sample_targets``: for ids drawn from the teacher's tempered
     distribution ``p_T`` with weights ``count / N`` (``sampled``), or exact top-k masses plus tail draws
     weighted ``tail_mass * count / N`` (``hybrid``), both the loss and its gradient are unbiased estimates of
     the full-vocabulary ``T^2 * KL(p_T || q_T)`` and its gradient (Sparse Logit Sampling, Anshumann et al.,
