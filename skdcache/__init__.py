@@ -1,11 +1,13 @@
 """skdcache: Stochastic Knowledge Distillation from an offline Zarr v3 cache of teacher outputs."""
 
-from skdcache.cache.reader import Targets, TeacherCache  # noqa: E402
-from skdcache.data.rows import DataSpec, load_rows  # noqa: E402
-from skdcache.errors import CacheError, SkdError  # noqa: E402
-from skdcache.precompute import TargetOptions, precompute  # noqa: E402
-from skdcache.teacher.load import TeacherSpec  # noqa: E402
-from skdcache.version import __version__  # noqa: E402
+from skdcache.cache.reader import Targets, TeacherCache
+from skdcache.data.rows import DataSpec, load_rows
+from skdcache.errors import CacheError, SkdError
+from skdcache.precompute import TargetOptions, precompute
+from skdcache.teacher.load import TeacherSpec
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
+from skdcache.version import __version__
 
 __all__ = [
     "CacheError",
@@ -15,7 +17,9 @@ __all__ = [
     "Targets",
     "TeacherCache",
     "TeacherSpec",
+    "TrainConfig",
     "__version__",
     "load_rows",
     "precompute",
+    "train",
 ]

@@ -5,13 +5,15 @@ python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_helper
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
-import skdcache.train as train_module
 from skdcache.data.rows import DataSpec
 from skdcache.train import TrainConfig, evaluate_and_checkpoint, train
+
+train_module = importlib.import_module("skdcache.train")  # the package exports a function of that name
 
 
 def main() -> None:

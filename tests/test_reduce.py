@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_train_registers_the_student_projection(monkeypatch, tmp_path: Path):
     """`skdcache train` under (forced) bf16 autocast on CPU: the student's logits reach the loss in float32."""
     from conftest import write_split
 
-    import skdcache.train as train_module
+    train_module = importlib.import_module("skdcache.train")  # the package exports a function of that name
     from skdcache import DataSpec, TargetOptions, precompute
     from skdcache.training.config import TrainConfig
 

@@ -4,6 +4,7 @@ per row, resume, the merged targets and the per-row KD mask, and bad flag combin
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def test_route_matches_a_choice_made_by_hand(team, tmp_path: Path):
 
 
 def test_resumed_route_run_equals_an_uninterrupted_one(team, tmp_path: Path, monkeypatch):
-    import skdcache.train as train_module
+    train_module = importlib.import_module("skdcache.train")  # the package exports a function of that name
 
     def cfg_for(out: Path, **kw) -> TrainConfig:
         return cfg(team, out, mode="route", sampling="confidence", **kw)

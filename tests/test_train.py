@@ -391,7 +391,7 @@ RESUME = dict(max_steps=6, eval_every=3)  # checkpoints at 3 and 6; run B stops 
 
 
 def _crash_after_checkpoint(monkeypatch, at_step: int) -> None:
-    import skdcache.train as train_module
+    train_module = importlib.import_module("skdcache.train")  # the package exports a function of that name
 
     def evaluate_and_save(run, state, *args, **kwargs):
         evaluate_and_checkpoint(run, state, *args, **kwargs)
