@@ -29,9 +29,7 @@ from skdcache.distributed import (
     rank_and_size,
 )
 from skdcache.errors import SkdError
-from skdcache.sampling.categorical import LearnedSampler
 from skdcache.sampling.routing import routing_for_run
-from skdcache.sampling.student_aware import FitSampler
 from skdcache.targets.live import LiveTargets
 from skdcache.targets.sources import CachedTargets, TargetSource, TeacherChoice, TeacherDraws
 from skdcache.teacher.reduce import float32_vocab_projection
@@ -172,7 +170,7 @@ def fit(run: Run) -> dict:
     log_path = run.out / "metrics.jsonl" if run.rank == 0 else Path(os.devnull)
     metrics_log = open(log_path, "a" if cfg.resume else "w", buffering=1)  # line-buffered: tail -f works
     micro = cfg.grad_accum
-    read_ahead = (run.draws, run.source) if run.draws.fixed and isinstance(run.source, CachedTargets) else None
+    read_ahead = (run.draws, run.source) if run.draws.fixed and run.source.read_ahead else None
     part = (run.rank, run.world)
     batches = StepBatches(run.inputs, plan.schedule, state.step * micro, plan.total_steps * micro, part, read_ahead)
     loader = step_loader(batches, cfg.num_workers, cfg.seed)
@@ -180,12 +178,13 @@ def fit(run: Run) -> dict:
     show = cfg.progress and run.rank == 0
     bar = tqdm(total=plan.total_steps, initial=state.step, desc=f"train {cfg.mode}", unit="step", disable=not show)
     t0, loop_t0 = time.perf_counter() - state.elapsed, time.perf_counter()
-    reward = _heldout_reward(run)
+    if run.sampler is not None:  # adaptive samplers measure where the student starts (e.g. its held-out loss)
+        run.sampler.observe(state.step, StudentFeedback(run, None))
     routed: Counter = Counter()  # route: rows per teacher in the current optimizer step
-    refresh_at = max(1, int(cfg.warmup_ratio * plan.total_steps))  # student-fit: end of warm-up, then each eval
     model.train()
     for i, batch in enumerate(loader):
-        choice = run.draws(batch["step"], batch["rows"].numpy())  # 1. sample a teacher (per row: route)
+        # 1. sample a teacher (per row: route); a loader that read targets ahead sends its draw with the batch
+        choice = batch["choice"] if "choice" in batch else run.draws(batch["step"], batch["rows"].numpy())
         targets = batch.get("targets")
         if targets is None:  # 2. read its targets (when the loader could not read them ahead)
             targets = run.source.targets(batch["rows"].numpy(), choice)
@@ -214,12 +213,10 @@ def fit(run: Run) -> dict:
             record["teacher_rows"] = dict(routed)
             state.histogram.update(routed)
             routed.clear()
-        if reward is not None:  # learned sampling: reward the drawn teacher by the held-out loss it removed
-            record["probs"] = reward(choice.single)
-            state.history.append(record["probs"])
-        if isinstance(run.sampler, FitSampler) and (state.step == refresh_at or state.step % plan.eval_every == 0):
-            run.sampler.refresh(_heldout_kd(run))
-            record["probs"] = [round(float(p), 4) for p in run.sampler.probs()]
+        probs = run.sampler.observe(state.step, StudentFeedback(run, choice.single)) if run.sampler else None
+        if probs is not None:  # an adaptive sampler moved (learned: every step; student-fit: at its refreshes)
+            record["probs"] = probs
+            state.history.append(probs)
         metrics_log.write(json.dumps(record) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", teacher=record.get("teacher", "-"), refresh=False)
@@ -245,33 +242,31 @@ def _optimizer(params: list, cfg: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _heldout_reward(run: Run) -> Callable[[int], list[float]] | None:
-    """`learned` sampling: after each step, reward its teacher by the drop of the held-out labels-only loss."""
-    if not isinstance(run.sampler, LearnedSampler):
-        return None
-    held = {"loss": heldout_loss(run.model, run.inputs, run.plan.heldout, run.objective, run.device)}
+class StudentFeedback:
+    """What an adaptive sampler may ask about the student after a step (`sampling.base.Feedback`): each value
+    is computed on the held-out rows only when asked, and is rank 0's on every rank."""
 
-    def reward(teacher: int) -> list[float]:
-        now = heldout_loss(run.model, run.inputs, run.plan.heldout, run.objective, run.device)
-        run.sampler.update(teacher, from_rank0(held["loss"] - now, run.device))
-        held["loss"] = now
-        return [round(float(p), 4) for p in run.sampler.probs()]
+    def __init__(self, run: Run, teacher: int | None):
+        self.run, self.teacher = run, teacher
 
-    return reward
+    def heldout_loss(self) -> float:
+        run = self.run
+        return from_rank0(heldout_loss(run.model, run.inputs, run.plan.heldout, run.objective, run.device), run.device)
 
-
-@torch.no_grad()
-def _heldout_kd(run: Run) -> list[float]:
-    """`student-fit`: the current student's KD loss against each teacher's cached targets on held-out rows."""
-    run.model.eval()
-    batch = {k: v.to(run.device) for k, v in student_batch(run.inputs, run.plan.heldout).items()}
-    logits = run.model(**model_inputs(batch)).logits
-    losses = []
-    for t in range(len(run.caches)):
-        (targets,) = run.source.targets(run.plan.heldout, TeacherChoice((t,)))
-        losses.append(from_rank0(float(soft_loss(run.objective, logits, batch, [targets.to(run.device)])), run.device))
-    run.model.train()
-    return losses
+    @torch.no_grad()
+    def teacher_losses(self) -> list[float]:
+        """The current student's KD loss against each teacher's cached targets on the held-out rows."""
+        run = self.run
+        run.model.eval()
+        batch = {k: v.to(run.device) for k, v in student_batch(run.inputs, run.plan.heldout).items()}
+        logits = run.model(**model_inputs(batch)).logits
+        losses = []
+        for t in range(len(run.caches)):
+            (targets,) = run.source.targets(run.plan.heldout, TeacherChoice((t,)))
+            loss = float(soft_loss(run.objective, logits, batch, [targets.to(run.device)]))
+            losses.append(from_rank0(loss, run.device))
+        run.model.train()
+        return losses
 
 
 def evaluate_and_checkpoint(run: Run, state: TrainState, optimizer, scheduler, metrics_log) -> None:

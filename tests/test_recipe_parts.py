@@ -15,7 +15,8 @@ from conftest import make_model
 from skdcache.cache.reader import Targets
 from skdcache.data.rows import DataSpec
 from skdcache.distill.objective import Objective, step_loss
-from skdcache.sampling.categorical import LearnedSampler, from_weights
+from skdcache.sampling.categorical import from_weights
+from skdcache.sampling.learned import LearnedSampler
 from skdcache.targets.sources import TeacherChoice, TeacherDraws
 from skdcache.training.config import TrainConfig
 from skdcache.training.pilots import pilot_key, pilot_metrics

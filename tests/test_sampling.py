@@ -8,15 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from skdcache.sampling.categorical import (
-    LearnedSampler,
-    Sampler,
-    build_sampler,
-    describe,
-    from_metrics,
-    from_weights,
-    uniform,
-)
+from skdcache.sampling.base import Sampler
+from skdcache.sampling.categorical import describe, from_metrics, from_weights, uniform
+from skdcache.sampling.factory import build_sampler
+from skdcache.sampling.learned import LearnedSampler
 from skdcache.sampling.student_aware import FitSampler, ScheduleSampler
 
 N_DRAWS = 20_000
@@ -307,7 +302,7 @@ def _team(sizes: list[int | None]):
         SimpleNamespace(name=f"t{i}", manifest=SimpleNamespace(teacher=SimpleNamespace(num_parameters=s)))
         for i, s in enumerate(sizes)
     ]
-    return SimpleNamespace(caches=caches, total_steps=10)
+    return SimpleNamespace(caches=caches, total_steps=10, eval_every=5)
 
 
 @pytest.mark.parametrize(("kind", "most"), [("student-fit", 20), ("learned", 50)])
@@ -317,7 +312,9 @@ def test_too_large_a_team_is_refused_in_one_line_naming_the_limit(kind: str, mos
     from skdcache import SkdError
     from skdcache.training.plan import sampler_for_run
 
-    cfg = SimpleNamespace(mode="skd", sampling=kind, seed=0, learned_lr=0.1)
+    cfg = SimpleNamespace(
+        mode="skd", sampling=kind, seed=0, learned_lr=0.1, sampling_temperature=0.05, warmup_ratio=0.1
+    )
     assert sampler_for_run(cfg, _team([1] * most), None) is not None
     with pytest.raises(SkdError) as err:
         sampler_for_run(cfg, _team([1] * (most + 1)), None)
@@ -330,7 +327,9 @@ def test_small_to_large_says_when_team_order_decides(caplog) -> None:
 
     from skdcache.training.plan import sampler_for_run
 
-    cfg = SimpleNamespace(mode="skd", sampling="small-to-large", seed=0)
+    cfg = SimpleNamespace(
+        mode="skd", sampling="small-to-large", seed=0, learned_lr=0.1, sampling_temperature=0.05, warmup_ratio=0.1
+    )
     with caplog.at_level("WARNING", logger="skdcache.training.plan"):
         sampler_for_run(cfg, _team([3, 1, 2]), None)
     assert not caplog.records
@@ -344,7 +343,7 @@ def test_docs_say_one_teacher_per_optimizer_step():
     """docs/sampling.md once said a teacher is drawn per micro-batch under --grad-accum; it is per step."""
     from pathlib import Path
 
-    from skdcache.sampling.categorical import build_sampler
+    from skdcache.sampling.factory import build_sampler
     from skdcache.targets.sources import TeacherDraws
 
     text = (Path(__file__).parents[1] / "docs" / "sampling.md").read_text()

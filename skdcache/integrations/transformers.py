@@ -21,7 +21,7 @@ from skdcache.errors import SkdError
 from skdcache.fields import check_values
 from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
-from skdcache.sampling.categorical import Sampler
+from skdcache.sampling.base import Sampler
 from skdcache.targets.sources import CachedTargets, TeacherDraws
 from skdcache.teacher.reduce import float32_vocab_projection
 from skdcache.training.config import TrainConfig

@@ -1,8 +1,9 @@
 """What every teacher sampler shares: the `Sampler` interface and the draw keyed on ``(seed, step)``.
 
 Draws are keyed on ``(seed, step)`` instead of a running RNG so that every DDP rank and a resumed run pick
-the same teacher at the same step without saving RNG state. This module sits below both `sampling`
-(fixed distributions) and `learned` (the online one), so neither imports the other for it.
+the same teacher at the same step without saving RNG state. Adaptive samplers (learned, student-fit) also
+hear from the training loop through one hook, `observe(step, feedback)`, so the loop never asks which kind
+of sampler it holds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,21 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 
+class Feedback(Protocol):
+    """What the training loop can tell a sampler about the student; each value is computed only when asked,
+    and is rank 0's value on every DDP rank (so every rank keeps one distribution)."""
+
+    teacher: int | None  # the teacher of the step just taken; None when the loop starts (or resumes)
+
+    def heldout_loss(self) -> float:
+        """The student's labels-only loss on the held-out rows."""
+        ...
+
+    def teacher_losses(self) -> list[float]:
+        """The student's KD loss against each teacher's targets on the held-out rows, ``[n_teachers]``."""
+        ...
+
+
 @runtime_checkable
 class Sampler(Protocol):
     """Shared interface of all teacher samplers."""
@@ -20,6 +36,12 @@ class Sampler(Protocol):
     @property
     def kind(self) -> str:
         """Name used in run records, e.g. ``"uniform"``."""
+        ...
+
+    @property
+    def adaptive(self) -> bool:
+        """True when draws depend on the student (via `observe`): they are then taken in the training process,
+        not read ahead by loader workers."""
         ...
 
     def sample(self, step: int) -> int:
@@ -36,6 +58,11 @@ class Sampler(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state produced by :meth:`state_dict`."""
+        ...
+
+    def observe(self, step: int, feedback: Feedback) -> list[float] | None:
+        """Called when the loop starts and after every optimizer step `step`; returns the new distribution
+        (rounded, for the step's log) when it changed, else None. Fixed samplers return None."""
         ...
 
 

@@ -1,9 +1,7 @@
-"""Teacher-sampling distributions for stochastic knowledge distillation.
+"""The fixed teacher distributions of stochastic knowledge distillation: uniform, custom weights, metric-ranked.
 
-At every training step one teacher index is drawn from a categorical distribution. This module holds the
-fixed distributions and `build_sampler`, which turns `--sampling` options into any sampler; the shared
-interface and the ``(seed, step)``-keyed draw are in `sampler_base`, the online distribution in `learned`
-(re-exported here, so callers keep one import).
+At every training step one teacher index is drawn from a categorical distribution. The shared interface and
+the ``(seed, step)``-keyed draw are in `base`; `factory.build_sampler` turns `--sampling` into any sampler.
 """
 
 from __future__ import annotations
@@ -14,22 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from skdcache.sampling.base import Sampler, check_kind, check_seed, draw_teacher
-from skdcache.sampling.learned import LearnedSampler
-
-__all__ = [
-    "KINDS",
-    "CategoricalSampler",
-    "LearnedSampler",
-    "Sampler",
-    "build_sampler",
-    "describe",
-    "from_metrics",
-    "from_weights",
-    "uniform",
-]
-
-KINDS = ("uniform", "teacher-rank", "student-rank", "weights", "learned", "small-to-large", "student-fit")
+from skdcache.sampling.base import Feedback, Sampler, check_kind, check_seed, draw_teacher
 
 
 class CategoricalSampler:
@@ -79,6 +62,9 @@ class CategoricalSampler:
         self._probs = probs
         self._seed = check_seed(state["seed"])
         self._meta = dict(state.get("meta", {}))
+
+    def observe(self, step: int, feedback: Feedback) -> None:
+        return None  # fixed: nothing the student does changes it
 
 
 def _check_probs(probs: Sequence[float]) -> np.ndarray:
@@ -158,51 +144,6 @@ def from_metrics(
     probs = np.exp(logits - logits.max())
     meta = {"metrics": arr.tolist(), "temperature": float(temperature), "higher_is_better": higher_is_better}
     return CategoricalSampler(probs / probs.sum(), seed, kind=kind, meta=meta)
-
-
-def build_sampler(
-    kind: str,
-    n_teachers: int,
-    seed: int,
-    metrics: Sequence[float] | None = None,
-    weights: Sequence[float] | None = None,
-    temperature: float = 0.05,
-    *,
-    higher_is_better: bool = True,
-    lr: float = 0.1,
-    min_prob: float = 0.02,
-) -> Sampler:
-    """Build a sampler from CLI-style options.
-
-    ``metrics`` is used only by the rank kinds, ``weights`` only by ``weights``, and ``lr`` / ``min_prob``
-    only by ``learned``; the rest is ignored so callers can pass every option unconditionally.
-
-    Args:
-        kind: One of ``uniform``, ``teacher-rank``, ``student-rank``, ``weights``, ``learned``.
-        n_teachers: Team size.
-        seed: Non-negative seed.
-        metrics: One metric per teacher, ``[n_teachers]`` (teacher-rank, student-rank).
-        weights: One weight per teacher, ``[n_teachers]`` (weights).
-        temperature: Metric softmax temperature (teacher-rank, student-rank).
-        higher_is_better: Metric direction (teacher-rank, student-rank).
-        lr: Logit step size (learned).
-        min_prob: Probability floor (learned).
-    """
-    if kind == "uniform":
-        return uniform(n_teachers, seed)
-    if kind in ("teacher-rank", "student-rank"):
-        if metrics is None:
-            raise ValueError(f"sampler {kind!r} needs one metric per teacher: pass metrics (e.g. from the run records)")
-        if len(metrics) != n_teachers:
-            raise ValueError(f"got {len(metrics)} metrics for {n_teachers} teachers: give one metric per teacher")
-        return from_metrics(metrics, seed, temperature, higher_is_better, kind=kind)
-    if kind == "weights":
-        if weights is None:
-            raise ValueError("sampler 'weights' needs weights: pass e.g. weights=0.2,0.3,0.5")
-        return from_weights(weights, n_teachers, seed)
-    if kind == "learned":
-        return LearnedSampler(n_teachers, seed, lr=lr, min_prob=min_prob)
-    raise ValueError(f"unknown sampler kind {kind!r}: choose one of {', '.join(KINDS)}")
 
 
 def describe(sampler: Sampler) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from skdcache.sampling.base import check_kind, check_seed, draw_teacher
+from skdcache.sampling.base import Feedback, check_kind, check_seed, draw_teacher
 
 
 class LearnedSampler:
@@ -51,6 +51,7 @@ class LearnedSampler:
         self._scale_sq: float | None = None
         self._steps = 0
         self._history: list[list[float]] = []
+        self._heldout: float | None = None  # the held-out loss before the current step (not state: re-measured)
         self._set_hyper(lr, baseline_momentum, min_prob)
 
     def _set_hyper(self, lr: float, baseline_momentum: float, min_prob: float) -> None:
@@ -98,6 +99,14 @@ class LearnedSampler:
         self._baseline = self._momentum * self._baseline + (1.0 - self._momentum) * reward
         self._steps += 1
         self._history.append(self.probs().tolist())
+
+    def observe(self, step: int, feedback: Feedback) -> list[float] | None:
+        """Reward the step's teacher by the drop of the held-out labels-only loss it caused."""
+        before, self._heldout = self._heldout, feedback.heldout_loss()
+        if feedback.teacher is None or before is None:  # the loop starts: measure the loss the first step lowers
+            return None
+        self.update(feedback.teacher, before - self._heldout)
+        return [round(float(p), 4) for p in self.probs()]
 
     def history(self) -> list[list[float]]:
         """Probs after each update since construction or the last load (not checkpointed, to stay small)."""

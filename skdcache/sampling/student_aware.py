@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from skdcache.sampling.base import check_kind, check_seed, draw_teacher
+from skdcache.sampling.base import Feedback, check_kind, check_seed, draw_teacher
 
 
 class ScheduleSampler:
@@ -58,6 +58,9 @@ class ScheduleSampler:
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "seed": self._seed, "total_steps": self._total, "rank": self._rank.tolist()}
 
+    def observe(self, step: int, feedback: Feedback) -> None:
+        return None  # a schedule of the step alone
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check_kind(self.kind, state)
         if list(state["rank"]) != self._rank.tolist() or int(state["total_steps"]) != self._total:
@@ -74,12 +77,22 @@ class FitSampler:
         temperature: Softmax temperature relative to the mean KD loss; 0.25 makes a teacher whose loss is a
             quarter of the mean above the best one e times less likely.
         min_prob: Floor per teacher, so a teacher the student cannot follow yet is still drawn now and then.
+        first_refresh: the step after which the distribution is first measured (the end of warm-up).
+        refresh_every: then after every multiple of it (the evaluation interval); 0: only once.
     """
 
     kind = "student-fit"
     adaptive = True  # the distribution depends on the student: draws are taken in the training process
 
-    def __init__(self, n: int, seed: int, temperature: float = 0.25, min_prob: float = 0.05) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        temperature: float = 0.25,
+        min_prob: float = 0.05,
+        first_refresh: int = 1,
+        refresh_every: int = 0,
+    ) -> None:
         if n < 1:
             raise ValueError(f"team size must be >= 1, got {n}")
         if not temperature > 0 or not 0 <= n * min_prob <= 1:
@@ -87,6 +100,15 @@ class FitSampler:
         self._seed, self._temperature, self._min_prob = check_seed(seed), float(temperature), float(min_prob)
         self._probs = np.full(n, 1.0 / n)
         self._losses: list[float] | None = None
+        self._first, self._every = first_refresh, refresh_every
+
+    def observe(self, step: int, feedback: Feedback) -> list[float] | None:
+        """Refresh from the held-out KD losses at the end of warm-up and at every evaluation step."""
+        due = step == self._first or (self._every > 0 and step % self._every == 0)
+        if feedback.teacher is None or not due:
+            return None
+        self.refresh(feedback.teacher_losses())
+        return [round(float(p), 4) for p in self.probs()]
 
     def refresh(self, kd_losses: Sequence[float]) -> None:
         """New distribution from each teacher's held-out KD loss against the current student."""

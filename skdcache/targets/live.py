@@ -53,6 +53,8 @@ class LiveTargets:
         moved: NAME -> PATH for teachers whose model is no longer where precompute found it.
     """
 
+    read_ahead = False  # the models live in the training process (and on its device)
+
     def __init__(
         self,
         caches: list[TeacherCache],

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from skdcache.cache.reader import Targets, TeacherCache
-from skdcache.sampling.categorical import Sampler
+from skdcache.sampling.base import Sampler
 from skdcache.sampling.routing import draw_rows
 from skdcache.targets.row_targets import merge_rows
 
@@ -41,11 +41,15 @@ class TeacherChoice:
 class TargetSource(Protocol):
     """Teacher targets for a batch of rows; one `Targets` per chosen teacher, in the choice's order."""
 
+    read_ahead: bool  # may DataLoader workers read targets ahead of the loop (cache reads: yes; live models: no)
+
     def targets(self, rows: np.ndarray, choice: TeacherChoice) -> list[Targets]: ...
 
 
 class CachedTargets:
     """Targets read from teacher caches. Holds paths only, so DataLoader workers can carry it and read ahead."""
+
+    read_ahead = True
 
     def __init__(self, paths: list[str]):
         self.paths = paths
@@ -105,7 +109,7 @@ class TeacherDraws:
 
     @property
     def fixed(self) -> bool:
-        return not getattr(self.sampler, "adaptive", False)
+        return self.sampler is None or not self.sampler.adaptive
 
     def __call__(self, micro_step: int, rows: np.ndarray | None = None) -> TeacherChoice:
         """The step's teachers; route and weight need the batch's `rows` (global row ids)."""

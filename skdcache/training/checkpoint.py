@@ -31,7 +31,7 @@ class TrainState:
     step: int = 0
     histogram: Counter = field(default_factory=Counter)  # optimizer steps per teacher name
     best: dict | None = None  # the best evaluation, with its step
-    history: list = field(default_factory=list)  # learned sampling: the distribution after every step
+    history: list = field(default_factory=list)  # adaptive sampling: the distribution after each of its moves
     elapsed: float = 0.0  # training seconds before this process (resume)
     last_eval: tuple[int, dict] | None = None  # (step, metrics) of the latest evaluation of this process
 

@@ -119,9 +119,10 @@ class StepBatches(Dataset):
             rows = np.array_split(rows, self.world)[self.rank]
         batch = student_batch(self.inputs, rows)
         batch["step"], batch["rows"] = step, torch.from_numpy(rows)
-        if self.read_ahead is not None:
+        if self.read_ahead is not None:  # the step's draw travels with its batch: the loop does not draw again
             draws, source = self.read_ahead
-            batch["targets"] = source.targets(rows, draws(step, rows))
+            batch["choice"] = draws(step, rows)
+            batch["targets"] = source.targets(rows, batch["choice"])
         return batch
 
 

@@ -6,7 +6,6 @@ combination fails in seconds with one line, not after the student is built.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -21,8 +20,8 @@ from skdcache.data.chat import check_template, render_chat
 from skdcache.data.rows import TextRows, available_splits, load_rows
 from skdcache.distributed import from_rank0_object
 from skdcache.errors import SkdError
-from skdcache.sampling.categorical import LearnedSampler, Sampler, build_sampler
-from skdcache.sampling.student_aware import FitSampler, ScheduleSampler
+from skdcache.sampling.base import Sampler
+from skdcache.sampling.factory import build_sampler
 from skdcache.training.config import MODES, TrainConfig
 from skdcache.training.loader import StepSchedule
 from skdcache.training.pilots import pilot_metrics
@@ -171,33 +170,26 @@ def sampler_for_run(cfg: TrainConfig, plan: RunPlan, run_pilot: Callable[[TrainC
     """
     if cfg.mode not in ("skd", "online"):
         return None
-    kind, n = cfg.sampling, len(plan.caches)
-    if kind == "learned":
-        return LearnedSampler(_team_limit(kind, n, LearnedSampler), cfg.seed, lr=cfg.learned_lr)
-    if kind == "small-to-large":
-        sizes = [c.manifest.teacher.num_parameters or 0 for c in plan.caches]
-        _warn_unordered(plan.caches, sizes)
-        return ScheduleSampler(sizes, plan.total_steps, cfg.seed)
-    if kind == "student-fit":
-        return FitSampler(_team_limit(kind, n, FitSampler), cfg.seed)
     metrics = None
-    if kind == "student-rank":
+    if cfg.sampling == "student-rank":
         # half the run: a tenth (the first default) left every pilot at majority-class accuracy, i.e. uniform
         steps = cfg.pilot_steps or max(1, plan.total_steps // 2)
         metrics = pilot_metrics(cfg, plan.rows, plan.eval_rows, plan.caches, steps, run_pilot)
-    return fixed_sampler(kind, plan.caches, cfg.seed, cfg.sampling_temperature, metrics)
-
-
-def _team_limit(kind: str, n: int, sampler: type) -> int:
-    """`n`, or a one-line refusal: these samplers keep a floor `min_prob` per teacher, so `n * min_prob <= 1`."""
-    floor = inspect.signature(sampler).parameters["min_prob"].default
-    most = int(1 / floor + 1e-9)
-    if n > most:
-        raise SkdError(
-            f"--sampling {kind} draws every teacher at least {floor:.0%} of the time, so it takes at most {most} "
-            f"teachers, not {n}; pass --teachers with {most} or fewer, or another --sampling"
-        )
-    return n
+    sizes = [c.manifest.teacher.num_parameters or 0 for c in plan.caches]
+    if cfg.sampling == "small-to-large":
+        _warn_unordered(plan.caches, sizes)
+    refresh = (max(1, int(cfg.warmup_ratio * plan.total_steps)), plan.eval_every)  # student-fit: warm-up, evals
+    return _build(
+        cfg.sampling,
+        plan.caches,
+        cfg.seed,
+        cfg.sampling_temperature,
+        metrics,
+        cfg.learned_lr,
+        sizes=sizes,
+        total_steps=plan.total_steps,
+        refresh=refresh,
+    )
 
 
 def _warn_unordered(caches: list[TeacherCache], sizes: list[int]) -> None:
@@ -213,26 +205,26 @@ def _warn_unordered(caches: list[TeacherCache], sizes: list[int]) -> None:
 def fixed_sampler(
     sampling: str, caches: list[TeacherCache], seed: int, temperature: float, metrics: list[float] | None = None
 ) -> Sampler:
-    """The distributions known before training: uniform, weights=..., teacher-rank, and student-rank from
-    pilot `metrics`. `skdcache train` and the Trainer integration build them here, so their draws agree."""
-    kind, weights = sampling, None
-    if kind.startswith("weights="):
-        kind = "weights"
-        try:
-            weights = [float(x) for x in sampling.split("=", 1)[1].split(",")]
-        except ValueError:
-            raise SkdError(f"--sampling {sampling}: write weights=0.2,0.3,0.5 (one number per teacher)") from None
-    if kind == "teacher-rank":
-        missing = [c.name for c in caches if not c.manifest.metric]
-        if missing:
-            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
-        metrics = [c.manifest.metric.value for c in caches]
+    """The distributions known before training (uniform, weights=..., teacher-rank, student-rank from pilot
+    `metrics`), for callers without the training loop's pilots, held-out rows or step budget (the Trainer
+    integration)."""
+    kind = sampling.split("=", 1)[0]
     if kind in ("learned", "small-to-large", "student-fit") or (kind == "student-rank" and metrics is None):
         raise SkdError(
             f"--sampling {kind} needs the training loop's pilots, held-out rows or step budget: use "
             "`skdcache train`, or pass a ready sampler"
         )
+    return _build(sampling, caches, seed, temperature, metrics)
+
+
+def _build(sampling: str, caches: list[TeacherCache], seed: int, temperature: float, metrics, lr=0.1, **loop):
+    """`build_sampler` with the team's validation metrics for teacher-rank; its refusals as one-line errors."""
+    if sampling == "teacher-rank":
+        missing = [c.name for c in caches if not c.manifest.metric]
+        if missing:
+            raise SkdError(f"teacher-rank needs a validation metric; {missing} were cached without labelled eval")
+        metrics = [c.manifest.metric.value for c in caches]
     try:
-        return build_sampler(kind, len(caches), seed, metrics=metrics, weights=weights, temperature=temperature)
+        return build_sampler(sampling, len(caches), seed, metrics=metrics, temperature=temperature, lr=lr, **loop)
     except ValueError as exc:
         raise SkdError(f"--sampling {sampling}: {exc}") from exc

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from skdcache.distill.objective import Objective
 from skdcache.distributed import barrier
 from skdcache.errors import SkdError
-from skdcache.sampling.categorical import Sampler, describe
+from skdcache.sampling.base import Sampler
+from skdcache.sampling.categorical import describe
 from skdcache.targets.sources import TargetSource, TeacherDraws
 from skdcache.training.checkpoint import TrainState
 from skdcache.training.config import TrainConfig
