@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skdcache.train import TrainConfig
+from skdcache.training.config import TrainConfig
 
 # Where things lie, not how the run was trained: a moved clone or another venv keeps its runs.
 WHERE = {"output", "cache", "student", "teacher_path", "progress", "num_workers"}

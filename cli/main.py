@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from skdcache.cache.format import TARGET_KINDS
+from skdcache.cache.spec import TARGET_KINDS
 from skdcache.errors import SkdError
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
-from skdcache.precompute import TargetOptions
-from skdcache.train import MODES, TrainConfig
+from skdcache.teacher.options import TargetOptions
+from skdcache.training.config import MODES, TrainConfig
 
 from .cache_commands import info, ls_command, pull, verify
 from .launch import rerun_under_torchrun
@@ -215,7 +215,9 @@ def report(runs, plots, markdown) -> None:
     Example:
       skdcache report runs/* --plots runs/plots
     """
-    from skdcache.report.summary import load_runs, markdown_table, plot_runs, summary_rows
+    from skdcache.report.plots import plot_runs
+    from skdcache.report.runs import load_runs
+    from skdcache.report.summary import markdown_table, summary_rows
 
     folders = [Path(r) for r in runs if (Path(r) / "run.json").exists()]  # `runs/*` may match runs/plots
     skipped = [r for r in runs if not (Path(r) / "run.json").exists()]

@@ -3,8 +3,9 @@
 from skdcache.cache.reader import Targets, TeacherCache
 from skdcache.data.rows import DataSpec, load_rows
 from skdcache.errors import CacheError, SkdError
-from skdcache.precompute import TargetOptions, precompute
+from skdcache.precompute import precompute
 from skdcache.teacher.load import TeacherSpec
+from skdcache.teacher.options import TargetOptions
 from skdcache.train import train
 from skdcache.training.config import TrainConfig
 from skdcache.version import __version__

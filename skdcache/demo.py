@@ -16,10 +16,13 @@ from pathlib import Path
 from skdcache.cache.catalog import dir_bytes, human_bytes
 from skdcache.data.rows import DataSpec
 from skdcache.errors import SkdError
-from skdcache.precompute import TargetOptions, precompute
-from skdcache.report.summary import load_runs, plot_runs
+from skdcache.precompute import precompute
+from skdcache.report.plots import plot_runs
+from skdcache.report.runs import load_runs
 from skdcache.teacher.load import TeacherSpec
-from skdcache.train import TrainConfig, train
+from skdcache.teacher.options import TargetOptions
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 DEMO_DATA = Path(__file__).parent / "demo_data" / "tweets-mini"
 

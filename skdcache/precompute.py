@@ -248,7 +248,7 @@ def _existing_manifest(group_path: Path) -> fmt.Manifest | None:
 
 
 def load_eval_rows(data: DataSpec, opts: TargetOptions) -> TextRows | None:
-    from skdcache.data.rows import available_splits
+    from skdcache.data.tables import available_splits
 
     if not opts.eval_split or opts.eval_split == data.split:
         return None  # unlabelled rows are loaded too: causal teachers are scored by next-token accuracy

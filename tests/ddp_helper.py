@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from skdcache.data.rows import DataSpec
-from skdcache.train import TrainConfig, evaluate_and_checkpoint, train
+from skdcache.train import evaluate_and_checkpoint, train
+from skdcache.training.config import TrainConfig
 
 train_module = importlib.import_module("skdcache.train")  # the package exports a function of that name
 

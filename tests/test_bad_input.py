@@ -23,8 +23,9 @@ from skdcache.cli.main import cli
 from skdcache.cache.catalog import verify_root
 from skdcache.data.rows import DataSpec
 from skdcache.fields import in_range, range_text
-from skdcache.precompute import TargetOptions, precompute
+from skdcache.precompute import precompute
 from skdcache.teacher.load import TeacherSpec
+from skdcache.teacher.options import TargetOptions
 from skdcache.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

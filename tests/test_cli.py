@@ -14,8 +14,9 @@ from conftest import make_model, write_split
 from skdcache.cli.main import cli, main
 
 from skdcache.data.rows import DataSpec
-from skdcache.precompute import TargetOptions
-from skdcache.train import TrainConfig, train
+from skdcache.teacher.options import TargetOptions
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 
 @pytest.fixture

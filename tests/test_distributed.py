@@ -16,9 +16,11 @@ from conftest import make_model, no_dropout, spread, write_split
 
 from skdcache import TeacherCache
 from skdcache.data.rows import DataSpec
-from skdcache.precompute import TargetOptions, precompute
+from skdcache.precompute import precompute
 from skdcache.teacher.load import TeacherSpec
-from skdcache.train import TrainConfig, train
+from skdcache.teacher.options import TargetOptions
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 
 def _precompute(data: Path, teacher: Path, cache: Path, extra: list[str]) -> None:

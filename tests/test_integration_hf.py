@@ -16,13 +16,15 @@ import torch
 from conftest import make_model, no_dropout, spread, write_split
 
 from skdcache import DataSpec, SkdError, TargetOptions, TeacherSpec, precompute
-from skdcache.train import TrainConfig, _optimizer, train
+from skdcache.train import _optimizer, train
+from skdcache.training.config import TrainConfig
 from skdcache.training.loader import StepSchedule
 from skdcache.training.student import StudentSpec, build_student
 
 datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
-from skdcache.integrations.transformers import SkdTrainer, with_row_index  # noqa: E402
+from skdcache.integrations.rows import with_row_index
+from skdcache.integrations.transformers import SkdTrainer
 
 MAX_LENGTH, STEPS, BATCH, LR = 32, 6, 16, 1e-3
 ROOT = Path(__file__).resolve().parents[1]

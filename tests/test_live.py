@@ -10,7 +10,8 @@ import pytest
 from conftest import make_model, write_split
 
 from skdcache import DataSpec, SkdError, TargetOptions, TeacherSpec, precompute
-from skdcache.train import TrainConfig, train
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 
 @pytest.fixture

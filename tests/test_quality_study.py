@@ -104,7 +104,7 @@ def test_study_runs_on_a_new_dataset_with_only_column_flags(tmp_path: Path):
 def test_a_campaign_reuses_a_run_only_with_the_same_settings(tmp_path: Path):
     from benchmarks.reuse import finished_run
     from skdcache.data.rows import DataSpec
-    from skdcache.train import TrainConfig
+    from skdcache.training.config import TrainConfig
 
     out = tmp_path / "runs" / "single-s1"
     cfg = TrainConfig(data=DataSpec(str(tmp_path / "data")), student="encoder", output=str(out), lr=3e-4)

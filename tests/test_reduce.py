@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_model, spread
 
-from skdcache.cache.format import TargetSpec
+from skdcache.cache.spec import TargetSpec
 from skdcache.teacher.load import TeacherSpec, load_teacher
 from skdcache.teacher.reduce import teacher_forward
 

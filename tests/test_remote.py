@@ -21,9 +21,11 @@ from conftest import make_model, no_dropout, spread, write_split
 from skdcache.cache.remote import RemoteRoot
 from skdcache.data.rows import DataSpec
 from skdcache.errors import CacheError
-from skdcache.precompute import TargetOptions, precompute
+from skdcache.precompute import precompute
 from skdcache.teacher.load import TeacherSpec
-from skdcache.train import TrainConfig, train
+from skdcache.teacher.options import TargetOptions
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 OPTS = TargetOptions(max_length=32, batch_size=64, rows_per_block=32, progress=False)
 

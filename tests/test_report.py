@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from skdcache.errors import SkdError
-from skdcache.report.summary import aggregate_rows, load_runs, markdown_table, plot_runs, summary_rows, text_table
+from skdcache.report.plots import plot_runs
+from skdcache.report.runs import load_runs
+from skdcache.report.summary import aggregate_rows, markdown_table, summary_rows, text_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEACHERS = ["bert-base", "roberta-base"]

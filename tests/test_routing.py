@@ -21,7 +21,8 @@ from skdcache.distill.objective import Objective, soft_loss
 from skdcache.sampling.routing import ca_mkd_weights, draw_rows, route_table
 from skdcache.targets.row_targets import merge_rows
 from skdcache.targets.sources import CachedTargets, TeacherChoice, TeacherDraws
-from skdcache.train import TrainConfig, evaluate_and_checkpoint, fit, prepare, train
+from skdcache.train import evaluate_and_checkpoint, fit, prepare, train
+from skdcache.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,11 +14,12 @@ from conftest import make_model, spread, write_split
 
 from skdcache import DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache.fingerprint import cache_key
-from skdcache.cache.format import TargetSpec
+from skdcache.cache.spec import TargetSpec
 from skdcache.distill.losses import sampled_kd_loss
 from skdcache.distill.objective import sparse_entries
 from skdcache.teacher.reduce import position_uniforms, sample_targets
-from skdcache.train import TrainConfig, train
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 V = 60
 

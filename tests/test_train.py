@@ -26,8 +26,10 @@ import skdcache.teacher.reduce
 from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.distill.objective import step_loss
 from skdcache.targets.sources import CachedTargets, TeacherChoice
-from skdcache.train import Run, TrainConfig, evaluate_and_checkpoint, fit, prepare, train
+from skdcache.train import evaluate_and_checkpoint, fit, prepare, train
+from skdcache.training.config import TrainConfig
 from skdcache.training.loader import StepBatches, student_batch
+from skdcache.training.run_record import Run
 
 MAX_LENGTH = 32
 TOP_K = 8

@@ -43,10 +43,11 @@ from skdcache.cache.manifest import read_manifest
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows
 from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
-from skdcache.precompute import TargetOptions, precompute_teacher
+from skdcache.precompute import precompute_teacher
 from skdcache.stages import STAGES, StageClock
 from skdcache.teacher.blocks import capture
 from skdcache.teacher.load import LoadedTeacher, TeacherSpec
+from skdcache.teacher.options import TargetOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fast_teacher import _shown, disk_write  # noqa: E402

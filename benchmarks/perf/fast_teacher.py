@@ -33,8 +33,9 @@ import torch
 
 from skdcache.cache.catalog import dir_bytes
 from skdcache.data.rows import DataSpec, load_rows
-from skdcache.precompute import TargetOptions, precompute_teacher
+from skdcache.precompute import precompute_teacher
 from skdcache.teacher.load import TeacherSpec
+from skdcache.teacher.options import TargetOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, bare_forward, machine, make_rows  # noqa: E402

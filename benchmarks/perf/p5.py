@@ -43,7 +43,8 @@ from benchmarks.reuse import finished_run  # noqa: E402
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 from skdcache.cache.catalog import token_bytes_per_token
 from skdcache.data.rows import load_rows
-from skdcache.train import TrainConfig, train
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"

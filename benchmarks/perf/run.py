@@ -32,9 +32,10 @@ from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows, pad_batch, tokenize
 from skdcache.demo import DEMO_DATA, pretrained_encoder
 from skdcache.device import autocast_dtype
-from skdcache.precompute import TargetOptions, precompute, precompute_teacher
+from skdcache.precompute import precompute, precompute_teacher
 from skdcache.targets.sources import CachedTargets, TeacherChoice
 from skdcache.teacher.load import TeacherSpec
+from skdcache.teacher.options import TargetOptions
 from skdcache.training.student import keep_layers
 
 ROOT = Path(__file__).resolve().parents[2]

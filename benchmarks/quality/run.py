@@ -41,9 +41,11 @@ from benchmarks.quality.report import write_reports  # noqa: E402
 from benchmarks.reuse import finished_run  # noqa: E402
 from skdcache.data.rows import DataSpec, load_rows
 from skdcache.demo import pretrained_encoder
-from skdcache.precompute import TargetOptions, precompute
+from skdcache.precompute import precompute
 from skdcache.teacher.load import TeacherSpec
-from skdcache.train import TrainConfig, train
+from skdcache.teacher.options import TargetOptions
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"

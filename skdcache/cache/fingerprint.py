@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from skdcache.cache.format import TargetSpec
+from skdcache.cache.spec import TargetSpec
 
 # The format number inside cache keys: 1 for v1 and v2 caches alike (v2 only codes the same targets), so a
 # cache written before v2 is still found at its key and read as it is.

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from skdcache.cache.catalog import existing_root, list_caches, select_teachers
+from skdcache.cache.catalog import existing_root, list_caches
 from skdcache.cache.manifest import DatasetInfo
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
-from skdcache.cache.selection import CacheEntry
+from skdcache.cache.selection import CacheEntry, select_teachers
 from skdcache.data.chat import check_template, render_chat
 from skdcache.data.rows import DataSpec, TextRows, chat_rows, fingerprint_rows
 from skdcache.errors import CacheError, SkdError

@@ -17,7 +17,8 @@ from skdcache.cache.catalog import existing_root, find_teacher_caches, list_cach
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import open_root
 from skdcache.data.chat import check_template, render_chat
-from skdcache.data.rows import TextRows, available_splits, load_rows
+from skdcache.data.rows import TextRows, load_rows
+from skdcache.data.tables import available_splits
 from skdcache.distributed import from_rank0_object
 from skdcache.errors import SkdError
 from skdcache.sampling.base import Sampler

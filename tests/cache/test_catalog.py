@@ -11,8 +11,9 @@ from skdcache.cache.catalog import cache_info, list_root, verify_any_root
 from skdcache.cache.remote import RemoteRoot
 from skdcache.data.rows import DataSpec
 from skdcache.errors import CacheError
-from skdcache.precompute import TargetOptions, precompute
+from skdcache.precompute import precompute
 from skdcache.teacher.load import TeacherSpec
+from skdcache.teacher.options import TargetOptions
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import zarr
 from skdcache.cache import format as fmt
 from skdcache.cache.manifest import read_manifest
 from skdcache.data.rows import DataSpec, load_rows
-from skdcache.precompute import TargetOptions, precompute_teacher
+from skdcache.precompute import precompute_teacher
 from skdcache.teacher.load import TeacherSpec
+from skdcache.teacher.options import TargetOptions
 from tests.conftest import make_model
 
 KINDS = {
