@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
-from skdcache.cache.manifest import DatasetInfo, TeacherInfo, read_manifest
+from skdcache.cache.manifest import DatasetInfo, Manifest, TeacherInfo, read_manifest
 from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import WriterLock, ensure_writable_root, remove_empty_tree, write_json
@@ -50,7 +50,7 @@ class PrecomputeResult:
     path: Path
     status: str  # "cached" | "cached (remote)" | "computed" | "resumed" | "repaired" | "verified"
     seconds: float
-    manifest: fmt.Manifest
+    manifest: Manifest
     stages: dict[str, dict[str, float]] | None = None  # StageClock.summary() of a run that computed blocks
 
     def row(self) -> dict[str, str]:
@@ -153,7 +153,7 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
         )
         if manifest is not None:  # resuming or repairing: keep the codings it was written with (v1: none)
             layout = layout.with_codings_of(manifest.layout)
-        manifest = fmt.Manifest(
+        manifest = Manifest(
             format_version=layout.format_version,
             teacher=TeacherInfo(
                 name=spec.name,
@@ -237,7 +237,7 @@ def _damaged_blocks(group_path: Path) -> set[int]:
         return set(range(manifest.layout["n_blocks"]))
 
 
-def _existing_manifest(group_path: Path) -> fmt.Manifest | None:
+def _existing_manifest(group_path: Path) -> Manifest | None:
     """The manifest of a cache group, or None when there is none yet or its creation was cut short."""
     if not (group_path / "zarr.json").exists():
         return None

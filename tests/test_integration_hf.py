@@ -23,8 +23,8 @@ from skdcache.training.student import StudentSpec, build_student
 
 datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
-from skdcache.integrations.rows import with_row_index
-from skdcache.integrations.transformers import SkdTrainer
+from skdcache.integrations.rows import with_row_index  # noqa: E402
+from skdcache.integrations.transformers import SkdTrainer  # noqa: E402
 
 MAX_LENGTH, STEPS, BATCH, LR = 32, 6, 16, 1e-3
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ import zarr
 from skdcache.cache import format as fmt
 from skdcache.cache import idcoding
 from skdcache.cache.catalog import dir_bytes
-from skdcache.cache.manifest import read_manifest
+from skdcache.cache.manifest import Manifest, read_manifest
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows
 from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
@@ -146,7 +146,7 @@ def replayed(batch: int, length: int):
         precompute_module.load_teacher = real
 
 
-def read_blocks(path: Path) -> tuple[fmt.Manifest, fmt.Layout, dict, list[dict[str, np.ndarray]]]:
+def read_blocks(path: Path) -> tuple[Manifest, fmt.Layout, dict, list[dict[str, np.ndarray]]]:
     """A written cache's blocks as the pipeline hands them to the writer (stored dtypes, no index arrays)."""
     manifest = read_manifest(path)
     group = zarr.open_group(str(path), mode="r")

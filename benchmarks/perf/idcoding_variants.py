@@ -31,6 +31,7 @@ import zarr
 
 from skdcache.cache import format as fmt
 from skdcache.cache import idcoding
+from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD
 from skdcache.cache.reader import TeacherCache
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +50,8 @@ def _chunks(values: np.ndarray, chunk_rows: int):
 def stored_bytes(values: np.ndarray, chunk_rows: int, codec) -> int:
     n_chunks = -(-values.shape[0] // chunk_rows)
     total = sum(len(codec.encode(chunk)) + CHUNK_CRC for chunk in _chunks(values, chunk_rows))
-    n_shards = -(-n_chunks // fmt.CHUNKS_PER_TOKEN_SHARD)
-    return total + n_shards * (fmt.CHUNKS_PER_TOKEN_SHARD * SHARD_INDEX_ENTRY + INDEX_CRC)
+    n_shards = -(-n_chunks // CHUNKS_PER_TOKEN_SHARD)
+    return total + n_shards * (CHUNKS_PER_TOKEN_SHARD * SHARD_INDEX_ENTRY + INDEX_CRC)
 
 
 def _diff(u: np.ndarray) -> np.ndarray:

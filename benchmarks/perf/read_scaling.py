@@ -32,6 +32,9 @@ import torch
 
 from skdcache.cache import format as fmt
 from skdcache.cache.catalog import dir_bytes
+from skdcache.cache.manifest import FORMAT_VERSION, Manifest
+from skdcache.cache.markers import encode_marker, marker_path
+from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 from skdcache.targets.sources import CachedTargets, TeacherChoice
 
@@ -47,10 +50,10 @@ STUDENT_ROWS_PER_S = 50 * 32
 def synthetic_cache(path: Path, n: int, seed_blocks: int) -> float:
     """A complete cache of `n` rows (see the module docstring); returns the seconds it took to write."""
     t0 = time.perf_counter()
-    spec = fmt.TargetSpec("sequence", 64, hidden_layers=tuple(range(LAYERS)), hidden_tokens="cls")
+    spec = TargetSpec("sequence", 64, hidden_layers=tuple(range(LAYERS)), hidden_tokens="cls")
     layout, index = fmt.plan_layout(spec, n, N_LABELS, None, WIDTH, None, None)
-    manifest = fmt.Manifest(
-        fmt.FORMAT_VERSION,
+    manifest = Manifest(
+        FORMAT_VERSION,
         {"name": f"synthetic-{n}", "num_labels": N_LABELS},
         "-",
         {"fingerprint": "synthetic", "n_rows": n},
@@ -87,8 +90,8 @@ def synthetic_cache(path: Path, n: int, seed_blocks: int) -> float:
             dst = fmt.shard_file(path / name, b, len(array.shape))
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(fmt.shard_file(path / name, src, len(array.shape)), dst)
-        sums = json.loads(fmt.marker_path(path, src).read_text())["checksums"]
-        fmt.marker_path(path, b).write_bytes(fmt.encode_marker(b, (lo, hi), sums))  # one sync below, not one per file
+        sums = json.loads(marker_path(path, src).read_text())["checksums"]
+        marker_path(path, b).write_bytes(encode_marker(b, (lo, hi), sums))  # one sync below, not one per file
     os.sync()
     writer.finish(None)
     return time.perf_counter() - t0

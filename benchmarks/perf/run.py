@@ -27,7 +27,9 @@ import torch
 
 from skdcache.cache import format as fmt
 from skdcache.cache.catalog import dir_bytes
+from skdcache.cache.manifest import FORMAT_VERSION, Manifest
 from skdcache.cache.reader import TeacherCache
+from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows, pad_batch, tokenize
 from skdcache.demo import DEMO_DATA, pretrained_encoder
@@ -143,10 +145,10 @@ def synthetic_cache(path: Path, n: int, n_labels: int, layers: int, width: int) 
     """A cache of random targets with hidden states (cls), written with the real writer (for read scaling)."""
     if (path / "zarr.json").exists():
         return path
-    spec = fmt.TargetSpec("sequence", 64, hidden_layers=tuple(range(layers)), hidden_tokens="cls")
+    spec = TargetSpec("sequence", 64, hidden_layers=tuple(range(layers)), hidden_tokens="cls")
     layout, index = fmt.plan_layout(spec, n, n_labels, None, width, None, None)
-    manifest = fmt.Manifest(
-        fmt.FORMAT_VERSION,
+    manifest = Manifest(
+        FORMAT_VERSION,
         {"name": "synthetic", "num_labels": n_labels},
         "-",
         {"fingerprint": "synthetic", "n_rows": n},

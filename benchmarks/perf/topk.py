@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from smollm import SOURCE_FILE, prepare_smollm
 
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
-from skdcache.cache import format as fmt
 from skdcache.cache.catalog import array_sizes, dir_bytes
+from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD
 from skdcache.cache.reader import TeacherCache
 from skdcache.data.rows import load_rows, tokenize
 from skdcache.teacher.provenance import package_versions
@@ -230,8 +230,8 @@ def blosc_bytes(values: np.ndarray, chunk_rows: int, shuffle: int) -> int:
         if chunk.shape[0] < chunk_rows:
             chunk = np.concatenate([chunk, np.zeros((chunk_rows - chunk.shape[0], *values.shape[1:]), values.dtype)])
         total += len(codec.encode(np.ascontiguousarray(chunk))) + CHUNK_CRC
-    n_shards = -(-n_chunks // fmt.CHUNKS_PER_TOKEN_SHARD)
-    return total + n_shards * (fmt.CHUNKS_PER_TOKEN_SHARD * SHARD_INDEX_ENTRY + INDEX_CRC)
+    n_shards = -(-n_chunks // CHUNKS_PER_TOKEN_SHARD)
+    return total + n_shards * (CHUNKS_PER_TOKEN_SHARD * SHARD_INDEX_ENTRY + INDEX_CRC)
 
 
 def read_token_arrays(path: Path) -> tuple[dict[str, np.ndarray], int]:

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skdcache.cache import format as fmt
-from skdcache.cache.manifest import read_manifest
+from skdcache.cache.manifest import Manifest, read_manifest
+from skdcache.cache.markers import completed_blocks
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.selection import CacheEntry, select_teachers
+from skdcache.cache.spec import TargetSpec
 from skdcache.cache.store import read_json
 from skdcache.errors import CacheError
 
@@ -29,7 +31,7 @@ def list_caches(root: Path) -> list[CacheEntry]:
         for group in sorted(p for p in ds_dir.iterdir() if (p / "zarr.json").exists()):
             try:
                 manifest = read_manifest(group)
-                spec = fmt.TargetSpec.from_dict(manifest.targets)  # what `ls` prints must parse
+                spec = TargetSpec.from_dict(manifest.targets)  # what `ls` prints must parse
                 fmt.layout_from_dict(manifest.layout, manifest.dataset.n_rows, spec)
                 entries.append(CacheEntry(group, dataset, manifest))
             except CacheError as exc:
@@ -47,7 +49,7 @@ def summary_row(entry: CacheEntry) -> dict:
     if m is None:
         return {"dataset": entry.path.parent.name[:12], "teacher": "?", "state": f"unreadable: {entry.error}"}
     n_blocks = m.layout["n_blocks"]
-    done = n_blocks if entry.stored_bytes is not None else len(fmt.completed_blocks(entry.path))
+    done = n_blocks if entry.stored_bytes is not None else len(completed_blocks(entry.path))
     metric = m.metric
     return {
         "dataset": entry.path.parent.name[:12],
@@ -86,7 +88,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def array_sizes(path: Path, manifest: fmt.Manifest) -> list[dict]:
+def array_sizes(path: Path, manifest: Manifest) -> list[dict]:
     """Shape, dtype and stored bytes of each array, per example and per token target."""
     n_rows = manifest.dataset.n_rows
     layout = fmt.layout_from_dict(manifest.layout, n_rows)
@@ -111,7 +113,7 @@ def array_sizes(path: Path, manifest: fmt.Manifest) -> list[dict]:
     return rows
 
 
-def token_bytes_per_token(path: Path, manifest: fmt.Manifest) -> float:
+def token_bytes_per_token(path: Path, manifest: Manifest) -> float:
     """Stored bytes per token target of a token-level cache: its arrays summed, the row index left out."""
     return sum(a["per_token"] or 0 for a in array_sizes(path, manifest) if a["array"] != "token_index")
 
@@ -189,7 +191,7 @@ class CacheInfo:
     """What `skdcache info` shows of one teacher cache: its manifest and the stored size of each array."""
 
     path: Path
-    manifest: fmt.Manifest
+    manifest: Manifest
     arrays: list[dict]
 
     FIELDS = ("state", "cache_key", "teacher", "tokenizer_hash", "dataset", "targets", "metric", "versions")

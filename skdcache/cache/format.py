@@ -1,5 +1,6 @@
-"""The cache format: the only module that names arrays, their families, shapes, dtypes, chunking, sharding,
-shard files and completion markers (the manifest, the group's attributes, is typed in `manifest.py`).
+"""The cache format: the only module that names arrays, their families, shapes, dtypes, chunking, sharding and
+shard files. Beside it, one job each: the manifest (the group's attributes) in `manifest.py`, what a cache
+stores in `spec.py`, completion markers in `markers.py`, chunk sizes in `chunking.py`.
 
 A cache root holds one directory per dataset fingerprint and, inside it, one Zarr v3 group per teacher
 cache (content key = teacher weights + tokenizer + target spec + format version):
@@ -38,37 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from skdcache.cache import idcoding
-from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD, aligned_starts, row_chunk, token_chunk  # noqa: F401
-from skdcache.cache.manifest import (  # noqa: F401  (re-exported: the format's version and its manifest)
-    FORMAT_VERSION,
-    MANIFEST_ATTR,
-    READABLE_VERSIONS,
-    DatasetInfo,
-    Manifest,
-    MetricInfo,
-    TeacherInfo,
-    damaged,
-    manifest_attrs,
-    parse_count,
-    read_manifest,
-)
-from skdcache.cache.markers import (  # noqa: F401  (re-exported: markers are part of the format)
-    BLOCKS_DIR,
-    MARKER_NODE_ATTRS,
-    block_marker_name,
-    checksum,
-    completed_blocks,
-    encode_marker,
-    marker_path,
-    read_marker,
-)
-from skdcache.cache.spec import (  # noqa: F401  (re-exported: the spec is part of the format)
-    HEAD_KINDS,
-    HIDDEN_TOKENS,
-    SAMPLE_FIELDS,
-    TARGET_KINDS,
-    TargetSpec,
-)
+from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD, aligned_starts, row_chunk, token_chunk
+from skdcache.cache.manifest import FORMAT_VERSION, damaged, parse_count
+from skdcache.cache.spec import TargetSpec
 from skdcache.errors import CacheError
 
 DATASET_FILE = "dataset.json"

@@ -13,6 +13,8 @@ from skdcache.cache import format as fmt
 from skdcache.cache import idcoding
 from skdcache.cache.fastread import InMemory, ShardedRows, checked_slice
 from skdcache.cache.manifest import read_manifest
+from skdcache.cache.markers import checksum, completed_blocks, marker_path, read_marker
+from skdcache.cache.spec import TargetSpec
 from skdcache.errors import CacheError
 
 IN_MEMORY_BYTES = 32 * 2**20  # arrays this small (logits, indexes) are read whole once per process
@@ -94,10 +96,10 @@ class TeacherCache:
         if not (self.path / "zarr.json").exists():
             raise CacheError(f"no teacher cache at {self.path}; run `skdcache precompute` first")
         self.manifest = read_manifest(self.path)
-        self.targets = fmt.TargetSpec.from_dict(self.manifest.targets)
+        self.targets = TargetSpec.from_dict(self.manifest.targets)
         self.n_rows = int(self.manifest.dataset.n_rows)
         self.layout = fmt.layout_from_dict(self.manifest.layout, self.n_rows, self.targets)
-        done = fmt.completed_blocks(self.path) & set(range(self.layout.n_blocks))
+        done = completed_blocks(self.path) & set(range(self.layout.n_blocks))
         missing = set(range(self.layout.n_blocks)) - done
         if missing and not allow_incomplete:
             raise CacheError(
@@ -141,8 +143,7 @@ class TeacherCache:
         if self._complete_blocks.all():
             return checked_slice(array, self.path / name, 0, self.n_rows)
         values = np.zeros(array.shape, dtype=array.dtype)
-        for block in np.flatnonzero(self._complete_blocks):
-            lo, hi = self.layout.block_rows(int(block))
+        for lo, hi in map(self.layout.block_rows, np.flatnonzero(self._complete_blocks).tolist()):
             values[lo:hi] = checked_slice(array, self.path / name, lo, hi)
         return values
 
@@ -172,11 +173,11 @@ class TeacherCache:
         """
         bad = []
         for block in np.flatnonzero(self._complete_blocks).tolist():
-            sums = fmt.read_marker(fmt.marker_path(self.path, block), block)
+            sums = read_marker(marker_path(self.path, block), block)
             if sums is None:
                 continue  # an unreadable marker is `verify`'s finding; the chunks' own checksums still hold
             lo, hi = self._block_values_range(name, *self.layout.block_rows(block))
-            if sums.get(name) != fmt.checksum(values[lo:hi]):
+            if sums.get(name) != checksum(values[lo:hi]):
                 bad.append(block)
         return bad
 
@@ -227,9 +228,8 @@ class TeacherCache:
         return out
 
     def _gather(self, name: str, positions: np.ndarray) -> np.ndarray:
-        array = self.arrays[name]
         if positions.size == 0:
-            return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+            return np.zeros((0, *self.arrays[name].shape[1:]), dtype=self.arrays[name].dtype)
         uniq, inverse = np.unique(positions, return_inverse=True)
         return self._rows(name)(uniq)[inverse]
 
@@ -242,18 +242,18 @@ class TeacherCache:
         found: dict[int, list[str]] = {}
         for block in range(self.layout.n_blocks):
             problems = found.setdefault(block, [])
-            marker = fmt.marker_path(self.path, block)
+            marker = marker_path(self.path, block)
             if not marker.exists():
                 problems.append(f"block {block}: not written (no completion marker)")
                 continue
-            expected = fmt.read_marker(marker, block)
+            expected = read_marker(marker, block)
             if expected is None:
                 problems.append(f"block {block}: completion marker unreadable")
                 continue
             lo, hi = self.layout.block_rows(block)
             for name in self.arrays:
                 try:
-                    got = fmt.checksum(self._block_values(name, lo, hi))
+                    got = checksum(self._block_values(name, lo, hi))
                 except Exception as exc:  # any decode failure is damage to report, not to raise
                     problems.append(f"block {block} array {name}: unreadable ({type(exc).__name__}: {exc})")
                     continue

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from skdcache.cache import format as fmt
 from skdcache.cache import transport
-from skdcache.cache.manifest import is_complete
+from skdcache.cache.manifest import READABLE_VERSIONS, Manifest, is_complete, manifest_attrs
 from skdcache.cache.reader import group_problems
 from skdcache.cache.selection import CacheEntry, select_teachers
 from skdcache.cache.store import WriterLock, atomic_write, fsync_tree
@@ -126,7 +126,7 @@ class RemoteRoot:
         return out
 
     # ---- reading -------------------------------------------------------------------------------------------
-    def manifests(self, fingerprint: str | None = None) -> list[tuple[str, dict, fmt.Manifest]]:
+    def manifests(self, fingerprint: str | None = None) -> list[tuple[str, dict, Manifest]]:
         """(dataset fingerprint, dataset record, manifest) of every published group, optionally of one dataset."""
         self.fs.invalidate_cache()  # other machines publish: never trust a listing cached earlier
         out = []
@@ -144,16 +144,16 @@ class RemoteRoot:
         path = self._path(fingerprint, key)
         return int(self._retry(f"sizing {path}", lambda: self.fs.du(path)))
 
-    def has_complete(self, fingerprint: str, key: str) -> fmt.Manifest | None:
+    def has_complete(self, fingerprint: str, key: str) -> Manifest | None:
         """The manifest of a published group this version reads, or None (absent, partial, other format)."""
         path = self._path(fingerprint, key, "zarr.json")
         try:
-            attrs = fmt.manifest_attrs(self._json(path) or {})
+            attrs = manifest_attrs(self._json(path) or {})
         except CacheError as exc:  # one damaged group must not hide the others from a listing
             log.warning("skipping %s: %s", path, exc)
             return None
-        if attrs and attrs.get("format_version") in fmt.READABLE_VERSIONS and attrs.get("state") == "complete":
-            return fmt.Manifest.from_dict(attrs)
+        if attrs and attrs.get("format_version") in READABLE_VERSIONS and attrs.get("state") == "complete":
+            return Manifest.from_dict(attrs)
         return None
 
     def fetch(self, fingerprint: str, key: str) -> Path:

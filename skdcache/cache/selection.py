@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from skdcache.cache import format as fmt
+from skdcache.cache.manifest import Manifest
 from skdcache.errors import CacheError
 
 
@@ -17,7 +17,7 @@ from skdcache.errors import CacheError
 class CacheEntry:
     path: Path
     dataset: dict
-    manifest: fmt.Manifest | None
+    manifest: Manifest | None
     error: str | None = None
     stored_bytes: int | None = None  # known without a local folder (remote listings)
 

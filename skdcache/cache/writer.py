@@ -15,6 +15,8 @@ import zarr
 
 from skdcache.cache import format as fmt
 from skdcache.cache import idcoding
+from skdcache.cache.manifest import MANIFEST_ATTR, Manifest, MetricInfo
+from skdcache.cache.markers import BLOCKS_DIR, MARKER_NODE_ATTRS, checksum, completed_blocks, encode_marker, marker_path
 from skdcache.cache.shards import chunk_codec, encode_shard
 from skdcache.cache.store import atomic_write, fsync_path, fsync_tree
 from skdcache.errors import CacheError
@@ -43,7 +45,7 @@ class CacheWriter:
     def __init__(
         self,
         group_path: Path,
-        manifest: fmt.Manifest,
+        manifest: Manifest,
         layout: fmt.Layout,
         index: dict[str, np.ndarray],
         clock: StageClock | None = None,
@@ -56,7 +58,7 @@ class CacheWriter:
         self.manifest = manifest
         if (group_path / "zarr.json").exists():
             self.group = zarr.open_group(str(group_path), mode="r+")
-            old = self.group.attrs.get(fmt.MANIFEST_ATTR, {})
+            old = self.group.attrs.get(MANIFEST_ATTR, {})
             if old.get("layout") != layout.to_dict():
                 if self.done():
                     raise CacheError(f"{group_path} holds a different layout; delete it to recompute")
@@ -75,16 +77,16 @@ class CacheWriter:
                     # every written chunk exists on disk, so a missing one always means damage
                     config={"write_empty_chunks": True},
                 )
-            self.group.attrs[fmt.MANIFEST_ATTR] = manifest.to_dict()
+            self.group.attrs[MANIFEST_ATTR] = manifest.to_dict()
             fsync_tree(group_path)
-        if not (group_path / fmt.BLOCKS_DIR / "zarr.json").exists():  # also when resuming a cache made before it
+        if not (group_path / BLOCKS_DIR / "zarr.json").exists():  # also when resuming a cache made before it
             self.group.create_array(
-                fmt.BLOCKS_DIR, shape=(0,), dtype="uint8", compressors=None, attributes=fmt.MARKER_NODE_ATTRS
+                BLOCKS_DIR, shape=(0,), dtype="uint8", compressors=None, attributes=MARKER_NODE_ATTRS
             )
-            fsync_tree(group_path / fmt.BLOCKS_DIR / "zarr.json")
+            fsync_tree(group_path / BLOCKS_DIR / "zarr.json")
 
     def done(self) -> set[int]:
-        return fmt.completed_blocks(self.path)
+        return completed_blocks(self.path)
 
     def _token_region(self, index_name: str, start: int, stop: int) -> tuple[int, int]:
         idx = self.index[index_name][start:stop]
@@ -140,13 +142,13 @@ class CacheWriter:
         with self.clock.stage("fsync"):
             for directory in sorted(directories, key=lambda p: -len(p.parts)):  # new entries, deepest first
                 fsync_path(directory)
-        marker = fmt.encode_marker(block, (start, stop), {name: f.result() for name, f in sums.items()})
+        marker = encode_marker(block, (start, stop), {name: f.result() for name, f in sums.items()})
         with self.clock.stage("fsync"):
-            atomic_write(fmt.marker_path(self.path, block), marker)
+            atomic_write(marker_path(self.path, block), marker)
 
     def _checksum(self, values: np.ndarray) -> str:
         with self.clock.stage("checksum"):
-            return fmt.checksum(values)
+            return checksum(values)
 
     def _write_shard(self, path: Path, values: np.ndarray, spec: fmt.ArraySpec) -> None:
         """Encode one shard (zarr's exact bytes), write it in one call and fsync it."""
@@ -166,12 +168,12 @@ class CacheWriter:
 
     def invalidate(self, block: int) -> None:
         """Forget a damaged block: its marker first (readers stop serving it), then its shard files."""
-        fmt.marker_path(self.path, block).unlink(missing_ok=True)
+        marker_path(self.path, block).unlink(missing_ok=True)
         start, stop = self.layout.block_rows(block)
         for name, spec in self.layout.arrays.items():
             for path in self._shard_files(name, spec, *self._region(name, start, stop)):
                 path.unlink(missing_ok=True)
-        self.group.attrs[fmt.MANIFEST_ATTR] = {**self.manifest.to_dict(), "state": "writing"}
+        self.group.attrs[MANIFEST_ATTR] = {**self.manifest.to_dict(), "state": "writing"}
 
     def _region(self, name: str, start: int, stop: int) -> tuple[int, int]:
         """Rows [lo, hi) of array `name` that block rows [start, stop) own."""
@@ -181,11 +183,11 @@ class CacheWriter:
     def _shard_files(self, name: str, spec: fmt.ArraySpec, lo: int, hi: int) -> list[Path]:
         return [fmt.shard_file(self.path / name, s, len(spec.shape)) for s in fmt.shards_of(lo, hi, spec.shard_rows)]
 
-    def finish(self, metric: fmt.MetricInfo | dict | None) -> fmt.Manifest:
+    def finish(self, metric: MetricInfo | dict | None) -> Manifest:
         missing = set(range(self.layout.n_blocks)) - self.done()
         if missing:
             raise CacheError(f"{self.path}: blocks {sorted(missing)[:5]} missing; rerun precompute to finish")
         self.manifest = self.manifest.completed(metric, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        self.group.attrs[fmt.MANIFEST_ATTR] = self.manifest.to_dict()
+        self.group.attrs[MANIFEST_ATTR] = self.manifest.to_dict()
         fsync_tree(self.path / "zarr.json")
         return self.manifest

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from skdcache.cache import format as fmt
+from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import Encoded
 from skdcache.device import autocast_dtype
@@ -18,7 +19,7 @@ from skdcache.teacher.load import LoadedTeacher
 from skdcache.teacher.reduce import position_uniforms, target_positions, teacher_batch, teacher_forward
 
 
-def token_positions(head: str, enc: Encoded, tokenizer, spec: fmt.TargetSpec) -> list[np.ndarray] | None:
+def token_positions(head: str, enc: Encoded, tokenizer, spec: TargetSpec) -> list[np.ndarray] | None:
     if head not in ("causal", "mlm"):
         return None
     chat = enc.assistant or [None] * len(enc.ids)
@@ -36,7 +37,7 @@ def run_block(
     teacher: LoadedTeacher,
     enc: Encoded,
     positions: list[np.ndarray] | None,
-    spec: fmt.TargetSpec,
+    spec: TargetSpec,
     layout: fmt.Layout,
     rows: range,
     batch_size: int,

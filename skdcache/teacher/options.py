@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skdcache.cache import format as fmt
+from skdcache.cache.spec import TARGET_KINDS, TargetSpec
 from skdcache.data.rows import TextRows
 from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
@@ -40,8 +41,8 @@ class TargetOptions:
         rpb = self.rows_per_block
         if rpb & (rpb - 1):
             raise SkdError(f"--rows-per-block {rpb} must be a power of two (e.g. 1024)")
-        if self.targets not in fmt.TARGET_KINDS:
-            raise SkdError(f"--targets {self.targets!r}: choose one of {', '.join(fmt.TARGET_KINDS)}")
+        if self.targets not in TARGET_KINDS:
+            raise SkdError(f"--targets {self.targets!r}: choose one of {', '.join(TARGET_KINDS)}")
         if self.hidden_tokens not in ("cls", "all"):
             raise SkdError(f"--hidden-tokens {self.hidden_tokens!r}: choose cls or all")
 
@@ -76,19 +77,19 @@ def check_teacher(spec: TeacherSpec, config, head: str, rows: TextRows, opts: Ta
         raise SkdError(f"--top-k {opts.top_k} exceeds teacher {spec.name}'s vocabulary ({config.vocab_size})")
 
 
-def target_spec(head: str, config, opts: TargetOptions) -> fmt.TargetSpec:
+def target_spec(head: str, config, opts: TargetOptions) -> TargetSpec:
     """The cache's TargetSpec (part of its content key): only what this head stores."""
     layers = parse_hidden_layers(opts.hidden_layers, config.num_hidden_layers)
     token = head != "sequence"
     kind = opts.targets if token else "topk"
-    if kind not in fmt.TARGET_KINDS:
-        raise SkdError(f"--targets {opts.targets!r}: choose one of {', '.join(fmt.TARGET_KINDS)}")
+    if kind not in TARGET_KINDS:
+        raise SkdError(f"--targets {opts.targets!r}: choose one of {', '.join(TARGET_KINDS)}")
     sampled = kind != "topk"
     if sampled and not 0 < opts.samples <= 65535:
         raise SkdError(f"--samples {opts.samples}: draw between 1 and 65535 tokens per position")
     if sampled and not opts.sample_temperature > 0:
         raise SkdError(f"--sample-temperature {opts.sample_temperature}: must be > 0")
-    return fmt.TargetSpec(
+    return TargetSpec(
         head=head,
         max_length=opts.max_length,
         top_k=opts.top_k if token and kind != "sampled" else None,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skdcache.cache import format as fmt
+from skdcache.cache.spec import TargetSpec
 from skdcache.data.rows import Encoded, TextRows, mlm_positions, pad_batch, target_mask
 from skdcache.errors import SkdError
 from skdcache.stages import StageClock
@@ -28,7 +28,7 @@ def label_permutation(config, rows: TextRows) -> torch.Tensor | None:
 
 
 def target_positions(
-    tokenizer, spec: fmt.TargetSpec, ids: list[int], row: int, assistant: np.ndarray | None = None
+    tokenizer, spec: TargetSpec, ids: list[int], row: int, assistant: np.ndarray | None = None
 ) -> np.ndarray:
     """Positions of one row carrying a token-level loss: all non-pad (causal LM), those predicting an assistant
     token (causal LM on chat rows: `assistant` [len(ids)] bool), or the seeded masked ones (MLM)."""
@@ -118,7 +118,7 @@ def teacher_forward(
     teacher: LoadedTeacher,
     batch: dict[str, torch.Tensor],
     target_mask: torch.Tensor | None,
-    spec: fmt.TargetSpec,
+    spec: TargetSpec,
     label_permutation: torch.Tensor | None,
     autocast_dtype: torch.dtype | None,
     full_logits: bool = False,
@@ -154,7 +154,7 @@ def teacher_forward(
         return _reduce(out, teacher.head, batch, target_mask, spec, label_permutation, full_logits, uniforms)
 
 
-def _reduce(out, head: str, batch, target_mask, spec: fmt.TargetSpec, label_permutation, full_logits, uniforms):
+def _reduce(out, head: str, batch, target_mask, spec: TargetSpec, label_permutation, full_logits, uniforms):
     """The targets of one forward's outputs (see `teacher_forward`), on the outputs' device."""
     hidden_layers, hidden_tokens = spec.hidden_layers, spec.hidden_tokens
     result = BatchTargets()
@@ -207,7 +207,7 @@ def position_uniforms(rows: np.ndarray, counts: list[int], n_samples: int, seed:
     return torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, n_samples)))
 
 
-def sample_targets(logits: torch.Tensor, spec: fmt.TargetSpec, uniforms: torch.Tensor) -> dict[str, torch.Tensor]:
+def sample_targets(logits: torch.Tensor, spec: TargetSpec, uniforms: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sparse sampled targets of one batch's target positions (Sparse Logit Sampling, ACL 2025).
 
     `sampled`: N draws per position from the teacher's tempered distribution p_T (T = spec.sample_temperature).

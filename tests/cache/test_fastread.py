@@ -8,6 +8,8 @@ import zarr
 
 from skdcache.cache import format as fmt
 from skdcache.cache.fastread import ShardedRows
+from skdcache.cache.manifest import FORMAT_VERSION, Manifest
+from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 
 
@@ -16,10 +18,10 @@ def written(tmp_path):
     rng = np.random.default_rng(0)
     n = 300
     counts = rng.integers(0, 40, n)
-    spec = fmt.TargetSpec("causal", 64, top_k=4, hidden_layers=(0, 1), hidden_tokens="cls")
+    spec = TargetSpec("causal", 64, top_k=4, hidden_layers=(0, 1), hidden_tokens="cls")
     layout, index = fmt.plan_layout(spec, n, None, 1000, 24, counts, None, rows_per_block=64)
-    manifest = fmt.Manifest(
-        fmt.FORMAT_VERSION, {"name": "x"}, "-", {"fingerprint": "f", "n_rows": n}, spec.to_dict(), layout.to_dict()
+    manifest = Manifest(
+        FORMAT_VERSION, {"name": "x"}, "-", {"fingerprint": "f", "n_rows": n}, spec.to_dict(), layout.to_dict()
     )
     writer = CacheWriter(tmp_path / "g", manifest, layout, index)
     for b in range(layout.n_blocks):

@@ -14,6 +14,9 @@ from conftest import make_model, write_split
 
 from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache import format as fmt
+from skdcache.cache.chunking import aligned_starts
+from skdcache.cache.manifest import Manifest
+from skdcache.cache.spec import TargetSpec
 
 
 def test_token_id_dtype_boundary():
@@ -25,7 +28,7 @@ def test_token_id_dtype_boundary():
 def test_aligned_starts_by_hand():
     """Blocks of 2 rows, shards of 4 tokens: each block starts on the next boundary; empty blocks take no space."""
     counts = np.array([3, 5, 0, 0, 7, 1, 2])
-    starts, total = fmt.aligned_starts(counts, rows_per_block=2, shard_len=4)
+    starts, total = aligned_starts(counts, rows_per_block=2, shard_len=4)
     assert starts.tolist() == [0, 3, 8, 8, 8, 15, 16]
     assert total == 18  # the last block is not padded
 
@@ -37,7 +40,7 @@ def test_aligned_starts_blocks_own_whole_shards(seed: int, rows_per_block: int, 
     rng = np.random.default_rng(seed)
     counts = rng.integers(0, 40, size=int(rng.integers(1, 120)))
     counts[rng.random(len(counts)) < 0.2] = 0
-    starts, total = fmt.aligned_starts(counts, rows_per_block, shard_len)
+    starts, total = aligned_starts(counts, rows_per_block, shard_len)
     ends = starts + counts
     order = np.lexsort((ends, starts))
     assert (starts[order][1:] >= ends[order][:-1]).all()  # no overlap
@@ -63,10 +66,10 @@ def _check_tiling(layout: fmt.Layout, rows_per_block: int, tmp_path: Path) -> No
 
 
 SPECS = {
-    "sequence-cls": (fmt.TargetSpec("sequence", 128, hidden_layers=(0, 1, 2), hidden_tokens="cls"), 768),
-    "sequence-cls-small": (fmt.TargetSpec("sequence", 128, hidden_layers=(2,), hidden_tokens="cls"), 32),
-    "mlm-all": (fmt.TargetSpec("mlm", 128, top_k=32, hidden_layers=(1, 2), hidden_tokens="all"), 128),
-    "causal": (fmt.TargetSpec("causal", 128, top_k=8), 64),
+    "sequence-cls": (TargetSpec("sequence", 128, hidden_layers=(0, 1, 2), hidden_tokens="cls"), 768),
+    "sequence-cls-small": (TargetSpec("sequence", 128, hidden_layers=(2,), hidden_tokens="cls"), 32),
+    "mlm-all": (TargetSpec("mlm", 128, top_k=32, hidden_layers=(1, 2), hidden_tokens="all"), 128),
+    "causal": (TargetSpec("causal", 128, top_k=8), 64),
 }
 
 
@@ -89,7 +92,7 @@ def test_plan_layout_chunks_tile_shards(tmp_path: Path, name: str, rows_per_bloc
         assert layout.arrays["topk_ids"].dtype == "uint32"
         assert layout.arrays["topk_logprobs"].shape[1:] == (spec.top_k,)
         shard = layout.arrays["topk_logprobs"].shard_rows
-        starts, total = fmt.aligned_starts(index["token_index"][:, 1], rows_per_block, shard)
+        starts, total = aligned_starts(index["token_index"][:, 1], rows_per_block, shard)
         assert (index["token_index"][:, 0] == starts).all() and layout.arrays["positions"].shape == (total,)
     else:
         assert layout.arrays["logits"].shape == (300, 3)
@@ -101,20 +104,18 @@ def test_plan_layout_chunks_tile_shards(tmp_path: Path, name: str, rows_per_bloc
 @pytest.mark.parametrize("rows_per_block", [48, 100])
 def test_plan_layout_chunks_tile_shards_any_block_size(tmp_path: Path, rows_per_block: int):
     """rows_per_block is a user option: a block size that is not a power of two must still give a valid layout."""
-    spec = fmt.TargetSpec("sequence", 128, hidden_layers=(0, 1, 2), hidden_tokens="cls")
+    spec = TargetSpec("sequence", 128, hidden_layers=(0, 1, 2), hidden_tokens="cls")
     layout, _ = fmt.plan_layout(spec, 300, 3, None, 128, None, None, rows_per_block)
     _check_tiling(layout, rows_per_block, tmp_path)
 
 
 def test_spec_and_manifest_round_trip():
     """TargetSpec and Manifest survive to_dict/from_dict (what the group attributes hold)."""
-    spec = fmt.TargetSpec(
-        "mlm", 64, top_k=16, hidden_layers=(0, 2), hidden_tokens="all", mlm_probability=0.15, mask_seed=0
-    )
-    assert fmt.TargetSpec.from_dict(spec.to_dict()) == spec
+    spec = TargetSpec("mlm", 64, top_k=16, hidden_layers=(0, 2), hidden_tokens="all", mlm_probability=0.15, mask_seed=0)
+    assert TargetSpec.from_dict(spec.to_dict()) == spec
     layout, _ = _plan("mlm-all", 64)
-    m = fmt.Manifest(1, {"name": "t"}, "tok", {"n_rows": 300}, spec.to_dict(), layout.to_dict())
-    assert fmt.Manifest.from_dict(m.to_dict()) == m and m.state == "writing"
+    m = Manifest(1, {"name": "t"}, "tok", {"n_rows": 300}, spec.to_dict(), layout.to_dict())
+    assert Manifest.from_dict(m.to_dict()) == m and m.state == "writing"
 
 
 def test_uint32_token_ids_round_trip(tmp_path: Path):

@@ -13,7 +13,9 @@ import zarr
 
 from skdcache.cache import format as fmt
 from skdcache.cache import idcoding
+from skdcache.cache.manifest import Manifest
 from skdcache.cache.reader import TeacherCache
+from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -96,7 +98,7 @@ def test_delta_round_trips_any_bit_pattern():
 
 
 def test_layout_records_codings_and_version():
-    spec = fmt.TargetSpec.from_dict(v1.SPEC)
+    spec = TargetSpec.from_dict(v1.SPEC)
     layout, _ = fmt.plan_layout(spec, v1.N_ROWS, None, v1.VOCAB, None, v1.counts(), None, rows_per_block=v1.BLOCK)
     codings = {n: a.coding for n, a in layout.arrays.items() if a.coding}
     assert codings == {"topk_logprobs": "delta", "sample_ids": "gaps"}
@@ -110,7 +112,7 @@ def test_layout_records_codings_and_version():
     assert not any(a.coding for a in kept.arrays.values()) and kept.format_version == 1
     assert kept.to_dict() == old
     # a sequence-level cache has nothing to code: written as v1, exactly as before
-    seq, _ = fmt.plan_layout(fmt.TargetSpec("sequence", 16), 10, 3, None, None, None, None)
+    seq, _ = fmt.plan_layout(TargetSpec("sequence", 16), 10, 3, None, None, None, None)
     assert seq.format_version == 1
     bad = json.loads(json.dumps(d))
     bad["arrays"]["topk_ids"]["coding"] = "delta"
@@ -120,12 +122,12 @@ def test_layout_records_codings_and_version():
 
 def _write(path: Path, coded: bool) -> Path:
     """The fixture's targets written by today's writer, with (v2) or without (v1) the codings."""
-    spec = fmt.TargetSpec.from_dict(v1.SPEC)
+    spec = TargetSpec.from_dict(v1.SPEC)
     layout, index = fmt.plan_layout(spec, v1.N_ROWS, None, v1.VOCAB, None, v1.counts(), None, rows_per_block=v1.BLOCK)
     if not coded:
         layout = layout.with_codings_of({"arrays": {n: {} for n in layout.arrays}})
     dataset = {"fingerprint": "f" * 32, "n_rows": v1.N_ROWS}
-    manifest = fmt.Manifest(layout.format_version, {"name": "t"}, "-", dataset, spec.to_dict(), layout.to_dict())
+    manifest = Manifest(layout.format_version, {"name": "t"}, "-", dataset, spec.to_dict(), layout.to_dict())
     writer = CacheWriter(path, manifest, layout, index)
     for b in range(layout.n_blocks):
         lo, hi = layout.block_rows(b)
@@ -136,7 +138,7 @@ def _write(path: Path, coded: bool) -> Path:
 
 def _expected(rows: np.ndarray) -> dict[str, np.ndarray]:
     """The fixture's targets of `rows`, in order, with the stored dtypes."""
-    spec = fmt.TargetSpec.from_dict(v1.SPEC)
+    spec = TargetSpec.from_dict(v1.SPEC)
     layout, _ = fmt.plan_layout(spec, v1.N_ROWS, None, v1.VOCAB, None, v1.counts(), None, rows_per_block=v1.BLOCK)
     c = v1.counts()
     per_row: dict[str, list] = {}

@@ -11,8 +11,18 @@ import pytest
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache.manifest import DatasetInfo, Manifest, MetricInfo, TeacherInfo, read_manifest
+from skdcache.cache.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_ATTR,
+    DatasetInfo,
+    Manifest,
+    MetricInfo,
+    TeacherInfo,
+    read_manifest,
+)
+from skdcache.cache.markers import BLOCKS_DIR, completed_blocks
 from skdcache.cache.reader import TeacherCache
+from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 from skdcache.errors import CacheError, GroupIncomplete
 
@@ -44,15 +54,15 @@ METRIC = {"split": "validation", "name": "accuracy", "value": 0.5, "all": {"accu
 
 
 def _manifest(**teacher) -> Manifest:
-    spec = fmt.TargetSpec("sequence", 64)
+    spec = TargetSpec("sequence", 64)
     layout, _ = fmt.plan_layout(spec, DATASET["n_rows"], 3, None, None, None, None, rows_per_block=64)
     return Manifest(
-        fmt.FORMAT_VERSION, {**TEACHER, **teacher}, "tok", DATASET, spec.to_dict(), layout.to_dict(), cache_key="k"
+        FORMAT_VERSION, {**TEACHER, **teacher}, "tok", DATASET, spec.to_dict(), layout.to_dict(), cache_key="k"
     )
 
 
 def _write(path: Path, manifest: Manifest) -> Path:
-    spec = fmt.TargetSpec.from_dict(manifest.targets)
+    spec = TargetSpec.from_dict(manifest.targets)
     layout, index = fmt.plan_layout(spec, DATASET["n_rows"], 3, None, None, None, None, rows_per_block=64)
     writer = CacheWriter(path, manifest, layout, index)
     for b in range(layout.n_blocks):
@@ -99,7 +109,7 @@ def test_manifest_without_location_is_read(tmp_path: Path):
     """A manifest written before `location` existed reads as location None, on disk and in memory."""
     group = _write(tmp_path / "g", _manifest())
     meta = json.loads((group / "zarr.json").read_text())
-    del meta["attributes"][fmt.MANIFEST_ATTR]["teacher"]["location"]
+    del meta["attributes"][MANIFEST_ATTR]["teacher"]["location"]
     (group / "zarr.json").write_text(json.dumps(meta))
     m = read_manifest(group)
     assert m.teacher.location is None and m.teacher.name == "t" and m.teacher.num_labels == 3
@@ -143,10 +153,10 @@ def test_zarr_json_of_the_wrong_shape_is_damage_not_a_half_created_group(tmp_pat
 @pytest.mark.parametrize("seed", [-1, 2**64, True])
 def test_seeds_in_the_spec_must_be_what_numpy_accepts(seed):
     """A negative mask_seed reached numpy's SeedSequence in `train` as a traceback (metadata fuzz)."""
-    spec = fmt.TargetSpec("mlm", 64, targets="topk", top_k=8, mlm_probability=0.15, mask_seed=0).to_dict()
-    fmt.TargetSpec.from_dict(spec)
+    spec = TargetSpec("mlm", 64, targets="topk", top_k=8, mlm_probability=0.15, mask_seed=0).to_dict()
+    TargetSpec.from_dict(spec)
     with pytest.raises(CacheError, match="mask_seed"):
-        fmt.TargetSpec.from_dict({**spec, "mask_seed": seed})
+        TargetSpec.from_dict({**spec, "mask_seed": seed})
 
 
 def test_plain_zarr_opens_a_cache_without_warnings(tmp_path: Path):
@@ -156,20 +166,20 @@ def test_plain_zarr_opens_a_cache_without_warnings(tmp_path: Path):
         g = zarr.open_group(str(group), mode="r")
         members = dict(g.members(max_depth=None))
         assert np.array_equal(g["logits"][:2], [[0, 1, 2], [3, 4, 5]])
-    assert {"logits", fmt.BLOCKS_DIR} <= set(members)
-    assert fmt.completed_blocks(group) == {0, 1}
+    assert {"logits", BLOCKS_DIR} <= set(members)
+    assert completed_blocks(group) == {0, 1}
 
 
 def test_cache_written_before_the_marker_node_is_read_and_resumed(tmp_path: Path):
     """Old caches have a plain `_blocks/` folder: they read as before, and resuming one adds the node."""
     manifest = _manifest()
     group = _write(tmp_path / "g", manifest)
-    (group / fmt.BLOCKS_DIR / "zarr.json").unlink()
+    (group / BLOCKS_DIR / "zarr.json").unlink()
     assert TeacherCache(group).verify() == []
-    spec = fmt.TargetSpec.from_dict(manifest.targets)
+    spec = TargetSpec.from_dict(manifest.targets)
     layout, index = fmt.plan_layout(spec, DATASET["n_rows"], 3, None, None, None, None, rows_per_block=64)
     CacheWriter(group, manifest, layout, index)
-    assert (group / fmt.BLOCKS_DIR / "zarr.json").exists() and fmt.completed_blocks(group) == {0, 1}
+    assert (group / BLOCKS_DIR / "zarr.json").exists() and completed_blocks(group) == {0, 1}
     assert TeacherCache(group).verify() == []
 
 
@@ -191,4 +201,4 @@ def test_precompute_records_the_teacher_location(tmp_path: Path, monkeypatch):
     assert result.manifest.teacher == teacher and teacher_location("org/hub-model") is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert set(zarr.open_group(str(result.path), mode="r").array_keys()) == {"logits", fmt.BLOCKS_DIR}
+        assert set(zarr.open_group(str(result.path), mode="r").array_keys()) == {"logits", BLOCKS_DIR}
