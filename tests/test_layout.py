@@ -169,3 +169,46 @@ def test_the_stage_rule_can_fail() -> None:
         "skdcache.distill.losses -> skdcache.train",
         "skdcache.errors -> skdcache.data.rows",
     ]
+
+
+def defined_names(path: Path) -> set[str]:
+    """Names a module binds itself at top level (functions, classes, assignments), not the ones it imports."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+def reexported_imports(files: dict[str, Path], sources: list[Path], root: Path = ROOT) -> list[str]:
+    """`from skdcache.X import N` where X does not define N itself (and N is no submodule of X): a second path."""
+    found = []
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in files:
+                continue
+            if node.module == "skdcache":  # the package's public face (its __all__)
+                continue
+            own = defined_names(files[node.module])
+            for alias in node.names:
+                if alias.name not in own and f"{node.module}.{alias.name}" not in files:
+                    found.append(f"{source.relative_to(root)}: from {node.module} import {alias.name}")
+    return found
+
+
+def test_one_import_path_per_name() -> None:
+    """Every import names the module that defines what it imports; only `skdcache` itself re-exports."""
+    sources = [p for d in ("skdcache", "cli", "tests", "benchmarks", "examples") for p in (ROOT / d).rglob("*.py")]
+    found = reexported_imports(module_files(), sources)
+    assert not found, "import these from the module that defines them:\n" + "\n".join(found)
+
+
+def test_the_import_path_rule_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("from skdcache.cache.reader import TeacherCache\nX = 1\n")
+    (tmp_path / "b.py").write_text("from skdcache.facade import TeacherCache, X\n")
+    files = {"skdcache.facade": tmp_path / "a.py"}
+    found = reexported_imports(files, [tmp_path / "b.py"], tmp_path)
+    assert found == ["b.py: from skdcache.facade import TeacherCache"]
