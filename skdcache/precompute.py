@@ -12,16 +12,14 @@ import errno
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from skdcache.cache import format as fmt
 from skdcache.cache.fingerprint import cache_key, model_weights_hash, tokenizer_hash
-from skdcache.cache.manifest import DatasetInfo, Manifest, TeacherInfo, read_manifest
+from skdcache.cache.format import DATASET_FILE, plan_layout
+from skdcache.cache.manifest import Manifest, read_manifest
 from skdcache.cache.remote import RemoteRoot
 from skdcache.cache.roots import CacheRoot, open_root
 from skdcache.cache.store import WriterLock, ensure_writable_root, remove_empty_tree, write_json
@@ -32,12 +30,12 @@ from skdcache.device import pick_device
 from skdcache.distributed import barrier, from_rank0_object, rank_and_size
 from skdcache.errors import CacheError, GroupIncomplete, SkdError
 from skdcache.fields import check_ranges
-from skdcache.models import check_model_path, detect_head, load_config, load_tokenizer, resolve_model_dir
+from skdcache.models import check_model_path
 from skdcache.stages import StageClock
-from skdcache.teacher.blocks import capture, run_block, token_positions
-from skdcache.teacher.load import TeacherSpec, load_teacher
+from skdcache.teacher.blocks import block_progress, capture, run_block, token_positions
+from skdcache.teacher.load import TeacherFiles, TeacherSpec, load_teacher, open_teacher
 from skdcache.teacher.options import TargetOptions, check_teacher, preflight, target_spec
-from skdcache.teacher.provenance import dataset_record, package_versions, teacher_location
+from skdcache.teacher.provenance import dataset_record, new_manifest
 from skdcache.teacher.reduce import label_permutation
 from skdcache.training.evaluate import evaluate_teacher
 
@@ -66,7 +64,7 @@ class PrecomputeResult:
 
 
 def precompute_teacher(
-    spec: TeacherSpec,
+    teacher: TeacherSpec | TeacherFiles,
     rows: TextRows,
     root: Path,
     opts: TargetOptions,
@@ -78,17 +76,17 @@ def precompute_teacher(
     With a `remote` root, `root` is its local mirror: a group already published is reused without a
     download, and a group computed (or completed earlier but never published) here is published.
     """
+    files = teacher if isinstance(teacher, TeacherFiles) else open_teacher(teacher, opts.trust_remote_code)
     if rows.messages is not None:  # chat rows: rendered with this teacher's template (or --chat-template)
-        tokenizer = load_tokenizer(resolve_model_dir(spec.source, spec.revision), opts.trust_remote_code)
-        rows = render_chat(rows, tokenizer, rows.spec.chat_template)
-        eval_rows = render_chat(eval_rows, tokenizer, rows.spec.chat_template) if eval_rows is not None else None
+        rows = render_chat(rows, files.tokenizer, rows.spec.chat_template)
+        eval_rows = render_chat(eval_rows, files.tokenizer, rows.spec.chat_template) if eval_rows is not None else None
     try:
-        result = _precompute_local(spec, rows, root, opts, eval_rows, remote)
+        result = _precompute_local(files, rows, root, opts, eval_rows, remote)
     except OSError as exc:  # ENOSPC can land anywhere: group metadata, markers, the manifest (blocks say more)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CacheError(
-                f"disk full while writing {spec.name}'s cache under {root}; free space (or pass another --cache) "
-                "and rerun: finished blocks are kept"
+                f"disk full while writing {files.spec.name}'s cache under {root}; free space (or pass another "
+                "--cache) and rerun: finished blocks are kept"
             ) from exc
         raise
     if remote is not None and result.status != "cached (remote)" and rank_and_size()[0] == 0:
@@ -97,113 +95,59 @@ def precompute_teacher(
     return result
 
 
-def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeResult:
-    t0 = time.perf_counter()
-    model_dir = resolve_model_dir(spec.source, spec.revision)
-    config = load_config(model_dir, spec.name, opts.trust_remote_code)
-    head = detect_head(config, spec.head)
-    check_teacher(spec, config, head, rows, opts)
-    tokenizer = load_tokenizer(model_dir, opts.trust_remote_code)
-    targets = target_spec(head, config, opts)
-    weights_hash, tok_hash = model_weights_hash(model_dir), tokenizer_hash(tokenizer)
+def _precompute_local(
+    files: TeacherFiles,
+    rows: TextRows,
+    root: Path,
+    opts: TargetOptions,
+    eval_rows: TextRows | None,
+    remote: RemoteRoot | None,
+) -> PrecomputeResult:
+    """key -> look for the cache -> lock -> load the teacher -> plan the blocks -> write them -> finish."""
+    t0, spec = time.perf_counter(), files.spec
+    check_teacher(spec, files.config, files.head, rows, opts)
+    targets = target_spec(files.head, files.config, opts)
+    weights_hash, tok_hash = model_weights_hash(files.model_dir), tokenizer_hash(files.tokenizer)
     key = cache_key(weights_hash, tok_hash, targets, rows.label_names)
     group_path = root / rows.fingerprint / key
-    if remote is not None and not opts.repair:  # rank 0 decides, so all ranks take the same path
-        published = from_rank0_object(remote.has_complete(rows.fingerprint, key) if rank_and_size()[0] == 0 else None)
-        if published is not None:
-            return PrecomputeResult(spec.name, group_path, "cached (remote)", time.perf_counter() - t0, published)
-    manifest = _existing_manifest(group_path)
-    damaged: set[int] = set()
-    if manifest is not None and manifest.state == "complete":
-        if not opts.repair:
-            return PrecomputeResult(spec.name, group_path, "cached", time.perf_counter() - t0, manifest)
-        damaged = _damaged_blocks(group_path)
-        if not damaged:
-            return PrecomputeResult(spec.name, group_path, "verified", time.perf_counter() - t0, manifest)
-        log.warning("%s: recomputing damaged blocks %s", spec.name, sorted(damaged))
 
+    def result(status: str, manifest: Manifest, stages: dict | None = None) -> PrecomputeResult:
+        return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest, stages)
+
+    status, manifest, damaged = _look(spec.name, group_path, rows.fingerprint, key, opts, remote)  # 1. look
+    if status is not None:
+        return result(status, manifest)
     rank, world = rank_and_size()
     if world > 1 and opts.repair:
         raise SkdError("--repair runs in one process; drop --nproc / torchrun for it")
     with WriterLock(group_path) if rank == 0 else contextlib.nullcontext():
-        # another writer may have finished it between the look above and the lock: then it is only read
+        # 2. another writer may have finished it between the look above and the lock: then it is only read
         now = _existing_manifest(group_path) if rank == 0 and not opts.repair else None
         if from_rank0_object(now is not None and now.state == "complete"):
-            manifest = now if rank == 0 else read_manifest(group_path)
-            return PrecomputeResult(spec.name, group_path, "cached", time.perf_counter() - t0, manifest)
+            return result("cached", now if rank == 0 else read_manifest(group_path))
         device = pick_device(opts.device)
         if device.type == "cuda" and world > 1:
             device = torch.device("cuda", torch.cuda.current_device())
-        teacher = load_teacher(spec, device, opts.trust_remote_code, weights_hash)
-        perm = label_permutation(teacher.config, rows)
-        if perm is not None:
-            perm = perm.to(device)
-        enc = tokenize(tokenizer, rows, opts.max_length)
-        positions = token_positions(head, enc, tokenizer, targets)
+        teacher = load_teacher(spec, device, opts.trust_remote_code, weights_hash, files=files)  # 3. load
+        perm = label_permutation(teacher.config, rows)  # refuses other label names before anything is written
+        perm = perm.to(device) if perm is not None else None
+        enc = tokenize(files.tokenizer, rows, opts.max_length)  # 4. plan: tokens, target positions, layout
+        positions = token_positions(files.head, enc, files.tokenizer, targets)
         counts = np.array([len(p) for p in positions]) if positions is not None else None
-        layout, index = fmt.plan_layout(
-            targets,
-            len(rows),
-            rows.num_labels or config.num_labels,
-            config.vocab_size,
-            config.hidden_size,
-            counts,
-            enc.lengths,
-            opts.rows_per_block,
+        n_labels = rows.num_labels or files.config.num_labels
+        cfg = files.config
+        layout, index = plan_layout(
+            targets, len(rows), n_labels, cfg.vocab_size, cfg.hidden_size, counts, enc.lengths, opts.rows_per_block
         )
         if manifest is not None:  # resuming or repairing: keep the codings it was written with (v1: none)
             layout = layout.with_codings_of(manifest.layout)
-        manifest = Manifest(
-            format_version=layout.format_version,
-            teacher=TeacherInfo(
-                name=spec.name,
-                source=spec.source,
-                revision=spec.revision,
-                head=head,
-                weights_hash=weights_hash,
-                num_parameters=teacher.num_parameters,
-                num_labels=config.num_labels,
-                vocab_size=config.vocab_size,
-                hidden_size=config.hidden_size,
-                num_hidden_layers=config.num_hidden_layers,
-                location=teacher_location(spec.source),
-            ),
-            tokenizer_hash=tok_hash,
-            dataset=DatasetInfo.from_dict(dataset_record(rows)),
-            targets=targets.to_dict(),
-            layout=layout.to_dict(),
-            versions=package_versions(),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            cache_key=key,
-        )
-        clock = StageClock()
-        if rank == 0:  # one creator; the other ranks open what it made
-            write_json(root / rows.fingerprint / fmt.DATASET_FILE, dataset_record(rows))
-            writer = CacheWriter(group_path, manifest, layout, index, clock)
-            for block in damaged:
-                writer.invalidate(block)
-        barrier()
-        if rank != 0:
-            writer = CacheWriter(group_path, manifest, layout, index, clock)
+        manifest = new_manifest(teacher, files, rows, targets, layout, tok_hash, key)
+        clock = StageClock()  # 5. write: every rank its share of the missing blocks
+        writer = _open_writer(root, rows, group_path, manifest, layout, index, clock, damaged)
         done = writer.done()
         todo = [b for b in range(layout.n_blocks) if b not in done and b % world == rank]
         status = "repaired" if damaged else "resumed" if done else "computed"
-        rows_done = sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in done)
-        bar = tqdm(
-            total=rows_done + sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in todo),
-            initial=rows_done,
-            unit="ex",
-            desc=spec.name if world == 1 else f"{spec.name} [rank 0 of {world}]",
-            disable=not opts.progress or rank != 0,
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
-        tokens = [0, time.perf_counter()]
-
-        def on_batch(n_rows: int, n_tokens: int) -> None:
-            tokens[0] += n_tokens
-            bar.update(n_rows)
-            bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - tokens[1]):,.0f}", refresh=False)
+        on_batch, bar = block_progress(spec.name, layout, done, todo, opts.progress)
 
         def compute(block: int) -> dict[str, np.ndarray]:
             rows_of_block = range(*layout.block_rows(block))
@@ -212,18 +156,51 @@ def _precompute_local(spec, rows, root, opts, eval_rows, remote) -> PrecomputeRe
 
         capture(todo, compute, writer, spec.name)
         bar.close()
-        barrier()  # every rank's blocks are durable before rank 0 declares the cache complete
+        barrier()  # 6. finish: every rank's blocks are durable before rank 0 declares the cache complete
         if rank == 0:
-            metric = (
-                evaluate_teacher(teacher, eval_rows, opts.max_length, opts.batch_size, device, perm)
-                if eval_rows is not None
-                else None
-            )
+            metric = None
+            if eval_rows is not None:
+                metric = evaluate_teacher(teacher, eval_rows, opts.max_length, opts.batch_size, device, perm)
             manifest = writer.finish(metric)
         barrier()
         if rank != 0:
             manifest = read_manifest(group_path)
-    return PrecomputeResult(spec.name, group_path, status, time.perf_counter() - t0, manifest, clock.summary())
+    return result(status, manifest, clock.summary())
+
+
+def _look(
+    name: str, group_path: Path, dataset_fp: str, key: str, opts: TargetOptions, remote: RemoteRoot | None
+) -> tuple[str | None, Manifest | None, set[int]]:
+    """(status, manifest, damaged blocks): a status when the cache is there to use as it is ("cached (remote)",
+    "cached", "verified"), else None with the manifest of an unfinished or damaged group to resume or repair."""
+    if remote is not None and not opts.repair:  # rank 0 decides, so all ranks take the same path
+        published = from_rank0_object(remote.has_complete(dataset_fp, key) if rank_and_size()[0] == 0 else None)
+        if published is not None:
+            return "cached (remote)", published, set()
+    manifest = _existing_manifest(group_path)
+    if manifest is None or manifest.state != "complete":
+        return None, manifest, set()
+    if not opts.repair:
+        return "cached", manifest, set()
+    damaged = _damaged_blocks(group_path)
+    if not damaged:
+        return "verified", manifest, set()
+    log.warning("%s: recomputing damaged blocks %s", name, sorted(damaged))
+    return None, manifest, damaged
+
+
+def _open_writer(root, rows, group_path, manifest, layout, index, clock, damaged: set[int]) -> CacheWriter:
+    """Rank 0 creates (or reopens) the group and drops damaged blocks; the other ranks open what it made."""
+    rank = rank_and_size()[0]
+    if rank == 0:
+        write_json(root / rows.fingerprint / DATASET_FILE, dataset_record(rows))
+        writer = CacheWriter(group_path, manifest, layout, index, clock)
+        for block in damaged:
+            writer.invalidate(block)
+    barrier()
+    if rank != 0:
+        writer = CacheWriter(group_path, manifest, layout, index, clock)
+    return writer
 
 
 def _damaged_blocks(group_path: Path) -> set[int]:
@@ -283,15 +260,16 @@ def precompute(
         remote.check_writable()
     rows = load_rows(data)
     eval_rows = load_eval_rows(data, opts)
-    for spec in team:  # every teacher's model and options checked before the cache root is touched
-        preflight(spec, rows, opts)
+    teachers = [open_teacher(spec, opts.trust_remote_code) for spec in team]  # config + tokenizer, no weights
+    for teacher in teachers:  # every teacher's model and options checked before the cache root is touched
+        preflight(teacher, rows, opts)
     created = not where.path.exists()
     root = ensure_writable_root(where.path)
     results = []
     try:
-        for spec in team:
-            result = precompute_teacher(spec, rows, root, opts, eval_rows, remote)
-            log.info("%s: %s in %.1fs -> %s", spec.name, result.status, result.seconds, result.path)
+        for teacher in teachers:
+            result = precompute_teacher(teacher, rows, root, opts, eval_rows, remote)
+            log.info("%s: %s in %.1fs -> %s", result.name, result.status, result.seconds, result.path)
             results.append(result)
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty cache root behind

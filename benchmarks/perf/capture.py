@@ -130,7 +130,7 @@ def replayed(batch: int, length: int):
     real = precompute_module.load_teacher
     built: dict[str, ReplayModel] = {}
 
-    def load(spec: TeacherSpec, device, trust_remote_code=False, weights_hash=None) -> LoadedTeacher:
+    def load(spec: TeacherSpec, device, trust_remote_code=False, weights_hash=None, files=None) -> LoadedTeacher:
         model_dir = resolve_model_dir(spec.source, spec.revision)
         config = load_config(model_dir, spec.name, False)
         head = detect_head(config, spec.head)

@@ -3,16 +3,19 @@ targets and assembled in row order, ready for the writer."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from skdcache.cache import format as fmt
 from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import Encoded
 from skdcache.device import autocast_dtype
+from skdcache.distributed import rank_and_size
 from skdcache.errors import SkdError
 from skdcache.stages import StageClock
 from skdcache.teacher.load import LoadedTeacher
@@ -160,3 +163,26 @@ def _finite_fp16(values: np.ndarray, piece: int = 1 << 18) -> bool:
         return bool(np.isfinite(values).all())
     bits = np.ascontiguousarray(values).reshape(-1).view(np.uint16)
     return not any(((bits[i : i + piece] & 0x7C00) == 0x7C00).any() for i in range(0, bits.size, piece))
+
+
+def block_progress(name: str, layout, done: set[int], todo: list[int], show: bool):
+    """(on_batch callback, bar): rows done of the whole cache, and the teacher's tokens per second."""
+    rank, world = rank_and_size()
+    n_rows = lambda blocks: sum(layout.block_rows(b)[1] - layout.block_rows(b)[0] for b in blocks)  # noqa: E731
+    bar = tqdm(
+        total=n_rows(done) + n_rows(todo),
+        initial=n_rows(done),
+        unit="ex",
+        desc=name if world == 1 else f"{name} [rank 0 of {world}]",
+        disable=not show or rank != 0,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    tokens = [0, time.perf_counter()]
+
+    def on_batch(n_rows: int, n_tokens: int) -> None:
+        tokens[0] += n_tokens
+        bar.update(n_rows)
+        bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - tokens[1]):,.0f}", refresh=False)
+
+    return on_batch, bar

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +35,26 @@ class TeacherSpec:
         return cls(name.strip(), source.strip(), revision)
 
 
+@dataclass(frozen=True)
+class TeacherFiles:
+    """A teacher found and described without its weights: precompute checks the options, keys the cache and
+    tokenizes with it, and loads the weights from it only when blocks must be computed."""
+
+    spec: TeacherSpec
+    model_dir: Path
+    config: Any
+    head: str
+    tokenizer: Any
+
+
+def open_teacher(spec: TeacherSpec, trust_remote_code: bool = False) -> TeacherFiles:
+    """The teacher's folder, config, head and tokenizer: read once per teacher and command."""
+    model_dir = resolve_model_dir(spec.source, spec.revision)
+    config = load_config(model_dir, spec.name, trust_remote_code)
+    head = detect_head(config, spec.head)
+    return TeacherFiles(spec, model_dir, config, head, load_tokenizer(model_dir, trust_remote_code))
+
+
 @dataclass
 class LoadedTeacher:
     spec: TeacherSpec
@@ -53,16 +74,21 @@ class LoadedTeacher:
 
 
 def load_teacher(
-    spec: TeacherSpec, device: torch.device, trust_remote_code: bool = False, weights_hash: str | None = None
+    spec: TeacherSpec,
+    device: torch.device,
+    trust_remote_code: bool = False,
+    weights_hash: str | None = None,
+    files: TeacherFiles | None = None,
 ) -> LoadedTeacher:
+    """The teacher's weights on `device`, in eval mode; `files` when its folder was opened already."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    model_dir = resolve_model_dir(spec.source, spec.revision)
-    config = load_config(model_dir, spec.name, trust_remote_code)
-    head = detect_head(config, spec.head)
-    model = auto_class(head).from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    files = files or open_teacher(spec, trust_remote_code)
+    model = auto_class(files.head).from_pretrained(
+        files.model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32
+    )
     model.eval().to(device)
-    tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    return LoadedTeacher(spec, model_dir, model, tokenizer, head, weights_hash or model_weights_hash(model_dir))
+    weights_hash = weights_hash or model_weights_hash(files.model_dir)
+    return LoadedTeacher(spec, files.model_dir, model, files.tokenizer, files.head, weights_hash)

@@ -9,8 +9,7 @@ from skdcache.cache.spec import TARGET_KINDS, TargetSpec
 from skdcache.data.rows import TextRows
 from skdcache.errors import SkdError
 from skdcache.fields import check_ranges, flag
-from skdcache.models import detect_head, load_config, resolve_model_dir
-from skdcache.teacher.load import TeacherSpec
+from skdcache.teacher.load import TeacherFiles, TeacherSpec
 
 
 @dataclass
@@ -104,11 +103,8 @@ def target_spec(head: str, config, opts: TargetOptions) -> TargetSpec:
     )
 
 
-def preflight(spec: TeacherSpec, rows: TextRows, opts: TargetOptions) -> None:
-    """The checks of `_precompute_local` that need only the teacher's config: a bad teacher path, a label or
-    vocabulary mismatch or a bad option fails in one line before the cache root exists."""
-    model_dir = resolve_model_dir(spec.source, spec.revision)
-    config = load_config(model_dir, spec.name, opts.trust_remote_code)
-    head = detect_head(config, spec.head)
-    check_teacher(spec, config, head, rows, opts)
-    target_spec(head, config, opts)
+def preflight(teacher: TeacherFiles, rows: TextRows, opts: TargetOptions) -> None:
+    """The checks precompute makes with the teacher's config alone: a label or vocabulary mismatch or a bad
+    option fails in one line before the cache root exists."""
+    check_teacher(teacher.spec, teacher.config, teacher.head, rows, opts)
+    target_spec(teacher.head, teacher.config, opts)

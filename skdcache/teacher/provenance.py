@@ -3,12 +3,16 @@ and the rows' description."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from skdcache.cache.manifest import DatasetInfo, Manifest, TeacherInfo
+from skdcache.cache.spec import TargetSpec
 from skdcache.data.rows import TextRows
+from skdcache.teacher.load import LoadedTeacher, TeacherFiles
 from skdcache.version import __version__
 
 
@@ -53,4 +57,34 @@ def dataset_record(rows: TextRows) -> dict:
         }
         if rows.messages is not None
         else {}
+    )
+
+
+def new_manifest(
+    teacher: LoadedTeacher, files: TeacherFiles, rows: TextRows, targets: TargetSpec, layout, tok_hash: str, key: str
+) -> Manifest:
+    """What the group will say about itself: teacher, tokenizer, rows, targets, layout, versions."""
+    spec, config = files.spec, files.config
+    return Manifest(
+        format_version=layout.format_version,
+        teacher=TeacherInfo(
+            name=spec.name,
+            source=spec.source,
+            revision=spec.revision,
+            head=files.head,
+            weights_hash=teacher.weights_hash,
+            num_parameters=teacher.num_parameters,
+            num_labels=config.num_labels,
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            location=teacher_location(spec.source),
+        ),
+        tokenizer_hash=tok_hash,
+        dataset=DatasetInfo.from_dict(dataset_record(rows)),
+        targets=targets.to_dict(),
+        layout=layout.to_dict(),
+        versions=package_versions(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        cache_key=key,
     )
