@@ -123,8 +123,9 @@ def test_train_registers_the_student_projection(monkeypatch, tmp_path: Path):
 def test_chunked_reduction_equals_one_pass_over_all_positions(monkeypatch, targets: str):
     """The reduction walks the target positions a few MB at a time; chunk boundaries change no value: the
     targets equal one pass over every target position (ragged masks, chunks of 1, 3 and all positions)."""
+    from skdcache.cache.reader import Targets
     from skdcache.teacher import reduce
-    from skdcache.teacher.reduce import BatchTargets, _reduce, position_uniforms, sample_targets, topk_with_tail
+    from skdcache.teacher.reduce import _reduce, position_uniforms, sample_targets, topk_with_tail
 
     torch.manual_seed(0)
     V = 50
@@ -142,6 +143,6 @@ def test_chunked_reduction_equals_one_pass_over_all_positions(monkeypatch, targe
     for elements in (1, 3 * V, 10**6):
         monkeypatch.setattr(reduce, "target_chunks", lambda lg, m, e=elements: real(lg, m, e))
         got = _reduce(out, "causal", {}, mask, spec, None, False, uniforms)
-        assert isinstance(got, BatchTargets)
+        assert isinstance(got, Targets)
         for name, values in want.items():
             assert torch.equal(getattr(got, name), values), (name, elements)

@@ -37,7 +37,7 @@ import torch
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache import idcoding
+from skdcache.cache import idcoding, kinds
 from skdcache.cache.catalog import dir_bytes
 from skdcache.cache.manifest import Manifest, read_manifest
 from skdcache.cache.writer import CacheWriter
@@ -151,13 +151,13 @@ def read_blocks(path: Path) -> tuple[Manifest, fmt.Layout, dict, list[dict[str, 
     manifest = read_manifest(path)
     group = zarr.open_group(str(path), mode="r")
     layout = fmt.layout_from_dict(manifest.layout, manifest.dataset.n_rows)
-    index = {n: group[n][:] for n in fmt.INDEX_ARRAYS if n in layout.arrays}
+    index = {n: group[n][:] for n in kinds.INDEX_ARRAYS if n in layout.arrays}
     blocks = []
     for b in range(layout.n_blocks):
         start, stop = layout.block_rows(b)
         data = {}
         for name in layout.arrays:
-            if name in fmt.INDEX_ARRAYS:
+            if name in kinds.INDEX_ARRAYS:
                 continue
             idx = fmt.index_array(name, layout.arrays)
             lo, hi = (start, stop) if idx is None else (int(index[idx][start, 0]), int(index[idx][stop - 1].sum()))

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from skdcache.cache import format as fmt
-from skdcache.cache import idcoding
+from skdcache.cache import idcoding, kinds
 from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD
 from skdcache.cache.reader import TeacherCache
 
@@ -133,7 +132,7 @@ def measure(group: Path) -> dict:
     index = g["token_index"][:]
     keep = np.concatenate([np.arange(s, s + c) for s, c in index if c > 0])
     arrays = {
-        n: idcoding.decode(a.coding, g[n][:][keep]) for n, a in cache.layout.arrays.items() if n in fmt.TOKEN_ARRAYS
+        n: idcoding.decode(a.coding, g[n][:][keep]) for n, a in cache.layout.arrays.items() if n in kinds.TOKEN_ARRAYS
     }
     n_tok = len(keep)
     chunk_rows = cache.layout.arrays["positions"].chunk_rows

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skdcache.cache import format as fmt
+from skdcache.cache import kinds
 from skdcache.cache.manifest import Manifest, read_manifest
 from skdcache.cache.markers import completed_blocks
 from skdcache.cache.reader import TeacherCache
@@ -67,17 +68,11 @@ def summary_row(entry: CacheEntry) -> dict:
 
 
 def describe_targets(targets: dict) -> str:
-    kind = targets.get("targets", "topk")
-    if targets["head"] == "sequence":
-        parts = ["logits"]
-    elif kind == "topk":
-        parts = [f"top{targets['top_k']}+tail"]
-    else:
-        drawn = f"sampled{targets['samples']}@T{targets['sample_temperature']:g}"
-        parts = [drawn if kind == "sampled" else f"top{targets['top_k']}+{drawn}"]
-    if targets.get("hidden_layers"):
-        parts.append(f"hidden{targets['hidden_layers']}/{targets['hidden_tokens']}")
-    return ",".join(parts)
+    """What a manifest's targets store, in a few characters (`kinds.describe`); "?" when they do not parse."""
+    try:
+        return kinds.describe(TargetSpec.from_dict(targets))
+    except CacheError:
+        return "?"
 
 
 def human_bytes(n: float) -> str:

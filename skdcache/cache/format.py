@@ -1,6 +1,7 @@
-"""The cache format: the only module that names arrays, their families, shapes, dtypes, chunking, sharding and
-shard files. Beside it, one job each: the manifest (the group's attributes) in `manifest.py`, what a cache
-stores in `spec.py`, completion markers in `markers.py`, chunk sizes in `chunking.py`.
+"""The cache format's layout: where each array's entries go, chunking, sharding and shard files. Beside it, one
+job each: the arrays themselves (names, shapes, dtypes) are the target kinds of `kinds.py`, what a cache
+stores is `spec.py`, the manifest (the group's attributes) `manifest.py`, completion markers `markers.py`,
+chunk sizes `chunking.py` (docs/cache-format.md describes them together).
 
 A cache root holds one directory per dataset fingerprint and, inside it, one Zarr v3 group per teacher
 cache (content key = teacher weights + tokenizer + target spec + format version):
@@ -40,6 +41,7 @@ import numpy as np
 
 from skdcache.cache import idcoding
 from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD, aligned_starts, row_chunk, token_chunk
+from skdcache.cache.kinds import ARRAY_NAMES, INDEX_ARRAYS, INDEX_OF, Dims, array_names, stored_kinds
 from skdcache.cache.manifest import FORMAT_VERSION, damaged, parse_count
 from skdcache.cache.spec import TargetSpec
 from skdcache.errors import CacheError
@@ -68,34 +70,14 @@ class ArraySpec:
         return (self.shard_rows, *self.shape[1:])
 
 
-# Array families. Token arrays are indexed by `token_index`; `hidden` is a token array (indexed by
-# `hidden_index`) only when every token's hidden state is stored, else a row array.
-TOKEN_ARRAYS = (
-    "topk_logprobs",
-    "topk_ids",
-    "tail_logmass",
-    "sample_ids",
-    "sample_counts",
-    "sample_logprobs",
-    "positions",
-)
-INDEX_ARRAYS = ("token_index", "hidden_index")
-_INDEX_OF = {**{name: "token_index" for name in TOKEN_ARRAYS}, "hidden": "hidden_index"}
-ARRAY_NAMES = ("logits", *TOKEN_ARRAYS, "token_index", "hidden", "hidden_index")
-
-
 def index_array(name: str, present) -> str | None:
     """The index array giving the token range of each row of `name`, or None for a row array.
 
     Args:
         present: the names of the arrays this cache has (a layout's or a group's arrays).
     """
-    index = _INDEX_OF.get(name)
+    index = INDEX_OF.get(name)
     return index if index in present else None
-
-
-def token_id_dtype(vocab_size: int) -> str:
-    return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
 
 
 @dataclass(frozen=True)
@@ -170,31 +152,17 @@ def plan_layout(
         for name, tail, dtype in members:
             arrays[name] = ArraySpec(name, (total, *tail), dtype, chunk, shard, idcoding.coding_for(name))
 
-    if spec.head == "sequence":
-        rows_array("logits", (n_labels,), "float16")
-    else:
-        members = []
-        if spec.targets in ("topk", "hybrid"):
-            k = spec.top_k
-            members += [
-                ("topk_logprobs", (k,), "float16"),
-                ("topk_ids", (k,), token_id_dtype(vocab_size)),
-                ("tail_logmass", (), "float16"),
-            ]
-        if spec.sampled:
-            n = spec.samples
-            members += [
-                ("sample_ids", (n,), token_id_dtype(vocab_size)),
-                ("sample_counts", (n,), "uint8" if n <= 255 else "uint16"),
-                ("sample_logprobs", (n,), "float16"),
-            ]
-        token_arrays("token_index", target_counts, [*members, ("positions", (), "uint16")])
-    if spec.hidden_layers:
-        tail = (len(spec.hidden_layers), hidden_size)
-        if spec.hidden_tokens == "cls":
-            rows_array("hidden", tail, "float16")
+    dims, counts = Dims(n_labels, vocab_size, hidden_size), {"token_index": target_counts, "hidden_index": seq_lengths}
+    groups: dict[str, list] = {}  # index array -> its members, in `KINDS` order; a row array: itself
+    for kind in stored_kinds(spec):
+        by = kind.index_for(spec)
+        for f in kind.fields:
+            groups.setdefault(by or f.name, []).append((f.name, f.shape(spec, dims), f.dtype(spec, dims)))
+    for key, members in groups.items():
+        if key in counts:  # token arrays of one index share its chunking (sized by their summed bytes)
+            token_arrays(key, counts[key], members)
         else:
-            token_arrays("hidden_index", seq_lengths, [("hidden", tail, "float16")])
+            rows_array(*members[0])
     return Layout(R, n_rows, arrays), index
 
 
@@ -213,8 +181,8 @@ def layout_from_dict(d: dict, n_rows: int, spec: TargetSpec | None = None) -> La
     unknown = sorted(set(d["arrays"]) - set(ARRAY_NAMES))
     if unknown:
         raise CacheError(f"manifest names unknown arrays {unknown}; the cache was edited or damaged, recompute it")
-    if spec is not None and set(d["arrays"]) != spec.array_names():
-        raise damaged(f"layout arrays {sorted(d['arrays'])} are not those of its targets {sorted(spec.array_names())}")
+    if spec is not None and set(d["arrays"]) != array_names(spec):
+        raise damaged(f"layout arrays {sorted(d['arrays'])} are not those of its targets {sorted(array_names(spec))}")
     rows_per_block = parse_count(d.get("rows_per_block"), "layout.rows_per_block", 1, 2**30)
     arrays = {name: _array_spec(name, a) for name, a in d["arrays"].items()}
     layout = Layout(rows_per_block, n_rows, arrays)

@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache import idcoding
+from skdcache.cache import idcoding, kinds
 from skdcache.cache.fastread import InMemory, ShardedRows, checked_slice
 from skdcache.cache.manifest import read_manifest
 from skdcache.cache.markers import checksum, completed_blocks, marker_path, read_marker
@@ -115,7 +115,7 @@ class TeacherCache:
             self._complete_rows[lo:hi] = True
         self.arrays = _open_arrays(self.path, self.layout)
         self.index: dict[str, np.ndarray] = {}
-        for name in fmt.INDEX_ARRAYS:
+        for name in kinds.INDEX_ARRAYS:
             if name in self.arrays:
                 self.index[name] = self._read_index(name)
         self._sources: dict = {}
@@ -210,21 +210,17 @@ class TeacherCache:
             raise _damaged(f"the index of teacher cache {self.name} is damaged at rows {bad}")
         uniq, inverse = np.unique(rows, return_inverse=True)
         out = Targets()
-        if "logits" in self.arrays:
-            out.logits = _tensor(self._rows("logits")(uniq)[inverse])
-        if "token_index" in self.index:
-            tok = _expand(self.index["token_index"], rows)
-            for name in fmt.TOKEN_ARRAYS:
-                if name in self.arrays:
-                    coding = self.layout.arrays[name].coding  # stored coded (v2): decoded here, the one place
-                    setattr(out, name, _tensor(idcoding.decode(coding, self._gather(name, tok))))
-            out.token_counts = torch.from_numpy(self.index["token_index"][rows, 1].copy())
-        if "hidden" in self.arrays:
-            if "hidden_index" in self.index:
-                out.hidden = _tensor(self._gather("hidden", _expand(self.index["hidden_index"], rows)))
-                out.hidden_counts = torch.from_numpy(self.index["hidden_index"][rows, 1].copy())
-            else:
-                out.hidden = _tensor(self._rows("hidden")(uniq)[inverse])
+        for name in kinds.FIELDS:  # every stored field of every kind, as `kinds` lays them out
+            if name not in self.arrays:
+                continue
+            index = fmt.index_array(name, self.index)
+            if index is None:  # one entry per row
+                values = self._rows(name)(uniq)[inverse]
+            else:  # the rows' ranges of entries, in row order, with each row's count
+                values = self._gather(name, _expand(self.index[index], rows))
+                setattr(out, kinds.COUNTS_OF[index], torch.from_numpy(self.index[index][rows, 1].copy()))
+            coding = self.layout.arrays[name].coding  # stored coded (v2): decoded here, the one place
+            setattr(out, name, _tensor(idcoding.decode(coding, values)))
         return out
 
     def _gather(self, name: str, positions: np.ndarray) -> np.ndarray:

@@ -96,21 +96,6 @@ class TargetSpec:
         if self.hidden_layers and self.hidden_tokens is None:
             raise damaged("targets.hidden_tokens is missing while hidden_layers are stored")
 
-    def array_names(self) -> set[str]:
-        """The arrays a cache of this spec holds (what `plan_layout` creates)."""
-        names: set[str] = set()
-        if self.head == "sequence":
-            names.add("logits")
-        else:
-            names |= {"token_index", "positions"}
-            if self.targets in ("topk", "hybrid"):
-                names |= {"topk_logprobs", "topk_ids", "tail_logmass"}
-            if self.sampled:
-                names |= {"sample_ids", "sample_counts", "sample_logprobs"}
-        if self.hidden_layers:
-            names |= {"hidden"} | ({"hidden_index"} if self.hidden_tokens == "all" else set())
-        return names
-
     @property
     def token_level(self) -> bool:
         return self.head in ("mlm", "causal")

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache import idcoding
+from skdcache.cache import idcoding, kinds
 from skdcache.cache.manifest import MANIFEST_ATTR, Manifest, MetricInfo
 from skdcache.cache.markers import BLOCKS_DIR, MARKER_NODE_ATTRS, checksum, completed_blocks, encode_marker, marker_path
 from skdcache.cache.shards import chunk_codec, encode_shard
@@ -116,7 +116,7 @@ class CacheWriter:
                 Arrays already in their stored dtype are written without a copy; `data` is not modified.
         """
         start, stop = self.layout.block_rows(block)
-        arrays = {**data, **{n: self.index[n][start:stop] for n in fmt.INDEX_ARRAYS if n in self.layout.arrays}}
+        arrays = {**data, **{n: self.index[n][start:stop] for n in kinds.INDEX_ARRAYS if n in self.layout.arrays}}
         pool = encode_pool()
         sums: dict[str, Future] = {}
         jobs: list[Future] = []

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skdcache.cache import kinds
 from skdcache.cache.reader import Targets, TeacherCache
 from skdcache.data.rows import TextRows, tokenize
 from skdcache.device import autocast_dtype
@@ -99,21 +100,16 @@ class LiveTargets:
         amp = autocast_dtype(self.device)
         perm = self.perms[index]
         out = teacher_forward(teacher, batch, mask, spec, perm, amp, full_logits=self.full_logits, uniforms=uniforms)
-
-        def fp16(x):  # the cache's rounding, so both paths see identical numbers
-            return None if x is None else x.half().float()
-
         if self.full_logits:  # the uncompressed reference: full-vocabulary float32 logits, no cache rounding
             return Targets(logits=out.logits, token_counts=counts, hidden=fp16(out.hidden))
-        return Targets(
-            logits=fp16(out.logits),
-            topk_logprobs=fp16(out.topk_logprobs),
-            topk_ids=None if out.topk_ids is None else out.topk_ids.clone(),  # leave inference mode
-            tail_logmass=fp16(out.tail_logmass),
-            sample_ids=None if out.sample_ids is None else out.sample_ids.clone(),  # leave inference mode
-            sample_counts=None if out.sample_counts is None else out.sample_counts.clone(),
-            sample_logprobs=fp16(out.sample_logprobs),
-            positions=torch.from_numpy(np.concatenate(positions)) if positions is not None else None,
-            token_counts=counts,
-            hidden=fp16(out.hidden),
-        )
+        fields = {name: value for name in kinds.FIELDS if (value := getattr(out, name)) is not None}
+        # exact fields (ids, counts) leave inference mode as they are; values take the cache's float16 rounding
+        copied = {name: v.clone() if kinds.FIELDS[name].exact else fp16(v) for name, v in fields.items()}
+        if positions is not None:
+            copied["positions"] = torch.from_numpy(np.concatenate(positions))
+        return Targets(**copied, token_counts=counts)
+
+
+def fp16(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The cache's rounding (float16, back to float32), so cached and live targets are the same numbers."""
+    return None if x is None else x.half().float()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skdcache.cache.format import TOKEN_ARRAYS
+from skdcache.cache.kinds import TOKEN_ARRAYS
 from skdcache.cache.reader import Targets
 
 

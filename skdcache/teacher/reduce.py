@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from skdcache.cache.reader import Targets
 from skdcache.cache.spec import TargetSpec
 from skdcache.data.rows import Encoded, TextRows, mlm_positions, pad_batch, target_mask
 from skdcache.errors import SkdError
@@ -53,24 +52,6 @@ def teacher_batch(
     types = [enc.type_ids[r] for r in rows] if enc.type_ids is not None else None
     batch = {k: v.to(device) for k, v in pad_batch(ids, types, teacher.tokenizer.pad_token_id).items()}
     return batch, mask
-
-
-@dataclass
-class BatchTargets:
-    """Targets of one padded batch, already reduced to what is stored (numpy-ready, on CPU).
-
-    logits [B, C]; per token target (flattened over the batch in row order): topk_logprobs [n, k],
-    topk_ids [n, k], tail_logmass [n]; hidden [B, L, H] (cls) or [n_tok, L, H] (all non-pad tokens).
-    """
-
-    logits: torch.Tensor | None = None
-    topk_logprobs: torch.Tensor | None = None
-    topk_ids: torch.Tensor | None = None
-    tail_logmass: torch.Tensor | None = None
-    sample_ids: torch.Tensor | None = None
-    sample_counts: torch.Tensor | None = None
-    sample_logprobs: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
 
 
 TOPK_FIELDS = ("topk_logprobs", "topk_ids", "tail_logmass")  # what `topk_with_tail` returns, in order
@@ -124,8 +105,9 @@ def teacher_forward(
     full_logits: bool = False,
     uniforms: torch.Tensor | None = None,
     clock: StageClock | None = None,
-) -> BatchTargets:
-    """Run the teacher on a padded batch and reduce its outputs to cache targets.
+) -> Targets:
+    """Run the teacher on a padded batch and reduce its outputs to cache targets: the `kinds` fields the spec
+    stores, on the teacher's device; token fields are flattened over the batch in row order, [n, ...].
 
     Args:
         batch: input_ids / attention_mask (/ token_type_ids) [B, T] on the teacher's device.
@@ -157,7 +139,7 @@ def teacher_forward(
 def _reduce(out, head: str, batch, target_mask, spec: TargetSpec, label_permutation, full_logits, uniforms):
     """The targets of one forward's outputs (see `teacher_forward`), on the outputs' device."""
     hidden_layers, hidden_tokens = spec.hidden_layers, spec.hidden_tokens
-    result = BatchTargets()
+    result = Targets()
     if head == "sequence":
         logits = out.logits.float()
         result.logits = logits[:, label_permutation] if label_permutation is not None else logits

@@ -14,6 +14,7 @@ from conftest import make_model, write_split
 
 from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache import format as fmt
+from skdcache.cache import kinds
 from skdcache.cache.chunking import aligned_starts
 from skdcache.cache.manifest import Manifest
 from skdcache.cache.spec import TargetSpec
@@ -21,8 +22,8 @@ from skdcache.cache.spec import TargetSpec
 
 def test_token_id_dtype_boundary():
     """uint16 holds ids 0..65535 (vocab up to 65536); one more token needs uint32."""
-    assert fmt.token_id_dtype(30522) == fmt.token_id_dtype(65536) == "uint16"
-    assert fmt.token_id_dtype(65537) == fmt.token_id_dtype(151936) == "uint32"
+    assert kinds.token_id_dtype(30522) == kinds.token_id_dtype(65536) == "uint16"
+    assert kinds.token_id_dtype(65537) == kinds.token_id_dtype(151936) == "uint32"
 
 
 def test_aligned_starts_by_hand():

@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from skdcache.cache import format as fmt
-from skdcache.cache import idcoding
+from skdcache.cache import idcoding, kinds
 from skdcache.cache.manifest import Manifest
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.spec import TargetSpec
@@ -181,7 +181,7 @@ def test_v1_and_v2_caches_read_the_same(tmp_path: Path):
     assert TeacherCache(coded).verify() == [] and TeacherCache(plain).verify() == []
     g1, g2 = zarr.open_group(str(plain), mode="r"), zarr.open_group(str(coded), mode="r")
     start, count = g2["token_index"][5]
-    for name in fmt.TOKEN_ARRAYS:
+    for name in kinds.TOKEN_ARRAYS:
         if name not in g1:
             continue
         stored, want = g2[name][start : start + count], g1[name][start : start + count]

@@ -8,6 +8,7 @@ import pytest
 import zarr
 
 from skdcache.cache import format as fmt
+from skdcache.cache import kinds
 from skdcache.cache.manifest import read_manifest
 from skdcache.data.rows import DataSpec, load_rows
 from skdcache.precompute import precompute_teacher
@@ -34,7 +35,7 @@ def test_shards_equal_zarrs_own_writes(tmp_path, data_dir, kind):
     assert result.stages["encode"]["calls"] > 0 and result.stages["write"]["calls"] > 0
     group = zarr.open_group(str(result.path), mode="r")
     layout = fmt.layout_from_dict(read_manifest(result.path).layout, len(rows))
-    index = {name: group[name][:] for name in fmt.INDEX_ARRAYS if name in layout.arrays}
+    index = {name: group[name][:] for name in kinds.INDEX_ARRAYS if name in layout.arrays}
     ref = zarr.open_group(str(tmp_path / "ref"), mode="w")
     compared = 0
     for name, spec in layout.arrays.items():
