@@ -34,10 +34,10 @@ from skdcache.models import check_model_path
 from skdcache.stages import StageClock
 from skdcache.teacher.blocks import block_progress, capture, run_block, token_positions
 from skdcache.teacher.load import TeacherFiles, TeacherSpec, load_teacher, open_teacher
+from skdcache.teacher.metric import evaluate_teacher
 from skdcache.teacher.options import TargetOptions, check_teacher, preflight, target_spec
 from skdcache.teacher.provenance import dataset_record, new_manifest
 from skdcache.teacher.reduce import label_permutation
-from skdcache.training.evaluate import evaluate_teacher
 
 log = logging.getLogger("skdcache")
 

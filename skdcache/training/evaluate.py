@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import torch
 
 from skdcache.data.metrics import PRIMARY, task_metrics
-from skdcache.data.rows import TextRows, tokenize
-from skdcache.device import autocast_dtype
 from skdcache.distill.objective import label_loss
-from skdcache.teacher.blocks import length_batches
-from skdcache.teacher.load import LoadedTeacher
-from skdcache.teacher.reduce import teacher_batch
 from skdcache.training.loader import StudentInputs, model_inputs, student_batch
 
 
@@ -62,43 +55,3 @@ def heldout_loss(model, inputs: StudentInputs, rows: np.ndarray, objective, devi
     value = float(label_loss(objective, model(**model_inputs(batch)).logits, batch))
     model.train()
     return value
-
-
-@torch.inference_mode()
-def evaluate_teacher(
-    teacher: LoadedTeacher, rows: TextRows, max_length: int, batch_size: int, device, perm
-) -> dict | None:
-    """The teacher's metric on the eval split: teacher-rank sampling ranks teachers by it. Classifiers and
-    regressors are scored on the labels; causal LMs by next-token accuracy, as `skdcache train` scores students
-    (on the assistant tokens of chat rows)."""
-    if teacher.head == "causal":
-        pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
-        inputs = StudentInputs(tokenize(teacher.tokenizer, rows, max_length), None, "causal", pad_id)
-        values = evaluate(teacher.model, inputs, SimpleNamespace(head="causal", task="lm"), device, batch_size)
-        values.pop("primary")
-        return {
-            "split": rows.spec.split,
-            "name": "token_accuracy",
-            "value": values["token_accuracy"],
-            "all": values,
-            "n_rows": len(rows),
-            "dataset_fingerprint": rows.fingerprint,
-        }
-    if teacher.head != "sequence" or rows.labels is None:
-        return None
-    enc = tokenize(teacher.tokenizer, rows, max_length)
-    outputs = np.zeros((len(rows), teacher.config.num_labels), dtype=np.float32)
-    for batch_rows in length_batches(enc.lengths, range(len(rows)), batch_size):
-        batch, _ = teacher_batch(teacher, enc, batch_rows, None, teacher.head, device)
-        with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=autocast_dtype(device) is not None):
-            logits = teacher.model(**batch).logits.float()
-        outputs[batch_rows] = (logits[:, perm] if perm is not None else logits).cpu().numpy()
-    values = task_metrics(rows.task, outputs, rows.labels)
-    return {
-        "split": rows.spec.split,
-        "name": PRIMARY[rows.task],
-        "value": values[PRIMARY[rows.task]],
-        "all": values,
-        "n_rows": len(rows),
-        "dataset_fingerprint": rows.fingerprint,
-    }
