@@ -17,6 +17,8 @@ from skdcache.sampling.learned import LearnedSampler
 from skdcache.sampling.student_aware import FitSampler, ScheduleSampler
 
 KINDS = ("uniform", "teacher-rank", "student-rank", "weights", "learned", "small-to-large", "student-fit")
+ADAPTIVE = ("learned", "student-fit")  # observe the student on held-out rows the run never trains on
+LOOP_BOUND = (*ADAPTIVE, "small-to-large")  # need the training loop (its step budget or held-out rows)
 
 
 def build_sampler(

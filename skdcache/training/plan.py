@@ -22,7 +22,7 @@ from skdcache.data.tables import available_splits
 from skdcache.distributed import from_rank0_object
 from skdcache.errors import SkdError
 from skdcache.sampling.base import Sampler
-from skdcache.sampling.factory import build_sampler
+from skdcache.sampling.factory import ADAPTIVE, LOOP_BOUND, build_sampler
 from skdcache.training.config import MODES, TrainConfig
 from skdcache.training.loader import StepSchedule
 from skdcache.training.pilots import pilot_metrics
@@ -84,7 +84,7 @@ def plan_run(cfg: TrainConfig, rank: int = 0, world: int = 1) -> RunPlan:
         raise SkdError("--full-logits is for --mode online with MLM/causal teachers (the cache stores top-k)")
 
     heldout, train_rows = None, None
-    if cfg.mode in ("skd", "online") and cfg.sampling in ("learned", "student-fit"):
+    if cfg.mode in ("skd", "online") and cfg.sampling in ADAPTIVE:
         heldout, train_rows = _split_heldout(len(rows), cfg.seed)
     schedule = StepSchedule(len(rows), cfg.batch_size, cfg.seed, train_rows)
     if schedule.batch_size % world:
@@ -210,7 +210,7 @@ def fixed_sampler(
     `metrics`), for callers without the training loop's pilots, held-out rows or step budget (the Trainer
     integration)."""
     kind = sampling.split("=", 1)[0]
-    if kind in ("learned", "small-to-large", "student-fit") or (kind == "student-rank" and metrics is None):
+    if kind in LOOP_BOUND or (kind == "student-rank" and metrics is None):
         raise SkdError(
             f"--sampling {kind} needs the training loop's pilots, held-out rows or step budget: use "
             "`skdcache train`, or pass a ready sampler"
