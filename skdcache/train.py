@@ -96,6 +96,7 @@ def prepare(cfg: TrainConfig, run_pilot: Callable[[TrainConfig], dict] | None = 
         beta=cfg.beta,
         layer_map=cfg.layer_map,
         mode=cfg.mode,
+        sampling=cfg.sampling,
     )
     projector = build_projectors(objective, plan.caches, model.config.hidden_size)
     projector = projector.to(device) if projector is not None else None

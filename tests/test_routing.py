@@ -126,6 +126,51 @@ def test_weighted_kd_distils_from_the_per_row_mixture():
     torch.testing.assert_close(soft_loss(obj, logits, {}, targets), want, rtol=1e-5, atol=1e-6)
 
 
+def test_closest_correct_candidates_are_the_right_teachers():
+    np.testing.assert_array_equal(route_table("closest-correct", CE, CORRECT, SIZES, 1.0), CORRECT)
+
+
+def _closest_reference(student: np.ndarray, teachers: list[np.ndarray], allowed: np.ndarray, T: float) -> float:
+    """Plain float64: per row, KL(p_k || q) over the candidates, the smallest one's T^2 KL; mean over ALL rows."""
+
+    def log_softmax(z):
+        z = z / T
+        z = z - z.max()
+        return z - np.log(np.exp(z).sum())
+
+    total = 0.0
+    for r in range(len(student)):
+        q = log_softmax(student[r].astype(np.float64))
+        kls = [
+            float((np.exp(p := log_softmax(t[r].astype(np.float64))) * (p - q)).sum())
+            for t, ok in zip(teachers, allowed[r], strict=True)
+            if ok
+        ]
+        total += T * T * min(kls) if kls else 0.0
+    return total / len(student)
+
+
+def test_closest_correct_kd_equals_a_float64_reference_at_T2():
+    obj = Objective("sequence", "classification", temperature=2.0, combine="closest")
+    g = torch.Generator().manual_seed(0)
+    student, z = torch.randn(6, 5, generator=g) * 2, [torch.randn(6, 5, generator=g) * 3 for _ in range(3)]
+    allowed = np.array([[1, 1, 1], [0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 0, 1], [1, 1, 0]], dtype=bool)
+    targets = [Targets(logits=z[k], row_weight=torch.from_numpy(allowed[:, k].astype(np.float32))) for k in range(3)]
+    want = _closest_reference(student.numpy(), [t.numpy() for t in z], allowed, 2.0)
+    assert float(soft_loss(obj, student, {}, targets)) == pytest.approx(want, rel=1e-5)
+
+
+def test_closest_correct_with_the_student_equal_to_a_candidate_has_zero_loss_and_gradient():
+    obj = Objective("sequence", "classification", temperature=2.0, combine="closest")
+    g = torch.Generator().manual_seed(1)
+    far, near = torch.randn(4, 5, generator=g) * 5, torch.randn(4, 5, generator=g)
+    student = near.clone().requires_grad_(True)
+    targets = [Targets(logits=far, row_weight=torch.ones(4)), Targets(logits=near, row_weight=torch.ones(4))]
+    loss = soft_loss(obj, student, {}, targets)
+    loss.backward()
+    assert float(loss) == pytest.approx(0.0, abs=1e-7) and float(student.grad.abs().max()) < 1e-6
+
+
 # ---- end to end on a tiny team ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
@@ -234,6 +279,16 @@ def test_weight_reads_every_teacher_with_per_row_weights(team, tmp_path: Path):
     assert len(targets) == 2 and targets[0].row_weight.shape == (8,)
     record = fit(run)
     assert record["steps"] == 6 and record["sampler"]["kind"] == "weight:ca-mkd"
+
+
+def test_closest_correct_weight_run_reads_every_teacher_and_trains(team, tmp_path: Path):
+    run = prepare(cfg(team, tmp_path / "out", mode="weight", sampling="closest-correct"))
+    assert run.objective.combine == "closest"
+    rows = np.arange(8)
+    targets = run.source.targets(rows, run.draws(0, rows))
+    assert len(targets) == 2 and set(np.unique(torch.stack([t.row_weight for t in targets]).numpy())) <= {0.0, 1.0}
+    record = fit(run)
+    assert record["steps"] == 6 and record["sampler"]["kind"] == "weight:closest-correct"
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,7 @@ CONFIGS: dict[str, dict] = {
     "route-ca-mkd": {"mode": "route", "sampling": "ca-mkd"},
     "route-smallest-correct": {"mode": "route", "sampling": "smallest-correct"},
     "weight-ca-mkd": {"mode": "weight", "sampling": "ca-mkd"},
+    "weight-closest-correct": {"mode": "weight", "sampling": "closest-correct"},  # student-aware, K reads per row
     # opt-in: the loss settings, for the short-budget question (is the default alpha / T safe?)
     "skd-uniform-T1": {"mode": "skd", "sampling": "uniform", "temperature": 1.0},
     "skd-uniform-alpha0.2": {"mode": "skd", "sampling": "uniform", "alpha": 0.2},
@@ -75,6 +76,7 @@ DEFAULT_CONFIGS = ",".join(
     ["none", "single", "average"]
     + [f"skd-{s}" for s in ("uniform", "teacher-rank", "student-rank", "learned", "student-fit", "small-to-large")]
     + ["route-min-ce", "route-confidence", "route-ca-mkd", "route-smallest-correct", "weight-ca-mkd"]
+    + ["weight-closest-correct"]
 )
 
 

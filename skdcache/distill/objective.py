@@ -39,6 +39,9 @@ class Objective:
     # per teacher: ((student hidden_states index, position in that teacher's cached layers), ...)
     layer_maps: tuple[tuple[tuple[int, int], ...], ...] = ()
     hidden_tokens: str | None = None
+    # per-row weights (--mode weight): "mix" distils from the weighted mixture; "closest" from the one candidate
+    # teacher (weight > 0) whose targets the student is closest to at this step
+    combine: str = "mix"
 
 
 def label_loss(obj: Objective, logits: Tensor, batch: dict) -> Tensor:
@@ -54,6 +57,8 @@ def soft_loss(obj: Objective, logits: Tensor, batch: dict, targets: list[Targets
     """KD term for one teacher's targets, or for the mean of several teachers' soft targets (`average`), or
     their per-row weighted mixture (`weight`); targets routed per row (`route`) carry a `row_mask`."""
     if len(targets) > 1:
+        if targets[0].row_weight is not None and obj.combine == "closest":
+            return _closest_sequence_loss(obj, logits, targets)
         if targets[0].row_weight is not None:
             return _weighted_sequence_loss(obj, logits, targets)
         if obj.head == "sequence":
@@ -115,6 +120,25 @@ def _weighted_sequence_loss(obj: Objective, logits: Tensor, targets: list[Target
     p = torch.stack([F.softmax(t.logits.float() / T, dim=-1) for t in targets], dim=1)  # [B, K, C]
     mix = (p * w[..., None]).sum(1)  # [B, C]
     return sequence_kd_loss(logits, T * torch.log(mix.clamp_min(1e-12)), T)
+
+
+def _closest_sequence_loss(obj: Objective, logits: Tensor, targets: list[Targets]) -> Tensor:
+    """Student-aware choice among each row's candidates (weight > 0): KD from the candidate whose tempered
+    distribution is closest to the student's now, KL(p_k || q) with the student detached for the choice. Rows
+    without a candidate add 0, and the KD term is scaled by the share of rows that have one (as in routing)."""
+    allowed = torch.stack([t.row_weight for t in targets], dim=1) > 0  # [B, K]
+    has = allowed.any(1)  # [B]
+    if not bool(has.any()):
+        return logits.sum() * 0.0 + 0.0
+    T = obj.temperature
+    teacher_logits = torch.stack([t.logits.float() for t in targets], dim=1)  # [B, K, C]
+    with torch.no_grad():
+        q = F.log_softmax(logits.float() / T, dim=-1).unsqueeze(1)  # [B, 1, C]
+        p = F.log_softmax(teacher_logits / T, dim=-1)  # [B, K, C]
+        kl = (p.exp() * (p - q)).sum(-1).masked_fill(~allowed, float("inf"))  # [B, K]
+        pick = kl.argmin(1)  # [B]; ties: team order
+    chosen = teacher_logits[torch.arange(len(pick)), pick]  # [B, C]
+    return sequence_kd_loss(logits[has], chosen[has], T) * has.float().mean()
 
 
 def _average_sequence_loss(obj: Objective, logits: Tensor, targets: list[Targets]) -> Tensor:
@@ -189,6 +213,7 @@ def build_objective(
     beta: float,
     layer_map: str | None,
     mode: str,
+    sampling: str = "",
 ) -> Objective:
     """The run's objective; with `beta > 0`, the student-to-teacher layer map of every teacher (checked)."""
     for c in caches:
@@ -200,6 +225,7 @@ def build_objective(
             )
     layer_maps: tuple = ()
     hidden_tokens = None
+    combine = "closest" if mode == "weight" and sampling == "closest-correct" else "mix"
     if beta > 0:
         cached = [c.targets for c in caches]
         if not cached or not all(t.hidden_layers for t in cached):
@@ -210,7 +236,7 @@ def build_objective(
         if any(t.hidden_tokens != hidden_tokens for t in cached):
             raise SkdError("teachers were cached with different --hidden-tokens; precompute them alike")
         layer_maps = tuple(tuple(_layer_map(c, student_config.num_hidden_layers, layer_map)) for c in caches)
-    return Objective(head, task, temperature, alpha, beta, layer_maps, hidden_tokens)
+    return Objective(head, task, temperature, alpha, beta, layer_maps, hidden_tokens, combine)
 
 
 def _layer_map(cache: TeacherCache, n_s: int, explicit: str | None) -> list[tuple[int, int]]:

@@ -16,7 +16,7 @@ from skdcache.errors import SkdError
 from skdcache.sampling.scores import teacher_scores
 
 ROUTE_RULES = ("min-ce", "confidence", "ca-mkd", "smallest-correct", "uniform")
-WEIGHT_RULES = ("ca-mkd", "confidence", "uniform")
+WEIGHT_RULES = ("ca-mkd", "confidence", "uniform", "closest-correct")
 CONFIDENCE_TAU = 1.0  # nats of CE: a teacher 1 nat worse on a row is e times less likely
 UNSCORED_CE = 1e9  # a row a teacher has no score on (no label position) counts as that teacher's worst
 RIGHT = 0.5  # `correct` at or above this is "right" (sequence rows are 0/1; token rows the top-1 hit rate)
@@ -41,7 +41,8 @@ def parse_rule(sampling: str, mode: str) -> tuple[str, float]:
 
 def route_table(rule: str, ce: np.ndarray, correct: np.ndarray, sizes: list[int], tau: float) -> np.ndarray:
     """Routing probabilities ``[n_rows, K]`` from per-row ``ce`` and ``correct`` ``[n_rows, K]``; a row of
-    zeros means "no teacher". Ties in `min-ce` and `smallest-correct` go to the smaller teacher (then team order)."""
+    zeros means "no teacher". Ties in `min-ce` and `smallest-correct` go to the smaller teacher (then team order).
+    `closest-correct` (weight mode) gives each row's candidates, 1 for every teacher right on it."""
     n, k = ce.shape
     ce = np.where(np.isfinite(ce), ce, UNSCORED_CE).astype(np.float64)
     by_size = np.lexsort((np.arange(k), np.asarray(sizes, dtype=np.float64)))  # [K] smallest first
@@ -54,10 +55,13 @@ def route_table(rule: str, ce: np.ndarray, correct: np.ndarray, sizes: list[int]
         table = _softmax(-ce / tau)
     elif rule == "ca-mkd":
         table = ca_mkd_weights(ce)
-    elif rule == "smallest-correct":
+    elif rule in ("smallest-correct", "closest-correct"):
         if np.isnan(correct).all():
-            raise SkdError("--sampling smallest-correct needs a right/wrong per row; regression has none: use min-ce")
-        right = (np.nan_to_num(correct, nan=0.0) >= RIGHT)[:, by_size]  # [n, K] smallest first
+            raise SkdError(f"--sampling {rule} needs a right/wrong per row; regression has none: use min-ce")
+        right = np.nan_to_num(correct, nan=0.0) >= RIGHT  # [n, K]
+        if rule == "closest-correct":  # every right teacher is a candidate; the student picks among them
+            return right.astype(np.float64)
+        right = right[:, by_size]  # smallest first
         has = right.any(1)
         table[np.flatnonzero(has), by_size[np.argmax(right[has], axis=1)]] = 1.0
     else:

@@ -29,14 +29,14 @@ class TrainConfig:
         "skd",
         "skd: one sampled teacher per step | single | average (all teachers) | none (labels only) | online "
         "(live teachers) | route: one teacher per row, from cached per-row scores | weight: every teacher, "
-        "per-row CA-MKD weights.",
+        "per-row CA-MKD weights (or the student-aware closest-correct).",
     )
     sampling: str = flag(
         "uniform",
         "uniform (safest under a capacity gap) | teacher-rank (the best-validated teacher's quality; "
         "docs/results.md) | student-rank | student-fit | small-to-large | learned | weights=0.2,0.3,0.5. "
         "--mode route: min-ce | confidence[=TAU] | ca-mkd | smallest-correct | uniform; --mode weight: ca-mkd | "
-        "confidence[=TAU] | uniform (docs/sampling.md).",
+        "confidence[=TAU] | uniform | closest-correct (docs/sampling.md).",
     )
     sampling_temperature: float = flag(0.05, "Rank samplers: p = softmax(metric / temperature).", above=0)
     student_layers: str | None = flag(None, "Keep only these layers: N (first N) or a list like 0,2.")
