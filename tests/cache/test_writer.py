@@ -3,7 +3,6 @@ the file zarr's own writer makes from the same values, block by block, for every
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import zarr
 
@@ -63,14 +62,3 @@ def test_shards_equal_zarrs_own_writes(tmp_path, data_dir, kind):
             assert (result.path / rel).read_bytes() == (tmp_path / "ref" / rel).read_bytes(), rel
             compared += 1
     assert compared > layout.n_blocks
-
-
-def test_token_places_match_a_row_by_row_copy():
-    from skdcache.teacher.blocks import _token_places
-
-    rng = np.random.default_rng(0)
-    counts = rng.integers(0, 6, 40)
-    batch = rng.permutation(40)[:17]
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    expected = np.concatenate([np.arange(offsets[r], offsets[r] + counts[r]) for r in batch])
-    assert np.array_equal(_token_places(counts, batch), expected)

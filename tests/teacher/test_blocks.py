@@ -1,4 +1,5 @@
-"""A block's NaN / inf check: every non-finite float16 is found, wherever it lies in the block."""
+"""One block of a teacher cache: the NaN / inf check (every non-finite float16 is found, wherever it lies in the
+block) and the assembly of batch outputs in row order."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from skdcache.errors import SkdError
-from skdcache.teacher.blocks import check_finite
+from skdcache.teacher.blocks import _token_places, check_finite
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
@@ -24,3 +25,12 @@ def test_largest_finite_values_pass():
     check_finite(0, {"logits": logits}, "t")
     with pytest.raises(SkdError):  # other dtypes are checked too
         check_finite(0, {"logits": logits.astype(np.float32) * np.float32(np.inf)}, "t")
+
+
+def test_token_places_match_a_row_by_row_copy():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 6, 40)
+    batch = rng.permutation(40)[:17]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    expected = np.concatenate([np.arange(offsets[r], offsets[r] + counts[r]) for r in batch])
+    assert np.array_equal(_token_places(counts, batch), expected)
