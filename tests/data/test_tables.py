@@ -16,6 +16,17 @@ from skdcache.errors import SkdError
 ROWS = [{"text": "good movie", "label": "positive"}, {"text": "bad food", "label": "negative"}]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_download_counts():
+    """`datasets` pings the hub to count every load, even of a local csv: a HEAD whose DNS lookup stalls ~5 s on
+    a machine without network. Nothing here needs it."""
+    import datasets.config
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+        yield
+
+
 def one_line(exc: BaseException) -> str:
     text = str(exc)
     assert text and "\n" not in text, f"not a one-line message: {text!r}"
