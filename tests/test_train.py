@@ -3,7 +3,6 @@ sampling, every target path reducing the loss, bad input, the saved student and 
 
 from __future__ import annotations
 
-import csv
 import gc
 import importlib
 import json
@@ -23,7 +22,7 @@ import skdcache.targets.live
 import skdcache.teacher.blocks
 import skdcache.teacher.load
 import skdcache.teacher.reduce
-from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
+from skdcache import DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.distill.objective import step_loss
 from skdcache.targets.sources import CachedTargets, TeacherChoice
 from skdcache.train import evaluate_and_checkpoint, fit, prepare, train
@@ -653,31 +652,7 @@ def test_student_rank_run_is_the_same_whether_pilots_are_trained_or_reused(seq: 
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
 
 
-# ---- 8. bad input --------------------------------------------------------------------------------------------------
-def test_teacher_not_cached(seq: Team, tmp_path: Path):
-    with pytest.raises(CacheError) as info:
-        prepare(seq.cfg(tmp_path / "r", teachers=["a", "nope"]))
-    msg = one_line(info.value)
-    assert "nope" in msg and "precompute" in msg and "a, b, c" in msg
-
-
-def test_fingerprint_mismatch_names_precompute(seq: Team, data: Path, tmp_path: Path):
-    edited = shutil.copytree(data, tmp_path / "edited")
-    with open(data / "train.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    rows[5][0] = rows[5][0] + " really"
-    with open(edited / "train.csv", "w", newline="") as f:
-        csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)
-    spec = DataSpec(str(edited))
-    with pytest.raises(SkdError) as info:
-        prepare(config(spec, seq.student, tmp_path / "r", seq.cache))
-    assert "precompute" in one_line(info.value)
-    with pytest.raises(CacheError) as info:
-        prepare(config(spec, seq.student, tmp_path / "r", seq.cache, teachers=["a"]))
-    msg = one_line(info.value)
-    assert "precompute" in msg and "not cached for dataset" in msg
-
-
+# ---- 8. bad input (the plan's and the config's refusals: tests/training/test_plan.py) ---------------------------
 def test_token_level_targets_need_the_students_tokenizer(mlm: Team, tmp_path: Path):
     from transformers import AutoTokenizer
 
@@ -696,58 +671,10 @@ def test_max_length_must_match_token_level_targets(mlm: Team, tmp_path: Path):
     assert "max-length" in one_line(info.value)
 
 
-def test_label_count_mismatch(seq: Team, tmp_path: Path):
-    """A 3-label teacher and 2-class data: precompute refuses it, so training finds no teacher for that data."""
-    d = tmp_path / "two"
-    d.mkdir()
-    for split, n in (("train", 40), ("validation", 10)):
-        with open(d / f"{split}.csv", "w", newline="") as f:
-            w = csv.writer(f, quoting=csv.QUOTE_ALL)
-            w.writerow(["text", "label"])
-            w.writerows([[f"good movie {i}", ["negative", "positive"][i % 2]] for i in range(n)])
-    spec = DataSpec(str(d))
-    with pytest.raises(SkdError) as info:
-        precompute(spec, [TeacherSpec("a", str(seq.teachers["a"]))], tmp_path / "cache", opts())
-    msg = one_line(info.value)
-    assert "3 labels" in msg and "2" in msg
-    with pytest.raises(CacheError) as info:
-        prepare(config(spec, seq.student, tmp_path / "r", seq.cache, teachers=["a"]))
-    assert "precompute" in one_line(info.value)
-
-
-@pytest.mark.parametrize(
-    ("sampling", "teachers", "match"),
-    [
-        ("weights=0.5", ["a", "b"], "1 weights for 2 teachers"),
-        ("weights=0.2,0.3,0.5", ["a", "b"], "3 weights for 2 teachers"),
-        ("weights=0,0", ["a", "b"], "sum to 0"),
-        ("weights=-1,2", ["a", "b"], ">= 0"),
-        ("bogus", None, "unknown sampler kind"),
-    ],
-)
-def test_bad_sampling(seq: Team, tmp_path: Path, sampling: str, teachers, match: str):
-    with pytest.raises(SkdError, match=match) as info:
-        prepare(seq.cfg(tmp_path / "r", sampling=sampling, teachers=teachers))
-    assert sampling in one_line(info.value)
-
-
-def test_non_numeric_weights_are_a_one_line_error(seq: Team, tmp_path: Path):
-    with pytest.raises(SkdError) as info:
-        prepare(seq.cfg(tmp_path / "r", sampling="weights=a,b", teachers=["a", "b"]))
-    assert "weights=a,b" in one_line(info.value)
-
-
-@pytest.mark.parametrize(
-    ("kw", "match"),
-    [
-        (dict(mode="single"), "exactly one teacher"),
-        (dict(mode="bogus"), "--mode"),
-        (dict(beta=1.0), "--hidden-layers"),
-    ],
-)
-def test_bad_mode_and_options(seq: Team, tmp_path: Path, kw: dict, match: str):
-    with pytest.raises(SkdError, match=match) as info:
-        prepare(seq.cfg(tmp_path / "r", **kw))
+def test_beta_without_cached_hidden_states_is_refused(seq: Team, tmp_path: Path):
+    """Refused by the objective (the plan's refusals are in tests/training/test_plan.py)."""
+    with pytest.raises(SkdError, match="--hidden-layers") as info:
+        prepare(seq.cfg(tmp_path / "r", beta=1.0))
     one_line(info.value)
 
 

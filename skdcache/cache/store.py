@@ -50,14 +50,20 @@ def fsync_tree(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, rename: readers see all or nothing."""
+    """Write to a temp file in the same directory, fsync, rename: readers see all or nothing. A failed write
+    (a full disk) removes its temp file: only a kill can leave one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
     fsync_path(path.parent)
 
 

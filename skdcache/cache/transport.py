@@ -42,7 +42,7 @@ def env_seconds(name: str, default: float) -> float:
         value = float(raw) if raw else default
     except ValueError:
         raise CacheError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
+    if not value > 0:  # NaN too: a NaN retry budget never runs out
         raise CacheError(f"{name}={raw!r} must be a positive number of seconds")
     return value
 

@@ -181,6 +181,8 @@ class CacheWriter:
         return (start, stop) if index is None else self._token_region(index, start, stop)
 
     def _shard_files(self, name: str, spec: fmt.ArraySpec, lo: int, hi: int) -> list[Path]:
+        if hi == lo:  # a block without rows here owns no shard (`shards_of` names the next block's first one)
+            return []
         return [fmt.shard_file(self.path / name, s, len(spec.shape)) for s in fmt.shards_of(lo, hi, spec.shard_rows)]
 
     def finish(self, metric: MetricInfo | dict | None) -> Manifest:

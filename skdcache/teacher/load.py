@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +36,28 @@ class TeacherSpec:
         return cls(name.strip(), source.strip(), revision)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TeacherFiles:
     """A teacher found and described without its weights: precompute checks the options, keys the cache and
-    tokenizes with it, and loads the weights from it only when blocks must be computed."""
+    tokenizes with it, and loads the weights from it only when blocks must be computed. The tokenizer is read on
+    first use, so checks that need the config alone work from a folder holding only config.json."""
 
     spec: TeacherSpec
     model_dir: Path
     config: Any
     head: str
-    tokenizer: Any
+    trust_remote_code: bool = False
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.model_dir, self.trust_remote_code)
 
 
 def open_teacher(spec: TeacherSpec, trust_remote_code: bool = False) -> TeacherFiles:
-    """The teacher's folder, config, head and tokenizer: read once per teacher and command."""
+    """The teacher's folder, config and head (and, when first asked, its tokenizer): read once per command."""
     model_dir = resolve_model_dir(spec.source, spec.revision)
     config = load_config(model_dir, spec.name, trust_remote_code)
-    head = detect_head(config, spec.head)
-    return TeacherFiles(spec, model_dir, config, head, load_tokenizer(model_dir, trust_remote_code))
+    return TeacherFiles(spec, model_dir, config, detect_head(config, spec.head), trust_remote_code)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from skdcache.cache.manifest import Manifest
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
+from skdcache.errors import CacheError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -116,7 +117,7 @@ def test_layout_records_codings_and_version():
     assert seq.format_version == 1
     bad = json.loads(json.dumps(d))
     bad["arrays"]["topk_ids"]["coding"] = "delta"
-    with pytest.raises(fmt.CacheError, match="coding"):
+    with pytest.raises(CacheError, match="coding"):
         fmt.layout_from_dict(bad, v1.N_ROWS, spec)
 
 
