@@ -72,6 +72,8 @@ def _load_local(fmt: str, file: Path, split: str):
     import datasets
 
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors become our one-line errors
+    counting = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS  # a local file pings no hub counter (offline: a DNS stall)
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     try:
         return datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
     except ValueError as exc:
@@ -82,3 +84,5 @@ def _load_local(fmt: str, file: Path, split: str):
         if isinstance(exc.__cause__ or exc.__context__, UnicodeDecodeError) or "codec can't decode" in str(exc):
             raise SkdError(f"{file} is not valid UTF-8; re-encode it (e.g. iconv -f latin1 -t utf-8)") from exc
         raise SkdError(f"cannot read {file} as {fmt} ({type(exc).__name__}); check the file format") from exc
+    finally:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = counting
