@@ -32,8 +32,7 @@ from benchmarks.reliability.campaign import run_campaign  # noqa: E402
 
 def build_fixture(work: Path, rows: int = 400) -> tuple[Path, Path]:
     """A tiny MLM teacher (token-level targets + hidden states: every array kind) and a data directory."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
+    from benchmarks.fixtures import make_model, write_split
 
     teacher = make_model(work / "teacher", "mlm", layers=2, hidden=32, seed=3)
     data = work / "data"

@@ -60,9 +60,7 @@ class CallTimeout(BaseException):
 
 def build_fixture(work: Path) -> dict:
     """The cache under test, the student's data and the reference rows every successful read must return."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
-
+    from benchmarks.fixtures import make_model, write_split
     from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
 
     teacher = make_model(work / "teacher", "mlm", layers=1, hidden=32, seed=3)

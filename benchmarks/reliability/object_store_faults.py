@@ -49,9 +49,7 @@ class Interrupted(Exception):
 
 def build_group(work: Path) -> Path:
     """One complete local teacher group (token-level targets and hidden states: every array kind)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
-
+    from benchmarks.fixtures import make_model, write_split
     from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 
     teacher = make_model(work / "teacher", "mlm", layers=1, hidden=32, seed=3)

@@ -36,9 +36,7 @@ MOMENTS = ("before_first_checkpoint", "in_checkpoint", "anywhere")
 
 def build_fixture(work: Path) -> dict:
     """A tiny sequence teacher, its cache, and the data (train + a labelled validation split)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
-
+    from benchmarks.fixtures import make_model, write_split
     from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 
     teacher = make_model(work / "teacher", "sequence", layers=2, hidden=64, seed=3)
