@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,9 +47,10 @@ from skdcache.stages import STAGES, StageClock
 from skdcache.teacher.blocks import capture
 from skdcache.teacher.load import LoadedTeacher, TeacherSpec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fast_teacher import _shown, disk_write  # noqa: E402
-from run import ROOT, machine, make_rows  # noqa: E402
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, WORK, command, machine, shown, write_json  # noqa: E402
+from benchmarks.perf.common import disk_write, make_rows, timed  # noqa: E402
 
 # name: (head, TargetOptions fields, model shape {vocab, hidden, layers}, goal kind)
 CASES = {
@@ -165,12 +165,6 @@ def read_blocks(path: Path) -> tuple[fmt.Manifest, fmt.Layout, dict, list[dict[s
     return manifest, layout, index, blocks
 
 
-def timed(fn):
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    return time.perf_counter() - w0, time.process_time() - c0, out
-
-
 def run_case(work: Path, name: str, data: Path, opts: TargetOptions, repeats: int) -> dict:
     head, _, shape, goal = CASES[name]
     teacher = make_teacher_dir(work / f"teacher-{name}", head, shape)
@@ -281,8 +275,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "capture"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "performance-capture.json"))
+    parser.add_argument("--work", default=str(WORK / "capture"))
+    parser.add_argument("--out", default=str(DOCS / "performance-capture.json"))
     parser.add_argument("--check", action="store_true", help="dry run: write the JSON next to the work dir")
     parser.add_argument("--table", metavar="JSON", help="print the markdown tables of a written JSON and stop")
     args = parser.parse_args()
@@ -295,12 +289,12 @@ def main() -> None:
         max_length=args.max_length, batch_size=args.batch_size, device=args.device, progress=False, eval_split=None
     )
     results = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command(),
         "machine": machine(),
         "device": args.device,
         "write_threads": os.environ.get("SKDCACHE_WRITE_THREADS") or f"{min(16, os.cpu_count() or 1)} (cores)",
         "teacher": "replay: pre-generated outputs of the shapes in `cases`, handed over as views",
-        "work": _shown(work),
+        "work": shown(work),
         "loadavg_start": os.getloadavg(),
         "stages": list(STAGES),
         "goals": GOALS,
@@ -315,7 +309,7 @@ def main() -> None:
             results["cases"].append(run_case(work, name, data, opts, args.repeats))
     results["loadavg_end"] = os.getloadavg()
     out = work / "check.json" if args.check else Path(args.out)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     print(markdown(results))
     print(f"wrote {out}")
 
