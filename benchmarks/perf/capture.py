@@ -22,17 +22,13 @@ repeats; CPU seconds of the process (all threads) and the per-stage split (`Stag
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import torch
 import zarr
 
 from skdcache.cache import format as fmt
@@ -41,16 +37,16 @@ from skdcache.cache.catalog import dir_bytes
 from skdcache.cache.manifest import read_manifest
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows
-from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
 from skdcache.precompute import TargetOptions, precompute_teacher
 from skdcache.stages import STAGES, StageClock
 from skdcache.teacher.blocks import capture
-from skdcache.teacher.load import LoadedTeacher, TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 
 if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.harness import DOCS, WORK, command, machine, shown, write_json  # noqa: E402
 from benchmarks.perf.common import disk_write, make_rows, timed  # noqa: E402
+from benchmarks.perf.replay import make_teacher_dir, replayed  # noqa: E402
 
 # name: (head, TargetOptions fields, model shape {vocab, hidden, layers}, goal kind)
 CASES = {
@@ -61,88 +57,7 @@ CASES = {
     "causal_hybrid8_16": ("causal", {"targets": "hybrid", "top_k": 8, "samples": 16}, (49152, 576, 2), "positions"),
     "all_token_hidden": ("sequence", {"hidden_layers": "all", "hidden_tokens": "all"}, (3, 384, 6), "bytes"),
 }
-precompute_module = importlib.import_module("skdcache.precompute")  # the package exports a function of that name
 GOALS = {"rows": 5000.0, "positions": 50000.0, "bytes_mb": 150.0, "bytes_disk_share": 0.8}
-
-
-class ReplayModel(torch.nn.Module):
-    """Returns pre-generated outputs, sliced to the batch's shape as views: a forward that costs ~nothing.
-
-    Positions of a batch map onto a bank of distinct vectors ([B*T, V] logits, [B*T, H] per hidden layer), so
-    every row of a block sees different values (no repeats that would flatter compression).
-    """
-
-    def __init__(self, config, head: str, batch: int, length: int, device: torch.device):
-        super().__init__()
-        self.config, self.head = config, head
-        self.anchor = torch.nn.Parameter(torch.zeros(1, device=device))
-        g = torch.Generator(device="cpu").manual_seed(0)
-        n, layers = batch * length, config.num_hidden_layers + 1
-        self.hidden = [torch.randn(n, config.hidden_size, generator=g).to(device) for _ in range(layers)]
-        if head == "sequence":
-            self.logits = torch.randn(batch, config.num_labels, generator=g).to(device)
-        else:  # a Zipf-like prior over the vocabulary plus noise: peaked, with low ids frequent
-            prior = -1.1 * torch.log(torch.arange(1, config.vocab_size + 1, dtype=torch.float32))
-            self.logits = (prior + 2.5 * torch.randn(n, config.vocab_size, generator=g)).to(device)
-
-    def get_output_embeddings(self):
-        return None
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
-        b, t = input_ids.shape
-        hidden = tuple(h[: b * t].view(b, t, -1) for h in self.hidden) if output_hidden_states else None
-        logits = self.logits[:b] if self.head == "sequence" else self.logits[: b * t].view(b, t, -1)
-        return SimpleNamespace(logits=logits, hidden_states=hidden)
-
-
-def make_teacher_dir(out: Path, head: str, shape: tuple[int, int, int]) -> Path:
-    """A tiny real model dir (config, tokenizer, weights to hash) whose config has the replayed shapes."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from skdcache.demo import pretrained_encoder
-
-    if (out / "config.json").exists():
-        return out
-    vocab, hidden, layers = shape
-    tok = AutoTokenizer.from_pretrained(pretrained_encoder())
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
-    BertForSequenceClassification(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    cfg = json.loads((out / "config.json").read_text())
-    arch = {"sequence": "BertForSequenceClassification", "mlm": "BertForMaskedLM", "causal": "BertForCausalLM"}[head]
-    cfg.update(
-        architectures=[arch],
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        vocab_size=len(tok) if head == "sequence" else vocab,
-        num_labels=3,
-        is_decoder=head == "causal",
-    )
-    (out / "config.json").write_text(json.dumps(cfg))
-    return out
-
-
-@contextmanager
-def replayed(batch: int, length: int):
-    """precompute_teacher gets a ReplayModel built from the teacher's config instead of its weights (built
-    once per teacher, so generating the outputs is not timed again on every repeat)."""
-    real = precompute_module.load_teacher
-    built: dict[str, ReplayModel] = {}
-
-    def load(spec: TeacherSpec, device, trust_remote_code=False, weights_hash=None) -> LoadedTeacher:
-        model_dir = resolve_model_dir(spec.source, spec.revision)
-        config = load_config(model_dir, spec.name, False)
-        head = detect_head(config, spec.head)
-        if str(model_dir) not in built:
-            built[str(model_dir)] = ReplayModel(config, head, batch, length, device)
-        model = built[str(model_dir)]
-        return LoadedTeacher(spec, model_dir, model, load_tokenizer(model_dir, False), head, weights_hash or "")
-
-    precompute_module.load_teacher = load
-    try:
-        yield
-    finally:
-        precompute_module.load_teacher = real
 
 
 def read_blocks(path: Path) -> tuple[fmt.Manifest, fmt.Layout, dict, list[dict[str, np.ndarray]]]:
