@@ -36,6 +36,7 @@ LABELS = ["negative", "neutral", "positive"]
 
 
 def write_vocab(path: Path) -> Path:
+    """A word-piece vocabulary: specials, WORDS, and letters and digits so any text tokenizes offline."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = list(string.ascii_lowercase) + ["##" + c for c in string.ascii_lowercase] + list("0123456789.,!?'#@")
     path.write_text("\n".join(specials + WORDS + pieces) + "\n")
@@ -43,6 +44,7 @@ def write_vocab(path: Path) -> Path:
 
 
 def make_tokenizer(directory: Path):
+    """A BERT tokenizer over `write_vocab`, saved to `directory` (no download)."""
     from transformers import BertTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -105,10 +107,12 @@ def make_model(
 
 
 def random_text(rng: random.Random) -> str:
+    """1-14 words of WORDS: short rows that every tiny model reads quickly."""
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 14)))
 
 
 def write_split(path: Path, n: int, seed: int, pair: bool = False, label_kind: str = "names") -> Path:
+    """A seeded CSV split of `n` rows: text, text2 (when `pair`), label (LABELS names or "0".."2"), score."""
     rng = random.Random(seed)
     with open(path, "w", newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_ALL)
