@@ -13,15 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.reliability import faulty_s3, object_store_faults
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.remote import RemoteRoot
 from skdcache.errors import CacheError
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "reliability"))
-
-import faulty_s3  # noqa: E402
-import object_store_faults  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUCKET = "faulty"

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.quality.stats import bootstrap_mean_ci, paired, seeds_needed
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.quality.stats import bootstrap_mean_ci, paired, seeds_needed  # noqa: E402
 
 
 def test_bootstrap_interval_matches_a_plain_resampling_loop():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -18,15 +18,12 @@ from conftest import make_model, write_split
 from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache.store import WriterLock
 
-ROOT = Path(__file__).resolve().parents[1]
 OPTS = dict(rows_per_block=16, batch_size=8, progress=False, eval_split=None)
 
 
 def _fuzz_module(name: str = "kill_fuzz"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "reliability" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A campaign of benchmarks/reliability, whose `fuzz` the tests run on a few trials."""
+    return importlib.import_module(f"benchmarks.reliability.{name}")
 
 
 def test_kill9_fuzz_small(tmp_path):

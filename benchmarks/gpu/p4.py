@@ -1,5 +1,6 @@
 """P4 on one device: training steps/s and peak memory of `none` (student only), `skd` (cached targets) and
-`online` (teachers run every step), each in its own process, via `benchmarks/perf/run.py`'s `p4`.
+`online` (teachers run every step), each in its own process: `benchmarks/perf/common.py`'s `p4`, as perf/run.py
+runs it on the CPU.
 
     python benchmarks/gpu/p4.py --device cuda --out docs/gpu-p4.json
 """
@@ -11,8 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
-from run import ROOT, machine, p4  # noqa: E402
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, WORK, command, machine, write_json  # noqa: E402
+from benchmarks.perf.common import p4  # noqa: E402
 
 
 def main() -> None:
@@ -21,16 +24,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "gpu" / "p4"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "gpu-p4.json"))
+    parser.add_argument("--work", default=str(WORK / "gpu" / "p4"))
+    parser.add_argument("--out", default=str(DOCS / "gpu-p4.json"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     result = p4(work, args.steps, args.batch_size, args.device, args.rows)
     if result["skd"]["peak_cuda_mib"]:
         result["online_over_skd_peak_cuda"] = result["online"]["peak_cuda_mib"] / result["skd"]["peak_cuda_mib"]
-    record = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "device": args.device, "P4": result}
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    record = {"command": command(), "machine": machine(), "device": args.device, "P4": result}
+    write_json(args.out, record)
     print(json.dumps(result, indent=2))
 
 

@@ -22,36 +22,32 @@ repeats; CPU seconds of the process (all threads) and the per-stage split (`Stag
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import torch
 import zarr
 
 from skdcache.cache import format as fmt
 from skdcache.cache import idcoding, kinds
 from skdcache.cache.catalog import dir_bytes
-from skdcache.cache.manifest import Manifest, read_manifest
+from skdcache.cache.manifest import read_manifest
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows
-from skdcache.models import detect_head, load_config, load_tokenizer, resolve_model_dir
 from skdcache.precompute import precompute_teacher
 from skdcache.stages import STAGES, StageClock
 from skdcache.teacher.blocks import capture
-from skdcache.teacher.load import LoadedTeacher, TeacherSpec
+from skdcache.teacher.load import TeacherSpec
 from skdcache.teacher.options import TargetOptions
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fast_teacher import _shown, disk_write  # noqa: E402
-from run import ROOT, machine, make_rows  # noqa: E402
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, WORK, command, machine, shown, write_json  # noqa: E402
+from benchmarks.perf.common import disk_write, make_rows, timed  # noqa: E402
+from benchmarks.perf.replay import make_teacher_dir, replayed  # noqa: E402
 
 # name: (head, TargetOptions fields, model shape {vocab, hidden, layers}, goal kind)
 CASES = {
@@ -62,91 +58,10 @@ CASES = {
     "causal_hybrid8_16": ("causal", {"targets": "hybrid", "top_k": 8, "samples": 16}, (49152, 576, 2), "positions"),
     "all_token_hidden": ("sequence", {"hidden_layers": "all", "hidden_tokens": "all"}, (3, 384, 6), "bytes"),
 }
-precompute_module = importlib.import_module("skdcache.precompute")  # the package exports a function of that name
 GOALS = {"rows": 5000.0, "positions": 50000.0, "bytes_mb": 150.0, "bytes_disk_share": 0.8}
 
 
-class ReplayModel(torch.nn.Module):
-    """Returns pre-generated outputs, sliced to the batch's shape as views: a forward that costs ~nothing.
-
-    Positions of a batch map onto a bank of distinct vectors ([B*T, V] logits, [B*T, H] per hidden layer), so
-    every row of a block sees different values (no repeats that would flatter compression).
-    """
-
-    def __init__(self, config, head: str, batch: int, length: int, device: torch.device):
-        super().__init__()
-        self.config, self.head = config, head
-        self.anchor = torch.nn.Parameter(torch.zeros(1, device=device))
-        g = torch.Generator(device="cpu").manual_seed(0)
-        n, layers = batch * length, config.num_hidden_layers + 1
-        self.hidden = [torch.randn(n, config.hidden_size, generator=g).to(device) for _ in range(layers)]
-        if head == "sequence":
-            self.logits = torch.randn(batch, config.num_labels, generator=g).to(device)
-        else:  # a Zipf-like prior over the vocabulary plus noise: peaked, with low ids frequent
-            prior = -1.1 * torch.log(torch.arange(1, config.vocab_size + 1, dtype=torch.float32))
-            self.logits = (prior + 2.5 * torch.randn(n, config.vocab_size, generator=g)).to(device)
-
-    def get_output_embeddings(self):
-        return None
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
-        b, t = input_ids.shape
-        hidden = tuple(h[: b * t].view(b, t, -1) for h in self.hidden) if output_hidden_states else None
-        logits = self.logits[:b] if self.head == "sequence" else self.logits[: b * t].view(b, t, -1)
-        return SimpleNamespace(logits=logits, hidden_states=hidden)
-
-
-def make_teacher_dir(out: Path, head: str, shape: tuple[int, int, int]) -> Path:
-    """A tiny real model dir (config, tokenizer, weights to hash) whose config has the replayed shapes."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from skdcache.demo import pretrained_encoder
-
-    if (out / "config.json").exists():
-        return out
-    vocab, hidden, layers = shape
-    tok = AutoTokenizer.from_pretrained(pretrained_encoder())
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
-    BertForSequenceClassification(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    cfg = json.loads((out / "config.json").read_text())
-    arch = {"sequence": "BertForSequenceClassification", "mlm": "BertForMaskedLM", "causal": "BertForCausalLM"}[head]
-    cfg.update(
-        architectures=[arch],
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        vocab_size=len(tok) if head == "sequence" else vocab,
-        num_labels=3,
-        is_decoder=head == "causal",
-    )
-    (out / "config.json").write_text(json.dumps(cfg))
-    return out
-
-
-@contextmanager
-def replayed(batch: int, length: int):
-    """precompute_teacher gets a ReplayModel built from the teacher's config instead of its weights (built
-    once per teacher, so generating the outputs is not timed again on every repeat)."""
-    real = precompute_module.load_teacher
-    built: dict[str, ReplayModel] = {}
-
-    def load(spec: TeacherSpec, device, trust_remote_code=False, weights_hash=None, files=None) -> LoadedTeacher:
-        model_dir = resolve_model_dir(spec.source, spec.revision)
-        config = load_config(model_dir, spec.name, False)
-        head = detect_head(config, spec.head)
-        if str(model_dir) not in built:
-            built[str(model_dir)] = ReplayModel(config, head, batch, length, device)
-        model = built[str(model_dir)]
-        return LoadedTeacher(spec, model_dir, model, load_tokenizer(model_dir, False), head, weights_hash or "")
-
-    precompute_module.load_teacher = load
-    try:
-        yield
-    finally:
-        precompute_module.load_teacher = real
-
-
-def read_blocks(path: Path) -> tuple[Manifest, fmt.Layout, dict, list[dict[str, np.ndarray]]]:
+def read_blocks(path: Path) -> tuple[fmt.Manifest, fmt.Layout, dict, list[dict[str, np.ndarray]]]:
     """A written cache's blocks as the pipeline hands them to the writer (stored dtypes, no index arrays)."""
     manifest = read_manifest(path)
     group = zarr.open_group(str(path), mode="r")
@@ -164,12 +79,6 @@ def read_blocks(path: Path) -> tuple[Manifest, fmt.Layout, dict, list[dict[str, 
             data[name] = idcoding.decode(layout.arrays[name].coding, group[name][lo:hi])  # as handed over
         blocks.append(data)
     return manifest, layout, index, blocks
-
-
-def timed(fn):
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    return time.perf_counter() - w0, time.process_time() - c0, out
 
 
 def run_case(work: Path, name: str, data: Path, opts: TargetOptions, repeats: int) -> dict:
@@ -282,8 +191,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "capture"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "performance-capture.json"))
+    parser.add_argument("--work", default=str(WORK / "capture"))
+    parser.add_argument("--out", default=str(DOCS / "performance-capture.json"))
     parser.add_argument("--check", action="store_true", help="dry run: write the JSON next to the work dir")
     parser.add_argument("--table", metavar="JSON", help="print the markdown tables of a written JSON and stop")
     args = parser.parse_args()
@@ -296,12 +205,12 @@ def main() -> None:
         max_length=args.max_length, batch_size=args.batch_size, device=args.device, progress=False, eval_split=None
     )
     results = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command(),
         "machine": machine(),
         "device": args.device,
         "write_threads": os.environ.get("SKDCACHE_WRITE_THREADS") or f"{min(16, os.cpu_count() or 1)} (cores)",
         "teacher": "replay: pre-generated outputs of the shapes in `cases`, handed over as views",
-        "work": _shown(work),
+        "work": shown(work),
         "loadavg_start": os.getloadavg(),
         "stages": list(STAGES),
         "goals": GOALS,
@@ -316,7 +225,7 @@ def main() -> None:
             results["cases"].append(run_case(work, name, data, opts, args.repeats))
     results["loadavg_end"] = os.getloadavg()
     out = work / "check.json" if args.check else Path(args.out)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     print(markdown(results))
     print(f"wrote {out}")
 

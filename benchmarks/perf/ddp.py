@@ -18,17 +18,20 @@ import sys
 import time
 from pathlib import Path
 
-from run import ROOT, machine, make_model, make_rows
-
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 from skdcache.demo import pretrained_encoder
+
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, WORK, command, machine, skdcache_argv, write_json  # noqa: E402
+from benchmarks.perf.common import make_model, make_rows  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "ddp"))
-    parser.add_argument("--out", default=str(ROOT / "docs"))
+    parser.add_argument("--work", default=str(WORK / "ddp"))
+    parser.add_argument("--out", default=str(DOCS))
     args = parser.parse_args()
     work = Path(args.work)
     data = make_rows(work / "data", 2000)
@@ -39,40 +42,26 @@ def main() -> None:
         work / "cache",
         TargetOptions(max_length=64, eval_split=None, progress=False),
     )
-    base = [
-        sys.executable,
-        "-m",
-        "skdcache",
-        "-q",
-        "train",
-        "--data",
-        str(data),
-        "--cache",
-        str(work / "cache"),
-        "--student",
-        str(pretrained_encoder()),
-        "--student-layers",
-        "2",
-        "--max-steps",
-        str(args.steps),
-        "--batch-size",
-        "32",
-        "--max-length",
-        "64",
-        "--eval-split",
-        "",
-        "--num-workers",
-        "1",
-    ]
-    results = {"machine": machine(), "command": "python benchmarks/perf/ddp.py", "steps": args.steps, "runs": {}}
+    base = dict(
+        data=data,
+        cache=work / "cache",
+        student=pretrained_encoder(),
+        student_layers=2,
+        max_steps=args.steps,
+        batch_size=32,
+        max_length=64,
+        eval_split="",
+        num_workers=1,
+    )
+    results = {"machine": machine(), "command": command(), "steps": args.steps, "runs": {}}
     for slug, label, extra, env in (
-        ("1p-all", "1 process, all threads", [], {}),
-        ("1p-1t", "1 process, 1 thread", [], {"OMP_NUM_THREADS": "1"}),
-        ("2p-1t", "2 processes (DDP), 1 thread each", ["--nproc", "2"], {"OMP_NUM_THREADS": "1"}),
+        ("1p-all", "1 process, all threads", {}, {}),
+        ("1p-1t", "1 process, 1 thread", {}, {"OMP_NUM_THREADS": "1"}),
+        ("2p-1t", "2 processes (DDP), 1 thread each", {"nproc": 2}, {"OMP_NUM_THREADS": "1"}),
     ):
         out = work / "runs" / slug
         t0 = time.perf_counter()
-        subprocess.run([*base, "--output", str(out), *extra], check=True, env={**os.environ, **env})
+        subprocess.run(skdcache_argv("train", **base, output=out, **extra), check=True, env={**os.environ, **env})
         wall = time.perf_counter() - t0
         run = json.loads((out / "run.json").read_text())
         results["runs"][label] = {"wall_seconds": wall, "steps_per_second": run["steps_per_second"]}
@@ -80,7 +69,7 @@ def main() -> None:
     ref = results["runs"]["1 process, 1 thread"]["steps_per_second"]
     for r in results["runs"].values():
         r["speedup_vs_1_thread"] = r["steps_per_second"] / ref
-    Path(args.out, "scaling-ddp.json").write_text(json.dumps(results, indent=2))
+    write_json(Path(args.out, "scaling-ddp.json"), results)
     print(json.dumps(results, indent=2))
 
 

@@ -21,14 +21,11 @@ of the process (all threads) is recorded too, as a second, load-independent view
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from skdcache.cache.catalog import dir_bytes
@@ -37,8 +34,10 @@ from skdcache.precompute import precompute_teacher
 from skdcache.teacher.load import TeacherSpec
 from skdcache.teacher.options import TargetOptions
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, bare_forward, machine, make_rows  # noqa: E402
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, WORK, command, machine, shown, write_json  # noqa: E402
+from benchmarks.perf.common import bare_forward, disk_write, make_rows, timed  # noqa: E402
 
 CASES = {  # name: (head, TargetOptions fields, bare forward needs hidden states)
     "a_logits": ("sequence", {}, False),
@@ -74,34 +73,6 @@ def make_fast_teacher(out: Path, head: str, layers: int = 2, hidden: int = 128) 
     model.eval().save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def _shown(path: Path) -> str:
-    """A path as the JSON records it: relative to the clone when inside it, so results name no machine."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def disk_write(directory: Path, nbytes: int, block: int = 8 * 2**20) -> float:
-    """Seconds to write `nbytes` of incompressible bytes sequentially to one new file and fsync it."""
-    path = directory / "disk-probe.bin"
-    buf = np.random.default_rng(0).integers(0, 256, block, dtype=np.uint8).tobytes()
-    t0 = time.perf_counter()
-    with open(path, "wb", buffering=0) as f:
-        left = nbytes
-        while left > 0:
-            left -= f.write(buf[: min(block, left)])
-        os.fsync(f.fileno())
-    seconds = time.perf_counter() - t0
-    path.unlink()
-    return seconds
-
-
-def timed(fn) -> tuple[float, float, object]:
-    """Wall seconds, this process's CPU seconds (all threads), and the result of `fn()`."""
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    return time.perf_counter() - w0, time.process_time() - c0, out
 
 
 def run_case(work: Path, name: str, teacher: Path, data: Path, n: int, opts: TargetOptions, repeats: int) -> dict:
@@ -164,8 +135,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", action="append", default=[], help="HEAD=DIR: use this teacher for HEAD")
     parser.add_argument("--cases", default=",".join(n for n, case in CASES.items() if case[0] != "causal"))
-    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "fast-teacher"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "performance-fast-teacher.json"))
+    parser.add_argument("--work", default=str(WORK / "fast-teacher"))
+    parser.add_argument("--out", default=str(DOCS / "performance-fast-teacher.json"))
     parser.add_argument("--check", action="store_true", help="dry run: write the JSON next to the work dir")
     args = parser.parse_args()
     work = Path(args.work)
@@ -179,11 +150,11 @@ def main() -> None:
     )
     bare_forward(Path(models["sequence"]), data, warm, False)  # warm-up: thread pools, first touch
     results = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command(),
         "machine": machine(),
         "device": args.device,
         "teacher": "BERT 2 layers, hidden 128, 2 heads, vocab 30522 (random init) unless --model",
-        "models": {head: _shown(Path(path)) for head, path in models.items()},
+        "models": {head: shown(path) for head, path in models.items()},
         "load": "see loadavg: about 1.0 is this benchmark alone on the machine",
         "loadavg_start": os.getloadavg(),
         "max_length": args.max_length,
@@ -202,7 +173,7 @@ def main() -> None:
         )
     results["loadavg_end"] = os.getloadavg()
     out = work / "check.json" if args.check else Path(args.out)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     print(f"wrote {out}")
 
 

@@ -29,15 +29,13 @@ Writes docs/performance-fidelity.json and prints the table pasted in docs/perfor
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from smollm import prepare_smollm
 
 from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
 from skdcache.cache.catalog import array_sizes, token_bytes_per_token
@@ -47,10 +45,13 @@ from skdcache.distill.objective import sparse_entries
 from skdcache.training.loader import StudentInputs, student_batch
 from skdcache.training.student import StudentSpec, build_student
 
-ROOT = Path(__file__).resolve().parents[2]
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, ROOT, WORK, machine, write_json  # noqa: E402
+from benchmarks.perf.smollm import prepare_smollm  # noqa: E402
+
 DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"
-WORK = ROOT / ".bench-work" / "fidelity"
-MODEL_DIR = ROOT / ".bench-work" / "models" / "smollm2-135m"
+MODEL_DIR = WORK / "models" / "smollm2-135m"
 MAX_LENGTH = 48
 BATCH_ROWS = 8
 KINDS = {  # name -> TargetOptions fields; four budgets each, from about 25 to 200 bytes per token
@@ -79,8 +80,8 @@ def main() -> None:
     parser.add_argument("--temperatures", default="1,2")
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma list (default: the 12 kinds above)")
     parser.add_argument("--bytes-only", action="store_true", help="stored bytes per token only, no fidelity")
-    parser.add_argument("--work", default=str(WORK))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "performance-fidelity.json"))
+    parser.add_argument("--work", default=str(WORK / "fidelity"))
+    parser.add_argument("--out", default=str(DOCS / "performance-fidelity.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     work, temperatures = Path(args.work), [float(t) for t in args.temperatures.split(",")]
@@ -149,10 +150,10 @@ def main() -> None:
         "max_length": MAX_LENGTH,
         "batches": len(batches),
         "results": results,
-        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    Path(args.out).write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
     print(render(record))
 
 
@@ -175,7 +176,7 @@ def bytes_only(caches: dict[tuple[str, float], Path], n_rows: int, out: Path) ->
             }
         )
     record = {"rows": n_rows, "max_length": MAX_LENGTH, "results": results, "date": time.strftime("%Y-%m-%d")}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     names = sorted({n for r in results for n in r["arrays_per_token"]})
     print("| targets | T | format | " + " | ".join(names) + " | bytes/token | reads (rows/s) |")
     print("|---|---:|---:|" + "---:|" * len(names) + "---:|---:|")

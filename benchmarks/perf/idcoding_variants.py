@@ -22,7 +22,7 @@ Writes docs/performance-idcoding.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +33,10 @@ from skdcache.cache import idcoding, kinds
 from skdcache.cache.chunking import CHUNKS_PER_TOKEN_SHARD
 from skdcache.cache.reader import TeacherCache
 
-ROOT = Path(__file__).resolve().parents[2]
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, shown, write_json  # noqa: E402
+
 SHARD_INDEX_ENTRY, CHUNK_CRC, INDEX_CRC = 16, 4, 4
 
 
@@ -166,7 +169,7 @@ def measure(group: Path) -> dict:
                     }
                 )
     return {
-        "cache": str(group.relative_to(ROOT) if group.is_relative_to(ROOT) else group),
+        "cache": shown(group),
         "targets": cache.targets.to_dict(),
         "tokens": n_tok,
         "chunk_rows": chunk_rows,
@@ -185,11 +188,11 @@ def kind(targets: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="a cache root (every token-level teacher cache under it is measured)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "performance-idcoding.json")
+    ap.add_argument("--out", type=Path, default=DOCS / "performance-idcoding.json")
     args = ap.parse_args()
     groups = sorted(p.parent for p in args.root.resolve().glob("*/*/zarr.json") if (p.parent / "token_index").exists())
     results = [measure(g) for g in groups]
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "caches": results}, indent=2) + "\n")
+    write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "caches": results})
     print("| targets | variant | codec | chunk (tokens) | B/token (token arrays) |")
     print("|---|---|---|---:|---:|")
     for r in results:

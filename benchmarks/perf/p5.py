@@ -29,27 +29,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from smollm import prepare_smollm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
-from benchmarks.reuse import finished_run  # noqa: E402
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 from skdcache.cache.catalog import token_bytes_per_token
 from skdcache.data.rows import load_rows
 from skdcache.train import train
 from skdcache.training.config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, ROOT, WORK, command, machine, write_json  # noqa: E402
+from benchmarks.perf.smollm import prepare_smollm  # noqa: E402
+from benchmarks.reuse import finished_run  # noqa: E402
+
 DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"
-WORK = ROOT / ".bench-work" / "p5"
-MODEL_DIR = ROOT / ".bench-work" / "models" / "smollm2-135m"
+MODEL_DIR = WORK / "models" / "smollm2-135m"
 MAX_LENGTH = 48
 
 
@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--alpha", type=float, default=0.5, help="KD weight (1: pure KD)")
-    parser.add_argument("--work", default=str(WORK))
-    parser.add_argument("--out", default=str(ROOT / "docs"))
+    parser.add_argument("--work", default=str(WORK / "p5"))
+    parser.add_argument("--out", default=str(DOCS))
     args = parser.parse_args()
     work, seeds = Path(args.work), [int(s) for s in args.seeds.split(",")]
     kinds = dict(parse_target(text) for text in args.targets.split(","))
@@ -127,7 +127,7 @@ def main() -> None:
     summary["reference_nll"] = reference
     for name, value in bytes_per_token.items():
         summary["configs"][name]["bytes_per_token"] = value
-    Path(args.out, "performance-p5.json").write_text(json.dumps(summary, indent=2))
+    write_json(Path(args.out, "performance-p5.json"), summary)
     Path(args.out, "performance-p5.md").write_text(render(summary))
     print(render(summary))
 
@@ -202,8 +202,8 @@ def summarise(runs: dict[str, dict[int, dict]], kinds: list[str], args) -> dict:
             "within_spread": bool(abs(diff.mean()) <= spread),
         }
     return {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "command": "python benchmarks/perf/p5.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "command": command(),
         "setup": {
             "rows": args.rows,
             "steps": args.steps,

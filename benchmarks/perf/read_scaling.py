@@ -38,8 +38,9 @@ from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 from skdcache.targets.sources import CachedTargets, TeacherChoice
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, machine  # noqa: E402
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, WORK, command, machine, write_json  # noqa: E402
 
 N_LABELS, LAYERS, WIDTH = 3, 7, 384
 # What one GPU student step consumes (an assumption, not measured here): a 6-layer BERT student (MiniLM-L6 /
@@ -112,15 +113,15 @@ def main() -> None:
     parser.add_argument("--batches", default="32:100,256:15", help="BATCH:COUNT pairs")
     parser.add_argument("--seed-blocks", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--work", default=str(ROOT / ".bench-work"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "performance-read-scaling.json"))
+    parser.add_argument("--work", default=str(WORK))
+    parser.add_argument("--out", default=str(DOCS / "performance-read-scaling.json"))
     parser.add_argument("--check", action="store_true", help="dry run: write the JSON into the temp dir")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in the training loader's DataLoader workers, where these reads run
     Path(args.work).mkdir(parents=True, exist_ok=True)
     batches = [tuple(int(x) for x in pair.split(":")) for pair in args.batches.split(",")]
     results = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command(),
         "machine": machine(),
         "arrays": f"logits [n, {N_LABELS}] fp16, hidden [n, {LAYERS}, {WIDTH}] fp16 (CLS, all layers)",
         "seed_blocks": args.seed_blocks,
@@ -159,7 +160,7 @@ def main() -> None:
             results[f"over_student_b{batch}"] = rows[sizes[-1]][key] / STUDENT_ROWS_PER_S
         results["loadavg_end"] = os.getloadavg()
         out = Path(tmp) / "check.json" if args.check else Path(args.out)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(out, results)
         print(json.dumps({k: v for k, v in results.items() if k.startswith(("slowdown", "over"))}))
     print(f"wrote {out}" if not args.check else "check done")
 

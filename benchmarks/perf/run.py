@@ -12,10 +12,7 @@ bundled tweets, cycled with a row number appended when a size needs more rows th
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,81 +24,22 @@ import torch
 
 from skdcache.cache import format as fmt
 from skdcache.cache.catalog import dir_bytes
-from skdcache.cache.manifest import FORMAT_VERSION, Manifest
+from skdcache.cache.manifest import FORMAT_VERSION
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows, pad_batch, tokenize
-from skdcache.demo import DEMO_DATA, pretrained_encoder
-from skdcache.device import autocast_dtype
-from skdcache.precompute import precompute, precompute_teacher
+from skdcache.demo import pretrained_encoder
+from skdcache.precompute import precompute_teacher
 from skdcache.targets.sources import CachedTargets, TeacherChoice
 from skdcache.teacher.load import TeacherSpec
 from skdcache.teacher.options import TargetOptions
 from skdcache.training.student import keep_layers
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_rows(directory: Path, n: int) -> Path:
-    """n rows of real tweets (cycled, with the row number appended so every row is distinct)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(DEMO_DATA / "train.csv", newline="", encoding="utf-8") as f:
-        source = list(csv.DictReader(f))
-    with open(directory / "train.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_ALL)
-        w.writerow(["text", "label"])
-        for i in range(n):
-            row = source[i % len(source)]
-            w.writerow([row["text"] if i < len(source) else f"{row['text']} #{i}", row["label"]])
-    return directory
-
-
-def make_model(out: Path, layers: int, num_labels: int = 3) -> Path:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    if (out / "config.json").exists():
-        return out
-    torch.manual_seed(0)
-    enc = pretrained_encoder()
-    model = AutoModelForSequenceClassification.from_pretrained(enc, num_labels=num_labels)
-    model = keep_layers(model, tuple(range(layers)))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(enc).save_pretrained(out)
-    return out
-
-
-def bare_forward(model_dir: Path, data: Path, opts: TargetOptions, hidden: bool, head: str = "sequence") -> float:
-    """What a user would write instead: load the model, tokenize, length-sorted batches, forward, logits to the
-    host. No fingerprints, no target reduction, no writes."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
-
-    device = torch.device(opts.device)
-    rows = load_rows(DataSpec(str(data)))
-    t0 = time.perf_counter()
-    cls = {"mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}.get(head, AutoModelForSequenceClassification)
-    model = cls.from_pretrained(model_dir).eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    enc = tokenize(tokenizer, rows, opts.max_length)
-    order = np.argsort(-enc.lengths, kind="stable")
-    amp = autocast_dtype(device)
-    with torch.inference_mode():
-        for i in range(0, len(order), opts.batch_size):
-            idx = order[i : i + opts.batch_size]
-            types = [enc.type_ids[r] for r in idx] if enc.type_ids is not None else None
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            batch = pad_batch([enc.ids[r] for r in idx], types, pad)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=hidden)
-            (out.logits if head == "sequence" else out.logits[:, 0]).float().cpu()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, WORK, command, machine, skdcache_argv, write_json  # noqa: E402
+from benchmarks.perf.common import bare_forward, make_model, make_rows, p4  # noqa: E402
 
 
 def timed_precompute(model_dir: Path, data: Path, cache: Path, opts: TargetOptions) -> tuple[float, Path]:
@@ -147,7 +85,7 @@ def synthetic_cache(path: Path, n: int, n_labels: int, layers: int, width: int) 
         return path
     spec = TargetSpec("sequence", 64, hidden_layers=tuple(range(layers)), hidden_tokens="cls")
     layout, index = fmt.plan_layout(spec, n, n_labels, None, width, None, None)
-    manifest = Manifest(
+    manifest = fmt.Manifest(
         FORMAT_VERSION,
         {"name": "synthetic", "num_labels": n_labels},
         "-",
@@ -216,69 +154,6 @@ def student_examples_per_s(work: Path, enc, labels, batch: int, steps: int = 12)
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
     return batch / float(np.median(times[2:]))
-
-
-def p4(work: Path, steps: int, batch: int, device: str, rows: int = 2000) -> dict:
-    """P4: steps/s and peak memory of `none`, `skd` (cache) and `online`, each in its own process."""
-    data = make_rows(work / ("data-p4" if rows == 2000 else f"data-p4-{rows}"), rows)
-    cache = work / "cache-p4"
-    teachers = [make_model(work / "models" / f"teacher-L{k}", k) for k in (6, 4)]
-    precompute(
-        DataSpec(str(data)),
-        [TeacherSpec(f"L{k}", str(p)) for k, p in zip((6, 4), teachers, strict=True)],
-        cache,
-        TargetOptions(max_length=64, progress=False, eval_split=None, device=device),
-    )
-    out = {}
-    for mode in ("none", "skd", "online"):
-        run = work / f"run-{mode}"
-        shutil.rmtree(run, ignore_errors=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "skdcache",
-            "-q",
-            "train",
-            "--data",
-            str(data),
-            "--cache",
-            str(cache),
-            "--student",
-            str(pretrained_encoder()),
-            "--student-layers",
-            "1",
-            "--mode",
-            mode,
-            "--output",
-            str(run),
-            "--max-steps",
-            str(steps),
-            "--batch-size",
-            str(batch),
-            "--eval-split",
-            "",
-            "--max-length",
-            "64",
-            "--device",
-            device,
-            "--num-workers",
-            "1",
-        ]
-        subprocess.run(cmd, check=True, env={**os.environ, "SKDCACHE_NO_PROGRESS": "1"})
-        record = json.loads((run / "run.json").read_text())
-        out[mode] = {
-            "steps_per_s": record["steps_per_second"],
-            "peak_rss_mib": record["peak_rss_mib"],
-            "peak_cuda_mib": record["peak_cuda_mib"],
-        }
-        print(
-            f"P4 {mode}: {record['steps_per_second']:.2f} steps/s, peak RSS {record['peak_rss_mib']:.0f} MiB",
-            flush=True,
-        )
-    out["skd_over_none_step_time"] = out["none"]["steps_per_s"] / out["skd"]["steps_per_s"]
-    out["online_over_skd_step_time"] = out["skd"]["steps_per_s"] / out["online"]["steps_per_s"]
-    out["online_over_skd_peak_rss"] = out["online"]["peak_rss_mib"] / out["skd"]["peak_rss_mib"]
-    return out
 
 
 def render(r: dict) -> str:
@@ -372,32 +247,22 @@ def scaling(work: Path, n: int, device: str) -> dict:
     teacher = make_model(work / "models" / "teacher-L6", 6)
     out = {"rows": n}
     for label, extra, env in (
-        ("1 process, all threads", [], {}),
-        ("1 process, 1 thread", [], {"OMP_NUM_THREADS": "1"}),
-        ("2 processes, 1 thread each", ["--nproc", "2"], {"OMP_NUM_THREADS": "1"}),
+        ("1 process, all threads", {}, {}),
+        ("1 process, 1 thread", {}, {"OMP_NUM_THREADS": "1"}),
+        ("2 processes, 1 thread each", {"nproc": 2}, {"OMP_NUM_THREADS": "1"}),
     ):
         cache = work / f"cache-scale-{len(out)}"
         shutil.rmtree(cache, ignore_errors=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "skdcache",
-            "-q",
+        cmd = skdcache_argv(
             "precompute",
-            "--data",
-            str(data),
-            "--teacher",
-            f"t={teacher}",
-            "--cache",
-            str(cache),
-            "--max-length",
-            "64",
-            "--eval-split",
-            "",
-            "--device",
-            device,
-            *extra,
-        ]
+            data=data,
+            teacher=f"t={teacher}",
+            cache=cache,
+            max_length=64,
+            eval_split="",
+            device=device,
+            **extra,
+        )
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "SKDCACHE_NO_PROGRESS": "1", **env})
         out[label] = time.perf_counter() - t0
@@ -405,31 +270,25 @@ def scaling(work: Path, n: int, device: str) -> dict:
     return out
 
 
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--work", default=str(ROOT / ".bench-work" / "perf"))
-    parser.add_argument("--out", default=str(ROOT / "docs"))
+    parser.add_argument("--work", default=str(WORK / "perf"))
+    parser.add_argument("--out", default=str(DOCS))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     batch = 256 if args.device == "cuda" else 64
     sizes = [500, 1000, 2000] if args.quick else [1000, 4000, 10000]
     read_sizes = [1000, 10000, 100000]
-    results = {"machine": machine(), "device": args.device, "command": " ".join(sys.argv)}
+    results = {"machine": machine(), "device": args.device, "command": command()}
     results["P1_P2"] = p1_p2(work, sizes, args.device, batch)
     results["P3"] = p3(work, read_sizes, 32, 50 if args.quick else 200)
     results["P4"] = p4(work, 20 if args.quick else 40, 32, args.device)
     results["scaling"] = scaling(work, 1000 if args.quick else 4000, args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "performance.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "performance.json", results)
     (out / "performance.md").write_text(render(results))
     print((out / "performance.md").read_text())
 

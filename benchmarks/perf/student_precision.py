@@ -15,15 +15,12 @@ the default run.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
-from skdcache.distill.losses import topk_kd_loss  # noqa: E402
-from skdcache.teacher.reduce import topk_with_tail  # noqa: E402
+from skdcache.distill.losses import topk_kd_loss
+from skdcache.teacher.reduce import topk_with_tail
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -41,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from smollm import SOURCE_FILE, prepare_smollm
 
 from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 from skdcache.cache.catalog import array_sizes, dir_bytes
@@ -50,11 +48,13 @@ from skdcache.cache.reader import TeacherCache
 from skdcache.data.rows import load_rows, tokenize
 from skdcache.teacher.provenance import package_versions
 
-ROOT = Path(__file__).resolve().parents[2]
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, ROOT, WORK, command, machine, shown, write_json  # noqa: E402
+from benchmarks.perf.smollm import SOURCE_FILE, prepare_smollm  # noqa: E402
+
 DATA = ROOT / "skdcache" / "demo_data" / "tweets-mini"
-WORK = ROOT / ".bench-work" / "topk"
-MODEL_DIR = ROOT / ".bench-work" / "models" / "smollm2-135m"
-OUT_JSON = ROOT / "docs" / "performance-topk.json"
+MODEL_DIR = WORK / "models" / "smollm2-135m"
 KS = (8, 16, 32, 64)
 MAX_LENGTH = 64
 BATCH_SIZE = 16
@@ -357,11 +357,6 @@ def markdown(results: list[dict], fidelity: dict, compression: dict) -> str:
     return "\n".join(lines)
 
 
-def _rel(path: Path) -> Path:
-    path = path.resolve()
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=300, help="rows of the bundled tweets to cache")
@@ -370,9 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--fresh", action="store_true", help="delete the caches of earlier runs first")
-    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--work", type=Path, default=WORK / "topk")
     ap.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    ap.add_argument("--out", type=Path, default=OUT_JSON)
+    ap.add_argument("--out", type=Path, default=DOCS / "performance-topk.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ks = tuple(int(x) for x in args.ks.split(","))
@@ -399,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(
             {
                 "k": k,
-                "path": str(_rel(res.path)),
+                "path": shown(res.path),
                 "status": res.status,
                 "precompute_s": res.seconds,
                 "raw_per_token": raw_bytes_per_token(k),
@@ -426,10 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     best = min(compression.get("variants", []), key=lambda v: v["token_arrays_per_token"], default=None)
     record = {
         "benchmark": "token-level top-k + tail cache of a causal LM: bytes/token and fidelity",
-        "command": "python benchmarks/perf/topk.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command(argv),
         "model": {
             "name": "SmolLM2-135M-Instruct",
-            "dir": str(_rel(model_dir)),
+            "dir": shown(model_dir),
             **json.loads((model_dir / SOURCE_FILE).read_text()),
         },
         "data": {"source": str(DATA.relative_to(ROOT)), "split": "train", "rows": args.rows},
@@ -447,10 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "timings": timings,
         "versions": package_versions(),
-        "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor()},
+        "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     print()
     print(markdown(results, fidelity, compression))
     print(f"\n[topk] wrote {args.out} in {timings['total_s']:.0f}s")

@@ -7,12 +7,11 @@ by people who read the tables and is kept as is.
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from benchmarks.harness import machine
 from benchmarks.quality.stats import paired
 from skdcache.report.runs import load_runs
 
@@ -126,7 +125,7 @@ def summarise(name: str, args, budget: dict, steps: dict, teachers: list, runs: 
         "largest": largest,
         "budgets": budgets,
         "teacher_rows": args.teacher_rows,
-        "machine": f"{platform.machine()}, torch {torch.__version__}",
+        "machine": machine(),
     }
 
 

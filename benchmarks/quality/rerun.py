@@ -17,11 +17,13 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
+from skdcache.data.rows import DataSpec
+from skdcache.train import train
+from skdcache.training.config import TrainConfig
+
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.reuse import finished_run  # noqa: E402
-from skdcache.data.rows import DataSpec  # noqa: E402
-from skdcache.train import train  # noqa: E402
-from skdcache.training.config import TrainConfig  # noqa: E402
 
 
 def main() -> None:

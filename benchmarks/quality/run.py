@@ -36,9 +36,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere in the clone
-from benchmarks.quality.report import write_reports  # noqa: E402
-from benchmarks.reuse import finished_run  # noqa: E402
 from skdcache.data.rows import DataSpec, load_rows
 from skdcache.demo import pretrained_encoder
 from skdcache.precompute import precompute
@@ -47,8 +44,13 @@ from skdcache.teacher.options import TargetOptions
 from skdcache.train import train
 from skdcache.training.config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import DOCS, ROOT, WORK  # noqa: E402
+from benchmarks.quality.report import write_reports  # noqa: E402
+from benchmarks.reuse import finished_run  # noqa: E402
+
+SHARED = ROOT.parent / "shared"  # models and datasets beside the clone
 
 # name -> TrainConfig overrides; `single-<teacher>` runs are added per teacher
 CONFIGS: dict[str, dict] = {
@@ -166,8 +168,8 @@ def main() -> None:
         help="Fine-tune teachers on the students' rows (same) or on the next --train-rows rows (disjoint)",
     )
     p.add_argument("--set", action="append", default=[], help="Budget override, e.g. --set short_steps=60")
-    p.add_argument("--work", default=str(ROOT / ".bench-work" / "quality"))
-    p.add_argument("--out", default=str(ROOT / "docs"))
+    p.add_argument("--work", default=str(WORK / "quality"))
+    p.add_argument("--out", default=str(DOCS))
     p.add_argument("--until", choices=("teachers", "cache", "students"), default="students")
     p.add_argument("--report-only", action="store_true", help="Rewrite the reports from the finished runs only")
     args = p.parse_args()

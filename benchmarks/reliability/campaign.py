@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.harness import DOCS, command, write_json
 
 
 def run_campaign(
@@ -27,11 +27,11 @@ def run_campaign(
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument(f"--{count}", type=int, default=default)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / out))
+    parser.add_argument("--out", default=str(DOCS / out))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         outcomes = fuzz(getattr(args, count), args.seed, Path(tmp))
-    outcomes["command"] = " ".join(["python", *sys.argv]).replace(str(ROOT) + "/", "")
-    Path(args.out).write_text(json.dumps(outcomes, indent=2) + "\n")
+    outcomes["command"] = command()
+    write_json(args.out, outcomes)
     print(json.dumps({k: v for k, v in outcomes.items() if k not in hide}, indent=2))
     sys.exit(1 if failed(outcomes) else 0)

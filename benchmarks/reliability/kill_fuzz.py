@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import skdcache_argv  # noqa: E402
 from benchmarks.reliability.campaign import run_campaign  # noqa: E402
 
 
 def build_fixture(work: Path, rows: int = 400) -> tuple[Path, Path]:
     """A tiny MLM teacher (token-level targets + hidden states: every array kind) and a data directory."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
+    from benchmarks.fixtures import make_model, write_split
 
     teacher = make_model(work / "teacher", "mlm", layers=2, hidden=32, seed=3)
     data = work / "data"
@@ -43,31 +43,19 @@ def build_fixture(work: Path, rows: int = 400) -> tuple[Path, Path]:
 
 
 def command(teacher: Path, data: Path, cache: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "skdcache",
-        "-q",
+    """`skdcache precompute` of the fixture: small blocks (many kill points), every array kind."""
+    return skdcache_argv(
         "precompute",
-        "--data",
-        str(data),
-        "--teacher",
-        f"t={teacher}",
-        "--cache",
-        str(cache),
-        "--rows-per-block",
-        "16",
-        "--batch-size",
-        "4",
-        "--hidden-layers",
-        "all",
-        "--hidden-tokens",
-        "all",
-        "--top-k",
-        "8",
-        "--eval-split",
-        "",
-    ]
+        data=data,
+        teacher=f"t={teacher}",
+        cache=cache,
+        rows_per_block=16,
+        batch_size=4,
+        hidden_layers="all",
+        hidden_tokens="all",
+        top_k=8,
+        eval_split="",
+    )
 
 
 def snapshot(cache: Path) -> dict[str, np.ndarray]:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.reliability.campaign import run_campaign  # noqa: E402
 
 CALL_TIMEOUT_S = 60
@@ -60,9 +60,7 @@ class CallTimeout(BaseException):
 
 def build_fixture(work: Path) -> dict:
     """The cache under test, the student's data and the reference rows every successful read must return."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
-
+    from benchmarks.fixtures import make_model, write_split
     from skdcache import DataSpec, TargetOptions, TeacherCache, TeacherSpec, precompute
 
     teacher = make_model(work / "teacher", "mlm", layers=1, hidden=32, seed=3)

@@ -31,13 +31,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.reliability.campaign import run_campaign  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from faulty_s3 import KINDS, FaultyProxy, direct_fs, moto_server, s3_environment  # noqa: E402
+from benchmarks.reliability.faulty_s3 import KINDS, FaultyProxy, direct_fs, moto_server, s3_environment  # noqa: E402
 
 BUCKET = "faults"
 RETRY_S, TIMEOUT_S, HOLD_S = 30.0, 1.0, 5.0  # a stall costs one read timeout; the budget outlasts bad streaks
@@ -49,9 +46,7 @@ class Interrupted(Exception):
 
 def build_group(work: Path) -> Path:
     """One complete local teacher group (token-level targets and hidden states: every array kind)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
-
+    from benchmarks.fixtures import make_model, write_split
     from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 
     teacher = make_model(work / "teacher", "mlm", layers=1, hidden=32, seed=3)

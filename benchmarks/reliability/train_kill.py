@@ -25,8 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness import skdcache_argv  # noqa: E402
 from benchmarks.reliability.campaign import run_campaign  # noqa: E402
 
 STEPS = 24
@@ -36,9 +37,7 @@ MOMENTS = ("before_first_checkpoint", "in_checkpoint", "anywhere")
 
 def build_fixture(work: Path) -> dict:
     """A tiny sequence teacher, its cache, and the data (train + a labelled validation split)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_model, write_split
-
+    from benchmarks.fixtures import make_model, write_split
     from skdcache import DataSpec, TargetOptions, TeacherSpec, precompute
 
     teacher = make_model(work / "teacher", "sequence", layers=2, hidden=64, seed=3)
@@ -52,11 +51,23 @@ def build_fixture(work: Path) -> dict:
 
 
 def command(fx: dict, out: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "skdcache", "-q", "train", "--data", str(fx["data"]), "--cache", str(fx["cache"])]
-    cmd += ["--student", str(fx["teacher"]), "--student-layers", "1", "--mode", "single", "--teachers", "t"]
-    cmd += ["--output", str(out), "--max-steps", str(STEPS), "--eval-every", str(EVAL_EVERY), "--batch-size", "8"]
-    cmd += ["--num-workers", "0", "--device", "cpu", "--seed", "0"]
-    return cmd + (["--resume"] if resume else [])
+    return skdcache_argv(
+        "train",
+        data=fx["data"],
+        cache=fx["cache"],
+        student=fx["teacher"],
+        student_layers=1,
+        mode="single",
+        teachers="t",
+        output=out,
+        max_steps=STEPS,
+        eval_every=EVAL_EVERY,
+        batch_size=8,
+        num_workers=0,
+        device="cpu",
+        seed=0,
+        resume=resume,
+    )
 
 
 def logged_steps(out: Path) -> list[int]:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the clone
+if not __package__:  # run as a file: the clone's root on the path, as `python -m` from the root has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.reliability.campaign import run_campaign  # noqa: E402
 from benchmarks.reliability.kill_fuzz import build_fixture, command, markers, snapshot, verify_clean  # noqa: E402
 
