@@ -346,7 +346,7 @@ def test_docs_say_one_teacher_per_optimizer_step():
     from skdcache.sampling.factory import build_sampler
     from skdcache.targets.sources import TeacherDraws
 
-    text = (Path(__file__).parents[1] / "docs" / "sampling.md").read_text()
+    text = (Path(__file__).parents[2] / "docs" / "sampling.md").read_text()
     assert "every micro-batch when" not in text and "optimizer step" in text
     draws = TeacherDraws("skd", build_sampler("uniform", 4, seed=0), 4, grad_accum=3)
     assert all(len({draws(3 * s + m).single for m in range(3)}) == 1 for s in range(20))
