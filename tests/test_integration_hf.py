@@ -4,6 +4,7 @@ only their adapters; the example runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -164,6 +165,28 @@ def test_trainer_loss_equals_skdcache_train_step_for_step(head: str, request, tm
     assert native[-1]["loss"] != pytest.approx(
         native[0]["loss"], abs=1e-4
     )  # weights moved: later steps test the optimizer
+
+
+@pytest.mark.parametrize(
+    "head, mode, sampling",
+    [("sequence", "route", "ca-mkd"), ("causal", "route", "min-ce"), ("sequence", "weight", "closest-correct")],
+)
+def test_trainer_per_row_modes_equal_skdcache_train_step_for_step(head, mode, sampling, request, tmp_path: Path):
+    """Per-row routing and weighting in the Trainer: the same rows per teacher and the same losses as train."""
+    spec, cache, student = request.getfixturevalue({"sequence": "seq"}.get(head, head))
+    cfg = dataclasses.replace(cfg_for(spec, student, cache, tmp_path / "native"), mode=mode, sampling=sampling)
+    train(cfg)
+    native = step_lines(tmp_path / "native")
+    trainer = trainer_for(cfg, head, tmp_path / "hf", mode=mode, sampling=sampling)
+    trainer.train()
+    hf = trainer.skd_history
+    assert [x["step"] for x in hf] == [x["step"] for x in native] == list(range(1, STEPS + 1))
+    assert [x.get("teacher_rows") for x in hf] == [x.get("teacher_rows") for x in native]
+    for x, y in zip(hf, native, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5) and x["kd"] == pytest.approx(y["kd"], abs=1e-5)
+    assert max(x["kd"] for x in hf) > 1e-2  # not 0 == 0
+    if mode == "route":
+        assert len({t for x in hf for t in x["teacher_rows"]}) >= 2  # rows really go to different teachers
 
 
 def test_gradient_accumulation_shares_the_steps_teacher(seq, tmp_path: Path):

@@ -22,6 +22,7 @@ from skdcache.fields import check_values
 from skdcache.integrations.rows import ROW_COLUMN, open_dataset_team, with_row_index
 from skdcache.models import ARCH_SUFFIX_TO_HEAD
 from skdcache.sampling.base import Sampler
+from skdcache.sampling.routing import routing_for_run
 from skdcache.targets.sources import CachedTargets, TeacherDraws
 from skdcache.teacher.reduce import float32_vocab_projection
 from skdcache.training.config import TrainConfig
@@ -31,7 +32,7 @@ from skdcache.training.student import check_student_matches_teachers, student_in
 
 __all__ = ["SkdCollator", "SkdTrainer", "StepOrderSampler", "with_row_index"]
 
-CACHE_MODES = ("skd", "single", "average")
+CACHE_MODES = ("skd", "single", "average", "route", "weight")
 
 
 class SkdCollator:
@@ -102,8 +103,11 @@ class SkdTrainer(Trainer):
     Args:
         cache: the cache root `skdcache precompute` wrote to (local).
         teachers: team by name (default: every teacher cached for exactly these rows).
-        mode: skd (one sampled teacher per step), single, or average (all teachers' mean).
-        sampling: uniform | teacher-rank | weights=a,b,c, as `skdcache train --sampling`.
+        mode: skd (one sampled teacher per step), single, average (all teachers' mean), route (one teacher per
+            row, from cached per-row scores) or weight (every teacher, per-row weights), as `skdcache train`.
+        sampling: skd: uniform | teacher-rank | weights=a,b,c; route / weight: a per-row rule (min-ce,
+            confidence[=TAU], ca-mkd, smallest-correct, uniform; weight: ca-mkd, confidence, uniform,
+            closest-correct), as `skdcache train --sampling` (docs/sampling.md).
         temperature, alpha: the KD temperature and the weight of the KD term (1 - alpha weighs the labels).
         beta, layer_map: the weight of the hidden-state loss against teachers cached with hidden layers, and its
             student:teacher layer map, as `skdcache train --beta/--layer-map`. Its projections are trained
@@ -180,6 +184,7 @@ class SkdTrainer(Trainer):
             beta=beta,
             layer_map=layer_map,
             mode=mode,
+            sampling=sampling,
         )
         self.skd_projector = _attach_projector(self, caches, model_config.hidden_size)
         self.teacher_names = [c.name for c in caches]
@@ -187,15 +192,21 @@ class SkdTrainer(Trainer):
             sampler = fixed_sampler(sampling, caches, self.args.seed, sampling_temperature)
         if mode == "single" and len(caches) != 1:
             raise SkdError(f"mode single needs exactly one teacher, got {self.teacher_names}; pass teachers=[NAME]")
-        self.draws = TeacherDraws(mode, sampler, len(caches), self.args.gradient_accumulation_steps)
+        if mode in ("route", "weight") and beta > 0:
+            raise SkdError(f"beta applies to one teacher per step, not mode {mode}; drop beta or use mode skd")
+        ids = self.skd_inputs.enc.ids if head != "sequence" else None  # token heads are scored on their tokens
+        table, routing = routing_for_run(mode, sampling, caches, head, self.skd_inputs.labels, ids)
+        ga = self.args.gradient_accumulation_steps
+        self.draws = TeacherDraws(mode, sampler, len(caches), ga, table, self.args.seed, routing)
         self.source = CachedTargets([str(c.path) for c in caches])
         self._drawn: Counter[str] = Counter()  # adaptive samplers only: their draws are not a function of the step
         self.skd_history: list[dict] = []  # one record per micro-batch: step, teacher, loss and its parts
 
     @property
     def teacher_histogram(self) -> Counter[str]:
-        """Teachers drawn, one per optimizer step, over every finished step (those before a resume too)."""
-        if not self.draws.fixed:
+        """Teachers drawn, one per optimizer step, over every finished step (those before a resume too); route:
+        rows per teacher, over the steps this process ran."""
+        if not self.draws.fixed or self.draws.mode in ("route", "weight"):
             return self._drawn
         micro = self.args.gradient_accumulation_steps
         choices = (self.draws(step * micro).single for step in range(self.state.global_step))
@@ -225,8 +236,8 @@ class SkdTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if ROW_COLUMN not in inputs:  # an eval batch: the model's own loss on the labels
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        choice = self.draws(self.state.global_step * self.args.gradient_accumulation_steps)
         rows = inputs[ROW_COLUMN].cpu().numpy()
+        choice = self.draws(self.state.global_step * self.args.gradient_accumulation_steps, rows)
         device = inputs["input_ids"].device
         targets = [t.to(device) for t in self.source.targets(rows, choice)]
         outputs = model(**model_inputs(inputs), output_hidden_states=self.objective.beta > 0)
@@ -236,6 +247,9 @@ class SkdTrainer(Trainer):
             if choice.single is not None:
                 record["teacher"] = self.teacher_names[choice.single]
                 self._drawn[record["teacher"]] += 1
+            if choice.per_row is not None:  # route: this micro-batch's rows per teacher ("-": no teacher)
+                record["teacher_rows"] = dict(Counter(self.teacher_names[t] if t >= 0 else "-" for t in choice.per_row))
+                self._drawn.update(record["teacher_rows"])
             self.skd_history.append(record)
         return (loss, outputs) if return_outputs else loss
 

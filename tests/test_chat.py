@@ -238,7 +238,7 @@ def test_chat_example_runs_offline(tmp_path: Path):
     import sys
 
     teacher = with_template(spread(make_model(tmp_path / "t", "causal", layers=2, seed=1), 3.0), TEMPLATE)
-    example = Path(__file__).resolve().parents[2] / "examples" / "trainer_chat_kd.py"
+    example = Path(__file__).resolve().parents[1] / "examples" / "trainer_chat_kd.py"
     cmd = [sys.executable, str(example), "--teacher", f"t={teacher}", "--output", str(tmp_path / "out")]
     cmd += ["--rows", "16", "--max-steps", "2", "--batch-size", "8", "--max-length", "256", "--student-layers", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # ~20 s of CPU; the rest is waiting
