@@ -2,7 +2,7 @@
 
 `dataclass_options(TrainConfig, {"lr": {}, "mode": {"type": click.Choice(MODES)}})` adds `--lr` and `--mode`
 with the field's default and type; the dict gives the order and anything a field cannot say (help, choices).
-A field's help can live on the field itself, as `metadata["help"]` (`skdcache.training.config.flag`). The flags that
+A field's help can live on the field itself, as `metadata["help"]` (`skdcache.fields.flag`). The flags that
 several commands share (`--config`, `--cache`, the data flags) are defined here too.
 """
 
@@ -47,7 +47,7 @@ def field_option(cls: type, name: str, flag: str | None = None, dest: str | None
         settings.update(is_flag=True, default=default)
     else:
         settings.update(type=kind, default=default, show_default=default is not None)
-    if "help" in field.metadata:  # the dataclass documents its own fields (e.g. skdcache.training.config.flag)
+    if "help" in field.metadata:  # the dataclass documents its own fields (e.g. skdcache.fields.flag)
         settings["help"] = field.metadata["help"]
     settings.update(kw)
     limits = range_text(field.metadata)  # the range the library checks (skdcache.fields), said once

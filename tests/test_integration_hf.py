@@ -189,6 +189,16 @@ def test_trainer_per_row_modes_equal_skdcache_train_step_for_step(head, mode, sa
         assert len({t for x in hf for t in x["teacher_rows"]}) >= 2  # rows really go to different teachers
 
 
+def test_a_ready_sampler_without_the_protocol_is_refused_in_one_line(seq, tmp_path: Path):
+    from types import SimpleNamespace
+
+    spec, cache, student = seq
+    old_style = SimpleNamespace(kind="mine", sample=lambda step: 0, probs=lambda: [1.0, 0.0])
+    with pytest.raises(SkdError) as err:
+        trainer_for(cfg_for(spec, student, cache, tmp_path / "x"), "sequence", tmp_path / "hf", sampler=old_style)
+    assert "\n" not in str(err.value) and "adaptive" in str(err.value) and "observe" in str(err.value)
+
+
 def test_gradient_accumulation_shares_the_steps_teacher(seq, tmp_path: Path):
     """grad_accum 2: both micro-batches of a step use its one teacher, and the losses still match."""
     spec, cache, student = seq

@@ -34,7 +34,7 @@ import zarr
 from skdcache.cache import format as fmt
 from skdcache.cache import idcoding, kinds
 from skdcache.cache.catalog import dir_bytes
-from skdcache.cache.manifest import read_manifest
+from skdcache.cache.manifest import Manifest, read_manifest
 from skdcache.cache.writer import CacheWriter
 from skdcache.data.rows import DataSpec, load_rows
 from skdcache.precompute import precompute_teacher
@@ -61,7 +61,7 @@ CASES = {
 GOALS = {"rows": 5000.0, "positions": 50000.0, "bytes_mb": 150.0, "bytes_disk_share": 0.8}
 
 
-def read_blocks(path: Path) -> tuple[fmt.Manifest, fmt.Layout, dict, list[dict[str, np.ndarray]]]:
+def read_blocks(path: Path) -> tuple[Manifest, fmt.Layout, dict, list[dict[str, np.ndarray]]]:
     """A written cache's blocks as the pipeline hands them to the writer (stored dtypes, no index arrays)."""
     manifest = read_manifest(path)
     group = zarr.open_group(str(path), mode="r")

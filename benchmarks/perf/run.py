@@ -24,7 +24,7 @@ import torch
 
 from skdcache.cache import format as fmt
 from skdcache.cache.catalog import dir_bytes
-from skdcache.cache.manifest import FORMAT_VERSION
+from skdcache.cache.manifest import FORMAT_VERSION, Manifest
 from skdcache.cache.reader import TeacherCache
 from skdcache.cache.spec import TargetSpec
 from skdcache.cache.writer import CacheWriter
@@ -85,7 +85,7 @@ def synthetic_cache(path: Path, n: int, n_labels: int, layers: int, width: int) 
         return path
     spec = TargetSpec("sequence", 64, hidden_layers=tuple(range(layers)), hidden_tokens="cls")
     layout, index = fmt.plan_layout(spec, n, n_labels, None, width, None, None)
-    manifest = fmt.Manifest(
+    manifest = Manifest(
         FORMAT_VERSION,
         {"name": "synthetic", "num_labels": n_labels},
         "-",

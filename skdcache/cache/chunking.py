@@ -1,4 +1,4 @@
-"""How the format cuts arrays into inner chunks and shards (see `format.py`, which re-exports these).
+"""How the format cuts arrays into inner chunks and shards (`format.plan_layout` uses them).
 
 Chunks are about TARGET_CHUNK_BYTES so a random read decodes little; shards are whole multiples of a block's
 rows so that each shard is written by exactly one writer in one call (zarr #3682).

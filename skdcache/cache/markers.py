@@ -1,6 +1,6 @@
 """Completion markers of a teacher cache: `<group>/_blocks/<b>.json`, written after block b's bytes are durable.
 
-Part of the format (see `format.py`, which re-exports these names): a block counts as written only when its
+Part of the format (docs/cache-format.md): a block counts as written only when its
 marker exists, and the marker records the crc32 of every array's values in the block.
 """
 

@@ -1,6 +1,6 @@
 """The target spec: what a teacher cache stores (head, lengths, top-k / sampled targets, hidden states).
 
-Part of the cache format (`format` re-exports it); apart because parsing a stored spec strictly is most of it.
+Part of the cache format (docs/cache-format.md); apart because parsing a stored spec strictly is most of it.
 """
 
 from __future__ import annotations

@@ -56,9 +56,9 @@ def label_loss(obj: Objective, logits: Tensor, batch: dict) -> Tensor:
 def soft_loss(obj: Objective, logits: Tensor, batch: dict, targets: list[Targets]) -> Tensor:
     """KD term for one teacher's targets, or for the mean of several teachers' soft targets (`average`), or
     their per-row weighted mixture (`weight`); targets routed per row (`route`) carry a `row_mask`."""
+    if targets[0].row_weight is not None and obj.combine == "closest":  # also a team of one: rows it gets wrong
+        return _closest_sequence_loss(obj, logits, targets)
     if len(targets) > 1:
-        if targets[0].row_weight is not None and obj.combine == "closest":
-            return _closest_sequence_loss(obj, logits, targets)
         if targets[0].row_weight is not None:
             return _weighted_sequence_loss(obj, logits, targets)
         if obj.head == "sequence":
@@ -226,6 +226,11 @@ def build_objective(
     layer_maps: tuple = ()
     hidden_tokens = None
     combine = "closest" if mode == "weight" and sampling == "closest-correct" else "mix"
+    if combine == "closest" and task == "regression":
+        raise SkdError(
+            "--sampling closest-correct picks among the teachers right on a row: classification only; "
+            "for regression use --mode weight --sampling ca-mkd"
+        )
     if beta > 0:
         cached = [c.targets for c in caches]
         if not cached or not all(t.hidden_layers for t in cached):

@@ -174,6 +174,8 @@ class SkdTrainer(Trainer):
         _check_head(self.model, head)
         check_student_matches_teachers(caches, tokenizer, max_length, beta, getattr(model_config, "num_labels", None))
         task = "lm" if head != "sequence" else rows.task
+        if mode in ("route", "weight", "average") and beta > 0:
+            raise SkdError(f"beta applies to one teacher per step, not mode {mode!r}; drop beta or use mode skd")
         self.objective = build_objective(
             head,
             task,
@@ -188,18 +190,20 @@ class SkdTrainer(Trainer):
         )
         self.skd_projector = _attach_projector(self, caches, model_config.hidden_size)
         self.teacher_names = [c.name for c in caches]
+        if sampler is not None and not isinstance(sampler, Sampler):
+            members = ("kind", "adaptive", "sample", "probs", "observe", "state_dict", "load_state_dict")
+            missing = [a for a in members if not hasattr(sampler, a)]
+            raise SkdError(f"sampler= lacks {', '.join(missing)} of skdcache.sampling.base.Sampler; implement them")
         if mode == "skd" and sampler is None:
             sampler = fixed_sampler(sampling, caches, self.args.seed, sampling_temperature)
         if mode == "single" and len(caches) != 1:
             raise SkdError(f"mode single needs exactly one teacher, got {self.teacher_names}; pass teachers=[NAME]")
-        if mode in ("route", "weight") and beta > 0:
-            raise SkdError(f"beta applies to one teacher per step, not mode {mode}; drop beta or use mode skd")
         ids = self.skd_inputs.enc.ids if head != "sequence" else None  # token heads are scored on their tokens
         table, routing = routing_for_run(mode, sampling, caches, head, self.skd_inputs.labels, ids)
         ga = self.args.gradient_accumulation_steps
         self.draws = TeacherDraws(mode, sampler, len(caches), ga, table, self.args.seed, routing)
         self.source = CachedTargets([str(c.path) for c in caches])
-        self._drawn: Counter[str] = Counter()  # adaptive samplers only: their draws are not a function of the step
+        self._drawn: Counter[str] = Counter()  # adaptive samplers' steps and route's rows: not a function of the step
         self.skd_history: list[dict] = []  # one record per micro-batch: step, teacher, loss and its parts
 
     @property

@@ -1,6 +1,6 @@
 """Finished runs read back from their directories: `RunRecord` and `load_runs`.
 
-Reads only a run directory's ``run.json`` and ``metrics.jsonl``, so the tables (`report`) and the plots
+Reads only a run directory's ``run.json`` and ``metrics.jsonl``, so the tables (`summary`) and the plots
 (`plots`) never need the caches, the teachers or a GPU, and work on runs copied off another machine.
 """
 

@@ -1,6 +1,6 @@
 """The learned teacher distribution (`--sampling learned`): AutoSKD-style, updated from the training loop.
 
-Apart from the fixed distributions in `sampling` because it is the only sampler with an update rule and
+Apart from the fixed distributions in `categorical` because it is the only sampler with an update rule and
 hyper-parameters of its own.
 """
 

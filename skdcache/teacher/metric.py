@@ -69,7 +69,8 @@ def _next_token_scores(teacher: LoadedTeacher, rows: TextRows, max_length: int, 
             scored = np.flatnonzero(enc.assistant[r][1:]) if enc.assistant is not None else np.arange(len(ids[i]))
             scored = scored[scored < len(ids[i]) - 1]  # position t predicts token t + 1
             labels[i, scored] = torch.tensor(ids[i], dtype=torch.long)[scored + 1]
-        batch = {k: v.to(device) for k, v in pad_batch(ids, None, teacher.tokenizer.pad_token_id).items()}
+        types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None  # as the cache saw them
+        batch = {k: v.to(device) for k, v in pad_batch(ids, types, teacher.tokenizer.pad_token_id).items()}
         logits = teacher.model(**batch).logits.float()
         labels = labels.to(device)
         keep = labels != -100

@@ -171,6 +171,29 @@ def test_closest_correct_with_the_student_equal_to_a_candidate_has_zero_loss_and
     assert float(loss) == pytest.approx(0.0, abs=1e-7) and float(student.grad.abs().max()) < 1e-6
 
 
+def test_closest_correct_with_one_teacher_still_skips_the_rows_it_gets_wrong():
+    obj = Objective("sequence", "classification", temperature=2.0, combine="closest")
+    g = torch.Generator().manual_seed(2)
+    student, teacher = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g) * 3
+    right = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    got = soft_loss(obj, student, {}, [Targets(logits=teacher, row_weight=right)])
+    mask = right > 0
+    want = sequence_kd_loss(student[mask], teacher[mask], 2.0) * 2 / 4
+    torch.testing.assert_close(got, want)
+
+
+def test_closest_correct_is_refused_for_regression():
+    from types import SimpleNamespace
+
+    from skdcache.distill.objective import build_objective
+
+    with pytest.raises(SkdError, match="classification only"):
+        build_objective(
+            "sequence", "regression", [], SimpleNamespace(), temperature=2.0, alpha=0.5, beta=0.0,
+            layer_map=None, mode="weight", sampling="closest-correct",
+        )  # fmt: skip
+
+
 # ---- end to end on a tiny team ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
