@@ -52,3 +52,29 @@ def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str
     if task == "regression":
         return regression_metrics(outputs, labels)
     return classification_metrics(outputs, labels)
+
+
+class NextTokenScores:
+    """Token accuracy, mean NLL and perplexity over batches of predictions: one definition for students (training
+    evaluation) and causal teachers (their precompute metric)."""
+
+    def __init__(self) -> None:
+        self.correct, self.nll, self.count = 0, 0.0, 0
+
+    def add(self, logits, labels) -> None:
+        """logits [B, T, V] float32; labels [B, T], -100 where no token is scored."""
+        import torch
+
+        keep = labels != -100
+        logp = torch.log_softmax(logits[keep], dim=-1)
+        self.correct += int((logp.argmax(-1) == labels[keep]).sum())
+        self.nll -= float(logp.gather(-1, labels[keep][:, None]).sum())
+        self.count += int(keep.sum())
+
+    def result(self) -> dict[str, float]:
+        mean_nll = self.nll / max(self.count, 1)
+        return {
+            "token_accuracy": self.correct / max(self.count, 1),
+            "nll": mean_nll,
+            "perplexity": float(np.exp(min(mean_nll, 50))),
+        }

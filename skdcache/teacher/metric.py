@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skdcache.data.metrics import PRIMARY, task_metrics
+from skdcache.data.metrics import PRIMARY, NextTokenScores, task_metrics
 from skdcache.data.rows import TextRows, pad_batch, tokenize
 from skdcache.device import autocast_dtype
 from skdcache.teacher.blocks import length_batches
@@ -60,7 +60,7 @@ def _next_token_scores(teacher: LoadedTeacher, rows: TextRows, max_length: int, 
     """Next-token accuracy, mean NLL and perplexity at the scored positions, in float32 (no autocast)."""
     enc = tokenize(teacher.tokenizer, rows, max_length)
     order = np.argsort([len(x) for x in enc.ids], kind="stable")  # length-sorted: little padding
-    correct, nll, count = 0, 0.0, 0
+    tokens = NextTokenScores()
     for start in range(0, len(enc.ids), batch_size):
         batch_rows = order[start : start + batch_size]
         ids = [list(enc.ids[r]) for r in batch_rows]
@@ -71,12 +71,5 @@ def _next_token_scores(teacher: LoadedTeacher, rows: TextRows, max_length: int, 
             labels[i, scored] = torch.tensor(ids[i], dtype=torch.long)[scored + 1]
         types = [enc.type_ids[r] for r in batch_rows] if enc.type_ids is not None else None  # as the cache saw them
         batch = {k: v.to(device) for k, v in pad_batch(ids, types, teacher.tokenizer.pad_token_id).items()}
-        logits = teacher.model(**batch).logits.float()
-        labels = labels.to(device)
-        keep = labels != -100
-        logp = torch.log_softmax(logits[keep], dim=-1)
-        correct += int((logp.argmax(-1) == labels[keep]).sum())
-        nll -= float(logp.gather(-1, labels[keep][:, None]).sum())
-        count += int(keep.sum())
-    mean_nll = nll / max(count, 1)
-    return {"token_accuracy": correct / max(count, 1), "nll": mean_nll, "perplexity": float(np.exp(min(mean_nll, 50)))}
+        tokens.add(teacher.model(**batch).logits.float(), labels.to(device))
+    return tokens.result()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skdcache.data.metrics import PRIMARY, task_metrics
+from skdcache.data.metrics import PRIMARY, NextTokenScores, task_metrics
 from skdcache.distill.objective import label_loss
 from skdcache.training.loader import StudentInputs, model_inputs, student_batch
 
@@ -17,7 +17,7 @@ def evaluate(model, inputs: StudentInputs, objective, device: torch.device, batc
     model.eval()
     n = len(inputs.enc.ids)
     order = np.argsort([len(x) for x in inputs.enc.ids], kind="stable")  # length-sorted: little padding
-    outputs, correct, nll, count = [], 0, 0.0, 0
+    outputs, tokens = [], NextTokenScores()
     for start in range(0, n, batch_size):
         rows = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in student_batch(inputs, rows).items()}
@@ -25,21 +25,11 @@ def evaluate(model, inputs: StudentInputs, objective, device: torch.device, batc
         if objective.head == "sequence":
             outputs.append((rows, logits.cpu().numpy()))
             continue
-        labels = batch["token_labels"]
-        keep = labels != -100
-        logp = torch.log_softmax(logits[keep], dim=-1)
-        correct += int((logp.argmax(-1) == labels[keep]).sum())
-        nll -= float(logp.gather(-1, labels[keep][:, None]).sum())
-        count += int(keep.sum())
+        tokens.add(logits, batch["token_labels"])
     if was_training:
         model.train()
     if objective.head != "sequence":
-        return {
-            "primary": "token_accuracy",
-            "token_accuracy": correct / max(count, 1),
-            "nll": nll / max(count, 1),
-            "perplexity": float(np.exp(min(nll / max(count, 1), 50))),
-        }
+        return {"primary": "token_accuracy", **tokens.result()}
     full = np.zeros((n, outputs[0][1].shape[1]), dtype=np.float32)
     for rows, values in outputs:
         full[rows] = values
