@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import make_model, write_split
+from test_train import config, opts  # the recipe tests' settings, shared
 
-from skdcache import CacheError, DataSpec, SkdError, TargetOptions, TeacherSpec, precompute
+from skdcache import CacheError, DataSpec, SkdError, TeacherSpec, precompute
 from skdcache.data.rows import TextRows
 from skdcache.sampling.categorical import CategoricalSampler
 from skdcache.sampling.factory import team_limit
@@ -36,42 +37,6 @@ from skdcache.training.plan import (
     plan_run,
     sampler_for_run,
 )
-
-MAX_LENGTH = 32
-TOP_K = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_download_counts():
-    """`datasets` pings the hub to count every load, even of a local csv: a HEAD whose DNS lookup stalls ~5 s on
-    a machine without network. Nothing here needs it."""
-    import datasets.config
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
-        yield
-
-
-def opts(**kw) -> TargetOptions:
-    base = dict(max_length=MAX_LENGTH, top_k=TOP_K, batch_size=64, rows_per_block=64, progress=False)
-    return TargetOptions(**{**base, **kw})
-
-
-def config(data: DataSpec, student: Path, out: Path, cache: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=data,
-        student=str(student),
-        output=str(out),
-        cache=str(cache),
-        max_steps=8,
-        batch_size=16,
-        num_workers=0,
-        progress=False,
-        eval_every=4,
-        max_length=MAX_LENGTH,
-        device="cpu",
-    )
-    return TrainConfig(**{**base, **kw})
 
 
 def one_line(exc: BaseException) -> str:
